@@ -1,0 +1,155 @@
+"""A Consumer is one Producer's track going out to one viewer leg.
+
+The per-packet path is ``forward``: keyframe gate, payload-type byte if it differs, SRTP
+protect, one UDP send. No packet objects, no tasks, no awaits.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aioice.ice import StunProtocol
+from aiortc import RTCDtlsTransport, RTCRtpSender
+from aiortc.rtp import (
+    RTCP_PSFB_FIR,
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    AnyRtcpPacket,
+    RtcpPsfbPacket,
+    RtcpRrPacket,
+    RtcpRtpfbPacket,
+    RtcpSrPacket,
+)
+
+from sfu.background import spawn
+
+if TYPE_CHECKING:
+    from sfu.producer import Producer
+
+logger = logging.getLogger("shopcast.sfu.consumer")
+
+SendFn = Callable[[bytes], None]
+
+
+class Consumer:
+    """Forwards a producer's canonical packets to one viewer over its SRTP session."""
+
+    __slots__ = (
+        "_aiortc_rtcp",
+        "_pt",
+        "_send",
+        "_srtp",
+        "dtls",
+        "nacks",
+        "octets",
+        "packets",
+        "plis",
+        "producer",
+        "retransmits",
+        "sender",
+        "started",
+        "viewer_id",
+    )
+
+    def __init__(
+        self,
+        producer: Producer,
+        sender: RTCRtpSender,
+        payload_type: int,
+        viewer_id: str,
+    ) -> None:
+        self.producer = producer
+        self.sender = sender
+        self.viewer_id = viewer_id
+        self.dtls: RTCDtlsTransport = sender.transport
+        self._srtp: Any = self.dtls._tx_srtp
+        self._pt = payload_type if payload_type != producer.payload_type else -1
+        self._send = udp_sender(self.dtls)
+        self.started = producer.kind != "video"
+        self.packets = 0
+        self.octets = 0
+        self.nacks = 0
+        self.retransmits = 0
+        self.plis = 0
+        self._aiortc_rtcp: Callable[[AnyRtcpPacket], Awaitable[None]] = sender._handle_rtcp_packet
+        sender._handle_rtcp_packet = self.handle_rtcp  # type: ignore[method-assign]
+
+    def forward(self, packet: bytes, keyframe: bool) -> None:
+        """Send one canonical packet; video waits for a keyframe start."""
+        if not self.started:
+            if not keyframe:
+                return
+            self.started = True
+        if self._pt >= 0:
+            header = bytearray(packet)
+            header[1] = (header[1] & 0x80) | self._pt
+            packet = bytes(header)
+        try:
+            self._send(self._srtp.protect(packet))
+        except Exception as exc:  # a closing transport must never break the fan-out loop
+            logger.debug("send failed viewer=%s: %s", self.viewer_id, exc)
+            return
+        self.packets += 1
+        self.octets += len(packet) - 12
+
+    async def handle_rtcp(self, packet: AnyRtcpPacket) -> None:
+        """Viewer feedback: NACK from the shared history, PLI/FIR upstream through the throttle."""
+        if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+            self.nacks += 1
+            for seq in packet.lost:
+                self.retransmit(seq)
+        elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+            self.plis += 1
+            self.producer.request_keyframe()
+        elif isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+            await self._aiortc_rtcp(packet)  # aiortc keeps RTT and remote-inbound stats
+
+    def retransmit(self, sequence_number: int) -> None:
+        data = self.producer.history.get(sequence_number)
+        if data is None or not self.started:
+            return
+        self.retransmits += 1
+        self.forward(data, True)
+
+    def refresh_sender_report(self) -> None:
+        """Feed aiortc's RTCP loop the publisher's NTP/RTP mapping and our counters (timer, not
+        per packet), so the viewer's SR keeps audio and video in sync."""
+        ntp, rtp = self.producer.sender_report()
+        sender = self.sender
+        sender._RTCRtpSender__ntp_timestamp = ntp  # type: ignore[attr-defined]
+        sender._RTCRtpSender__rtp_timestamp = rtp  # type: ignore[attr-defined]
+        sender._RTCRtpSender__packet_count = self.packets  # type: ignore[attr-defined]
+        sender._RTCRtpSender__octet_count = self.octets  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        self.producer.detach(self)
+        self._send = _closed_send
+
+
+def _closed_send(data: bytes) -> None:
+    raise ConnectionError("consumer closed")
+
+
+def udp_sender(dtls: RTCDtlsTransport) -> SendFn:
+    """A synchronous send on the nominated ICE pair; TURN pairs fall back to aiortc's path."""
+    pair = dtls.transport._connection._nominated.get(1)
+    if pair is None:
+        raise ConnectionError("ICE has no nominated pair")
+    protocol = pair.protocol
+    if type(protocol) is StunProtocol and protocol.transport is not None:
+        sendto = protocol.transport.sendto
+        addr = pair.remote_addr
+
+        def send(data: bytes) -> None:
+            sendto(data, addr)
+
+        return send
+
+    connection = dtls.transport._connection
+
+    def send_async(data: bytes) -> None:
+        spawn(connection.send(data))
+
+    return send_async

@@ -1,0 +1,54 @@
+"""ICE settings for every peer connection of this node.
+
+No STUN or TURN server is used unless configured (aiortc would otherwise fall back to a public
+STUN server). Candidates are gathered on the configured host addresses, loopback included when
+asked for; a NAT'ed host announces its public IP in place of its host addresses.
+"""
+
+from __future__ import annotations
+
+import re
+
+import aioice.ice
+from aiortc import RTCConfiguration, RTCIceServer
+
+_CANDIDATE = re.compile(r"^(a=candidate:\S+ \d+ \S+ \d+ )(\S+)( \d+ typ host.*)$", re.MULTILINE)
+_CONNECTION = re.compile(r"^c=IN IP4 \S+$", re.MULTILINE)
+
+
+def use_host_addresses(addresses: list[str]) -> None:
+    """Gather host candidates on exactly these addresses (process-wide, set once at start-up).
+
+    aioice lists every interface but loopback; tests and single-machine demos need 127.0.0.1,
+    and multi-homed hosts want to choose.
+    """
+    if not addresses:
+        return
+    chosen = list(addresses)
+
+    def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
+
+    aioice.ice.get_host_addresses = get_host_addresses
+
+
+def rtc_configuration(
+    stun_url: str = "", turn_url: str = "", turn_username: str = "", turn_password: str = ""
+) -> RTCConfiguration:
+    """An explicit server list, empty by default: never a public STUN server silently."""
+    servers: list[RTCIceServer] = []
+    if stun_url:
+        servers.append(RTCIceServer(urls=stun_url))
+    if turn_url:
+        servers.append(
+            RTCIceServer(urls=turn_url, username=turn_username, credential=turn_password)
+        )
+    return RTCConfiguration(iceServers=servers)
+
+
+def announce_public_ip(sdp: str, public_ip: str) -> str:
+    """Rewrite host candidates (and c= lines) to the public IP of a 1:1 NAT'ed host."""
+    if not public_ip:
+        return sdp
+    sdp = _CANDIDATE.sub(lambda m: m.group(1) + public_ip + m.group(3), sdp)
+    return _CONNECTION.sub(f"c=IN IP4 {public_ip}", sdp)

@@ -1,0 +1,47 @@
+"""Prometheus text for the media plane: what an operator needs to see a room's health."""
+
+from __future__ import annotations
+
+from sfu.node import SfuNode
+
+
+def render(node: SfuNode) -> list[str]:
+    lines = [
+        "# HELP shopcast_rooms Rooms with at least one session on this node.",
+        "# TYPE shopcast_rooms gauge",
+        f"shopcast_rooms {len(node.rooms)}",
+        "# HELP shopcast_sessions WebRTC sessions by role.",
+        "# TYPE shopcast_sessions gauge",
+    ]
+    roles = {"publisher": 0, "viewer": 0}
+    for leg in node.legs.values():
+        roles[leg.role] = roles.get(leg.role, 0) + 1
+    lines += [f'shopcast_sessions{{role="{role}"}} {count}' for role, count in roles.items()]
+    room_lines: dict[str, list[str]] = {
+        "shopcast_room_viewers": [],
+        "shopcast_room_live": [],
+        "shopcast_track_packets_total": [],
+        "shopcast_track_bytes_total": [],
+        "shopcast_track_keyframes_total": [],
+        "shopcast_track_keyframe_requests_total": [],
+        "shopcast_track_retransmits_total": [],
+    }
+    for room in node.rooms.values():
+        label = f'room="{room.name}"'
+        room_lines["shopcast_room_viewers"].append(f"{{{label}}} {len(room.viewers)}")
+        room_lines["shopcast_room_live"].append(f"{{{label}}} {int(room.live)}")
+        for producer in room.producers():
+            track = f'{label},kind="{producer.kind}",publisher="{producer.publisher_id}"'
+            retransmits = sum(c.retransmits for c in producer.consumers)
+            room_lines["shopcast_track_packets_total"].append(f"{{{track}}} {producer.packets}")
+            room_lines["shopcast_track_bytes_total"].append(f"{{{track}}} {producer.octets}")
+            room_lines["shopcast_track_keyframes_total"].append(f"{{{track}}} {producer.keyframes}")
+            room_lines["shopcast_track_keyframe_requests_total"].append(
+                f"{{{track}}} {producer.keyframe_requests}"
+            )
+            room_lines["shopcast_track_retransmits_total"].append(f"{{{track}}} {retransmits}")
+    for name, samples in room_lines.items():
+        kind = "counter" if name.endswith("_total") else "gauge"
+        lines.append(f"# TYPE {name} {kind}")
+        lines += [name + sample for sample in samples]
+    return lines

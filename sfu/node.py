@@ -1,0 +1,143 @@
+"""The SFU node: the rooms this process serves and the lifetime of every peer leg in them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from sfu.ice import rtc_configuration, use_host_addresses
+from sfu.offer import Offer
+from sfu.peer import PeerLeg
+from sfu.publisher import Publisher
+from sfu.room import Room
+from sfu.viewer import Viewer
+from signaling.errors import ApiError, conflict, not_found
+
+logger = logging.getLogger("shopcast.sfu.node")
+
+SENDER_REPORT_INTERVAL_S = 1.0
+
+
+@dataclass
+class NodeSettings:
+    """What the media plane needs from the configuration."""
+
+    ice_hosts: list[str]
+    ice_public_ip: str = ""
+    stun_url: str = ""
+    turn_url: str = ""
+    turn_username: str = ""
+    turn_password: str = ""
+    keyframe_interval_ms: int = 500
+    max_publishers: int = 1
+
+
+class SfuNode:
+    """Owns rooms and legs; the only place that creates or ends a WebRTC session."""
+
+    def __init__(self, settings: NodeSettings) -> None:
+        self.settings = settings
+        self.rooms: dict[str, Room] = {}
+        self.legs: dict[str, PeerLeg] = {}
+        self._rtc_configuration = rtc_configuration(
+            settings.stun_url, settings.turn_url, settings.turn_username, settings.turn_password
+        )
+        self._ticker: asyncio.Task[None] | None = None
+        use_host_addresses(settings.ice_hosts)
+
+    async def start(self) -> None:
+        self._ticker = asyncio.create_task(self._tick())
+
+    async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        await asyncio.gather(*(leg.close() for leg in list(self.legs.values())))
+
+    async def publish(self, room_name: str, identity: str, offer: Offer) -> tuple[Publisher, str]:
+        """Start a WHIP session; 409 when the room has all the publishers it may have."""
+        room = self.rooms.get(room_name) or Room(room_name)
+        active = [p for p in room.publishers.values() if not p.closed]
+        if len(active) >= self.settings.max_publishers:
+            raise conflict(f"room {room_name!r} already has a publisher", "publisher_exists")
+        publisher = Publisher(
+            room_name,
+            identity,
+            self._rtc_configuration,
+            public_ip=self.settings.ice_public_ip,
+            on_closed=self._leg_closed,
+        )
+        publisher.keyframe_interval_s = self.settings.keyframe_interval_ms / 1000
+        self.rooms[room_name] = room
+        room.publishers[publisher.id] = publisher
+        answer = await self._negotiate(publisher, offer, lambda: publisher.prepare(offer))
+        return publisher, answer
+
+    async def play(self, room_name: str, identity: str, offer: Offer) -> tuple[Viewer, str]:
+        """Start a WHEP session on a live room; 404 ``not_live`` otherwise."""
+        room = self.rooms.get(room_name)
+        if room is None or not room.live:
+            raise not_found(f"room {room_name!r} is not live", "not_live")
+        viewer = Viewer(
+            room_name,
+            identity,
+            self._rtc_configuration,
+            public_ip=self.settings.ice_public_ip,
+            on_closed=self._leg_closed,
+        )
+        producers = room.producers()
+        room.viewers[viewer.id] = viewer
+        answer = await self._negotiate(viewer, offer, lambda: viewer.prepare(offer, producers))
+        return viewer, answer
+
+    async def _negotiate(self, leg: PeerLeg, offer: Offer, prepare: Callable[[], None]) -> str:
+        """Prepare and answer; any failure closes the leg so nothing half-made stays behind."""
+        self.legs[leg.id] = leg
+        try:
+            prepare()
+            answer = await leg.answer(offer.sdp)
+        except ApiError:
+            await leg.close()
+            raise
+        except Exception as exc:
+            await leg.close()
+            raise ApiError(400, "negotiation_failed", f"cannot answer this offer: {exc}") from exc
+        logger.info(
+            "%s created id=%s room=%s identity=%s", leg.role, leg.id, leg.room, leg.identity
+        )
+        return answer
+
+    def leg(self, room_name: str, leg_id: str, role: str) -> PeerLeg:
+        leg = self.legs.get(leg_id)
+        if leg is None or leg.room != room_name or leg.role != role:
+            raise not_found(f"no {role} session {leg_id!r} in room {room_name!r}")
+        return leg
+
+    def _leg_closed(self, leg: PeerLeg) -> None:
+        self.legs.pop(leg.id, None)
+        room = self.rooms.get(leg.room)
+        if room is None:
+            return
+        if isinstance(leg, Publisher):
+            room.remove_publisher(leg)
+        elif isinstance(leg, Viewer):
+            room.remove_viewer(leg)
+        if room.empty:
+            self.rooms.pop(room.name, None)
+
+    async def _tick(self) -> None:
+        """Once a second: the viewers' sender reports (kept off the per-packet path)."""
+        while True:
+            await asyncio.sleep(SENDER_REPORT_INTERVAL_S)
+            for room in list(self.rooms.values()):
+                for viewer in list(room.viewers.values()):
+                    viewer.refresh_sender_reports()
+
+
+NODE_KEY = web.AppKey("sfu_node", SfuNode)

@@ -1,0 +1,76 @@
+"""Validation of the SDP offers that WHIP and WHEP clients send, before any state is created."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiortc import sdp
+
+from signaling.errors import ApiError, bad_request
+
+MAX_SDP_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class OfferedCodec:
+    name: str
+    parameters: dict[str, object]
+
+
+@dataclass(frozen=True)
+class OfferedMedia:
+    kind: str
+    direction: str
+    offered: list[OfferedCodec]
+
+    @property
+    def codecs(self) -> list[str]:
+        return [c.name for c in self.offered]
+
+
+@dataclass(frozen=True)
+class Offer:
+    sdp: str
+    media: list[OfferedMedia]
+
+    def kinds(self) -> list[str]:
+        return [m.kind for m in self.media if m.kind in ("audio", "video")]
+
+
+def parse_offer(text: str, *, want: str) -> Offer:
+    """Parse and check an offer; ``want`` is ``"send"`` (WHIP) or ``"recv"`` (WHEP) from the
+    client's point of view. Raises a 400 ApiError that says what is wrong."""
+    if len(text.encode()) > MAX_SDP_BYTES:
+        raise ApiError(413, "sdp_too_large", f"SDP offer larger than {MAX_SDP_BYTES} bytes")
+    if not text.strip().startswith("v=0"):
+        raise bad_request("body is not an SDP offer (must start with v=0)", "malformed_sdp")
+    try:
+        parsed = sdp.SessionDescription.parse(text)
+    except Exception as exc:
+        raise bad_request(f"malformed SDP: {exc}", "malformed_sdp") from exc
+    media = [
+        OfferedMedia(
+            kind=m.kind,
+            direction=m.direction or "sendrecv",
+            offered=[OfferedCodec(c.name, dict(c.parameters)) for c in m.rtp.codecs],
+        )
+        for m in parsed.media
+    ]
+    av = [m for m in media if m.kind in ("audio", "video")]
+    if not av:
+        raise bad_request("the offer has no audio or video media section", "no_media")
+    for m in av:
+        if m.direction not in ("sendrecv", "inactive") and want not in m.direction:
+            raise bad_request(
+                f"{m.kind} section is {m.direction}; this endpoint needs {want}",
+                "wrong_direction",
+            )
+        if not m.codecs:
+            raise bad_request(f"{m.kind} section lists no codecs", "malformed_sdp")
+    for section in parsed.media:
+        ice = section.ice
+        if section.kind in ("audio", "video") and (
+            ice is None or ice.usernameFragment is None or section.dtls is None
+        ):
+            raise bad_request("offer lacks ICE credentials or DTLS fingerprint", "malformed_sdp")
+    return Offer(sdp=text, media=media)

@@ -1,0 +1,116 @@
+"""What publisher and viewer legs share: one aiortc peer connection answered as DTLS server,
+a lifetime tied to its connection state, and a close that frees everything once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable
+
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+from sfu.ice import announce_public_ip
+
+logger = logging.getLogger("shopcast.sfu.peer")
+
+CONNECT_TIMEOUT_S = 20.0
+
+
+class PeerLeg:
+    """One WebRTC session of a participant (a WHIP publish or a WHEP play)."""
+
+    role = "peer"
+
+    def __init__(
+        self,
+        room: str,
+        identity: str,
+        configuration: RTCConfiguration,
+        *,
+        public_ip: str = "",
+        on_closed: Callable[[PeerLeg], None] | None = None,
+    ) -> None:
+        self.id = uuid.uuid4().hex
+        self.room = room
+        self.identity = identity
+        self.pc = RTCPeerConnection(configuration=configuration)
+        self.created_at = time.monotonic()
+        self.connected_at: float | None = None
+        self.closed = False
+        self._public_ip = public_ip
+        self._on_closed = on_closed
+        self._close_task: asyncio.Task[None] | None = None
+        self._timeout: asyncio.TimerHandle | None = None
+        self.pc.on("connectionstatechange", self._on_connection_state)
+
+    @property
+    def state(self) -> str:
+        return "closed" if self.closed else self.pc.connectionState
+
+    async def answer(self, offer_sdp: str) -> str:
+        """Apply the client's offer and return our answer, as DTLS server (``setup:passive``).
+
+        Encoders built on GStreamer send ``actpass`` offers and fail the handshake when aiortc
+        takes the DTLS client role, so we take the server role whenever the offer lets us.
+        """
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        transports = {t.receiver.transport for t in self.pc.getTransceivers()}
+        if self.pc.sctp is not None:
+            transports.add(self.pc.sctp.transport)
+        for dtls in transports:
+            if dtls._role == "auto":
+                dtls._set_role("server")
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        self._timeout = asyncio.get_running_loop().call_later(
+            CONNECT_TIMEOUT_S, self._connect_timeout
+        )
+        return announce_public_ip(self.pc.localDescription.sdp, self._public_ip)
+
+    def _connect_timeout(self) -> None:
+        if self.connected_at is None and not self.closed:
+            logger.info("%s %s did not connect in time room=%s", self.role, self.id, self.room)
+            self.close_soon()
+
+    async def _on_connection_state(self) -> None:
+        state = self.pc.connectionState
+        logger.info(
+            "%s state=%s id=%s room=%s identity=%s", self.role, state, self.id, self.room,
+            self.identity,
+        )
+        if state == "connected" and self.connected_at is None:
+            self.connected_at = time.monotonic()
+            if self._timeout is not None:
+                self._timeout.cancel()
+            self.on_connected()
+        elif state in ("failed", "closed"):
+            self.close_soon()
+
+    def on_connected(self) -> None:
+        """Called once when ICE and DTLS are up; subclasses start media here."""
+
+    def on_closing(self) -> None:
+        """Called once, synchronously, when the leg starts closing; detach media here."""
+
+    def close_soon(self) -> None:
+        """Close from a sync context (a callback); safe to call many times."""
+        if self._close_task is None:
+            self._close_task = asyncio.ensure_future(self.close())
+
+    async def close(self) -> None:
+        if self.closed:
+            if self._close_task is not None and self._close_task is not asyncio.current_task():
+                await asyncio.shield(self._close_task)
+            return
+        self.closed = True
+        if self._timeout is not None:
+            self._timeout.cancel()
+        self.on_closing()
+        if self._on_closed is not None:
+            self._on_closed(self)
+        try:
+            await self.pc.close()
+        except Exception:  # a half-negotiated connection may fail to close cleanly
+            logger.exception("%s %s: error while closing", self.role, self.id)
+        logger.info("%s closed id=%s room=%s", self.role, self.id, self.room)

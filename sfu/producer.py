@@ -1,0 +1,143 @@
+"""A Producer is one track coming in from a publisher; it fans packets out to Consumers.
+
+Per incoming packet it builds one canonical packet (our SSRC, the publisher's sequence number
+and timestamp, no header extensions), stores it for NACKs and hands the same bytes to every
+consumer. Nothing here decodes media.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from aiortc import RTCRtpCodecParameters
+from aiortc.rtp import RtpPacket
+
+from sfu.codecs import keyframe_detector
+from sfu.history import PacketHistory
+
+if TYPE_CHECKING:
+    from sfu.consumer import Consumer
+
+_HEADER = struct.Struct("!BBHII")
+NTP_EPOCH_OFFSET = 2208988800  # seconds from 1900 to 1970
+
+
+def ntp_now() -> int:
+    """Wall clock as a 64-bit NTP timestamp, as carried in RTCP sender reports."""
+    now = time.time() + NTP_EPOCH_OFFSET
+    return (int(now) << 32) | int((now % 1) * (1 << 32))
+
+
+class Producer:
+    """One published track and the consumers (viewer legs) it forwards to."""
+
+    def __init__(
+        self,
+        kind: str,
+        codec: RTCRtpCodecParameters,
+        *,
+        publisher_id: str,
+        request_keyframe: Callable[[int], None],
+        keyframe_interval_s: float = 0.5,
+    ) -> None:
+        self.kind = kind
+        self.codec = codec
+        self.publisher_id = publisher_id
+        self.ssrc = random.getrandbits(32)
+        if codec.payloadType is None:
+            raise ValueError("a negotiated codec has a payload type")
+        self.payload_type: int = codec.payloadType
+        self.history = PacketHistory(1024 if kind == "video" else 256)
+        self.consumers: list[Consumer] = []
+        self.source_ssrc: int | None = None
+        self.packets = 0
+        self.octets = 0
+        self.keyframes = 0
+        self.keyframe_requests = 0
+        self.last_timestamp = 0
+        self.closed = False
+        self._is_keyframe = keyframe_detector(codec.name)
+        self._request_keyframe = request_keyframe
+        self._keyframe_interval_s = keyframe_interval_s
+        self._last_keyframe_request = -1e9
+        self._sender_report: tuple[int, int] | None = None
+        self._keyframe_pending = False
+
+    def ingest(self, packet: RtpPacket) -> None:
+        """Forward one packet from the publisher (after RTX unwrap) to every consumer."""
+        payload = packet.payload
+        keyframe = self._is_keyframe(payload)
+        padding = packet.padding_size
+        first = 0xA0 if padding else 0x80
+        data = _HEADER.pack(
+            first,
+            (packet.marker << 7) | self.payload_type,
+            packet.sequence_number,
+            packet.timestamp,
+            self.ssrc,
+        ) + payload
+        if padding:
+            data += bytes(padding - 1) + bytes((padding,))
+        self.history.put(packet.sequence_number, data)
+        if packet.ssrc != self.source_ssrc:
+            self._new_source(packet.ssrc)
+        self.last_timestamp = packet.timestamp
+        self.packets += 1
+        self.octets += len(payload)
+        if keyframe and self.kind == "video":
+            self.keyframes += 1
+        for consumer in self.consumers:
+            consumer.forward(data, keyframe)
+
+    def attach(self, consumer: Consumer) -> None:
+        """Start forwarding to a consumer; a video consumer waits for a keyframe, so ask one."""
+        self.consumers.append(consumer)
+        if self.kind == "video":
+            self.request_keyframe()
+
+    def detach(self, consumer: Consumer) -> None:
+        if consumer in self.consumers:
+            self.consumers.remove(consumer)
+
+    def request_keyframe(self) -> None:
+        """Ask the publisher for a keyframe, at most once per throttle interval."""
+        now = time.monotonic()
+        if self.kind != "video" or self.closed:
+            return
+        if self.source_ssrc is None:
+            self._keyframe_pending = True
+            return
+        if now - self._last_keyframe_request < self._keyframe_interval_s:
+            return
+        self._last_keyframe_request = now
+        self.keyframe_requests += 1
+        self._request_keyframe(self.source_ssrc)
+
+    def _new_source(self, ssrc: int) -> None:
+        """First packet, or the publisher changed SSRC: ask for the keyframe viewers wait on."""
+        self.source_ssrc = ssrc
+        if self._keyframe_pending or self.consumers:
+            self._keyframe_pending = False
+            self._last_keyframe_request = -1e9
+            self.request_keyframe()
+
+    def on_sender_report(self, ntp_timestamp: int, rtp_timestamp: int) -> None:
+        """Keep the publisher's NTP/RTP mapping: viewers' sender reports repeat it (A/V sync)."""
+        self._sender_report = (ntp_timestamp, rtp_timestamp)
+
+    def sender_report(self) -> tuple[int, int]:
+        """The (NTP, RTP) pair for viewers' reports; before the publisher's first SR, now/last."""
+        if self._sender_report is not None:
+            return self._sender_report
+        return ntp_now(), self.last_timestamp
+
+    def close(self) -> list[Consumer]:
+        """Stop forwarding; returns the consumers that were attached so their legs can react."""
+        self.closed = True
+        consumers, self.consumers = self.consumers, []
+        self.history.clear()
+        return consumers

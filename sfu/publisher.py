@@ -1,0 +1,70 @@
+"""The publisher leg: an anchor's WHIP session, received once, fanned out by its Producers."""
+
+from __future__ import annotations
+
+from aiortc import RTCRtpTransceiver
+
+from sfu.codecs import publisher_preferences
+from sfu.offer import Offer
+from sfu.peer import PeerLeg
+from sfu.producer import Producer
+from sfu.receiver_tap import keyframe_requester, tap_receiver
+from signaling.errors import bad_request
+
+
+class Publisher(PeerLeg):
+    """Receives an anchor's audio and video; one Producer per received track."""
+
+    role = "publisher"
+    keyframe_interval_s = 0.5
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.producers: list[Producer] = []
+        self._transceivers: list[RTCRtpTransceiver] = []
+
+    def prepare(self, offer: Offer) -> None:
+        """Create recvonly transceivers with our codec choice before the offer is applied, so
+        the answer carries only H.264 Constrained Baseline (or VP8) and Opus."""
+        for media in offer.media:
+            if media.kind not in ("audio", "video"):
+                continue
+            prefs = publisher_preferences(
+                media.kind, [(c.name, c.parameters) for c in media.offered]
+            )
+            if not prefs:
+                wanted = "H.264 or VP8" if media.kind == "video" else "Opus"
+                raise bad_request(
+                    f"{media.kind} offers {', '.join(media.codecs) or 'no codec'}; "
+                    f"ShopCast needs {wanted}",
+                    "unsupported_codec",
+                )
+            transceiver = self.pc.addTransceiver(media.kind, direction="recvonly")
+            transceiver.setCodecPreferences(prefs)
+            self._transceivers.append(transceiver)
+
+    async def answer(self, offer_sdp: str) -> str:
+        answer = await super().answer(offer_sdp)
+        for transceiver in self._transceivers:
+            codecs = transceiver._codecs
+            if not codecs or transceiver.currentDirection == "inactive":
+                continue
+            producer = Producer(
+                transceiver.kind,
+                codecs[0],
+                publisher_id=self.id,
+                request_keyframe=keyframe_requester(transceiver.receiver),
+                keyframe_interval_s=self.keyframe_interval_s,
+            )
+            tap_receiver(transceiver.receiver, producer)
+            self.producers.append(producer)
+        return answer
+
+    @property
+    def live(self) -> bool:
+        return self.connected_at is not None and not self.closed
+
+    def on_closing(self) -> None:
+        for producer in self.producers:
+            for consumer in producer.close():
+                consumer.close()

@@ -1,0 +1,93 @@
+"""WHIP (RFC 9725) publish and WHEP play: the standard HTTP offer/answer exchanges.
+
+``POST /whip/{room}`` and ``POST /whep/{room}`` take an ``application/sdp`` offer and answer
+``201`` with a ``Location`` resource; ``DELETE`` on that resource ends the session.
+"""
+
+from __future__ import annotations
+
+import re
+
+from aiohttp import web
+
+from sfu.node import NODE_KEY
+from sfu.offer import parse_offer
+from sfu.peer import PeerLeg
+from signaling.errors import ApiError, Handler, bad_request
+from signaling.tokens import Grant, authorize
+
+ROOM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+SECRET_KEY = web.AppKey("token_secret", str)
+
+_KINDS = {"whip": (Grant.PUBLISH, "send", "publisher"), "whep": (Grant.SUBSCRIBE, "recv", "viewer")}
+
+
+def _room(request: web.Request) -> str:
+    room = request.match_info["room"]
+    if not ROOM_NAME.match(room):
+        raise bad_request("room names are 1-64 letters, digits, '.', '_' or '-'", "bad_room")
+    return room
+
+
+async def _read_offer(request: web.Request) -> str:
+    if request.content_type != "application/sdp":
+        raise ApiError(
+            415, "unsupported_media_type", "Content-Type must be application/sdp"
+        )
+    try:
+        return await request.text()
+    except UnicodeDecodeError as exc:
+        raise bad_request("SDP must be UTF-8 text", "malformed_sdp") from exc
+
+
+def _post(kind: str) -> Handler:
+    grant, want, _ = _KINDS[kind]
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        room = _room(request)
+        claims = authorize(
+            request.app[SECRET_KEY], request.headers.get("Authorization"), grant=grant, room=room
+        )
+        offer = parse_offer(await _read_offer(request), want=want)
+        node = request.app[NODE_KEY]
+        leg: PeerLeg
+        if kind == "whip":
+            leg, answer = await node.publish(room, claims.identity, offer)
+        else:
+            leg, answer = await node.play(room, claims.identity, offer)
+        location = f"/{kind}/{room}/{leg.id}"
+        return web.Response(
+            status=201,
+            text=answer,
+            content_type="application/sdp",
+            headers={"Location": location, "ETag": f'"{leg.id}"'},
+        )
+
+    return handler
+
+
+def _delete(kind: str) -> Handler:
+    grant, _, role = _KINDS[kind]
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        room = _room(request)
+        authorize(
+            request.app[SECRET_KEY], request.headers.get("Authorization"), grant=grant, room=room
+        )
+        leg = request.app[NODE_KEY].leg(room, request.match_info["id"], role)
+        await leg.close()
+        return web.Response(status=204)
+
+    return handler
+
+
+async def _patch(request: web.Request) -> web.StreamResponse:
+    """Trickle ICE and ICE restart are not supported (aiortc gathers before answering)."""
+    raise ApiError(405, "trickle_not_supported", "this server does not support trickle ICE")
+
+
+def add_routes(app: web.Application) -> None:
+    for kind in ("whip", "whep"):
+        app.router.add_post(f"/{kind}/{{room}}", _post(kind))
+        app.router.add_delete(f"/{kind}/{{room}}/{{id}}", _delete(kind))
+        app.router.add_patch(f"/{kind}/{{room}}/{{id}}", _patch)

@@ -1,0 +1,61 @@
+"""The launcher's application factory: wires the signaling side, the SFU and the pages."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from aiohttp import web
+
+from sfu import metrics as sfu_metrics
+from sfu import whip_whep
+from sfu.node import NODE_KEY, NodeSettings, SfuNode
+from shopcast.config import Config
+from signaling import pages
+from signaling.cors import cors_middleware
+from signaling.errors import error_middleware
+
+CONFIG_KEY = web.AppKey("config", Config)
+
+
+def node_settings(config: Config) -> NodeSettings:
+    return NodeSettings(
+        ice_hosts=config.ice_hosts,
+        ice_public_ip=config.ice_public_ip,
+        stun_url=config.stun_url,
+        turn_url=config.turn_url,
+        turn_username=config.turn_username,
+        turn_password=config.turn_password,
+        keyframe_interval_ms=config.pli_throttle_ms,
+        max_publishers=1,
+    )
+
+
+def create_app(config: Config) -> web.Application:
+    app = web.Application(middlewares=[cors_middleware, error_middleware], client_max_size=1 << 20)
+    app[CONFIG_KEY] = config
+    app[whip_whep.SECRET_KEY] = config.resolve_secret()
+    node = SfuNode(node_settings(config))
+    app[NODE_KEY] = node
+
+    async def node_lifetime(app: web.Application) -> AsyncIterator[None]:
+        await node.start()
+        yield
+        await node.stop()
+
+    app.cleanup_ctx.append(node_lifetime)
+    whip_whep.add_routes(app)
+    pages.add_routes(app, Path(config.web_dir))
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+async def healthz(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    return web.json_response({"status": "ok", "rooms": len(node.rooms), "sessions": len(node.legs)})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    lines = sfu_metrics.render(request.app[NODE_KEY])
+    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain", charset="utf-8")

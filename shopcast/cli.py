@@ -1,0 +1,99 @@
+"""``shopcast`` command line: ``serve`` (single node) and ``token``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+
+from aiohttp import web
+
+from shopcast import config as config_module
+from shopcast import logs
+from shopcast.app import create_app
+from signaling.tokens import Grant, mint
+
+logger = logging.getLogger("shopcast")
+
+DEMO_ROOM = "demo"
+DEMO_TTL = 24 * 3600
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="shopcast", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run signaling, SFU and pages in one process")
+    config_module.add_arguments(serve)
+    serve.add_argument("--demo-room", default=DEMO_ROOM, help="room for the printed page URLs")
+
+    token = sub.add_parser("token", help="print a signed access token")
+    token.add_argument("--room", required=True, help="room name, or * for every room (admin)")
+    token.add_argument("--identity", required=True, help="participant identity (token sub)")
+    token.add_argument("--name", default="", help="display name")
+    token.add_argument(
+        "--grant", action="append", required=True, choices=[g.value for g in Grant],
+        help="repeat for several grants",
+    )
+    token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
+    token.add_argument("--secret", default=None, help="token key [env SHOPCAST_SECRET]")
+    token.add_argument("--secret-file", default=None, help="where serve keeps its generated key")
+
+    args = parser.parse_args(argv)
+    if args.command == "token":
+        cfg = config_module.load(args)
+        print(
+            mint(
+                cfg.resolve_secret(), room=args.room, identity=args.identity,
+                grants=args.grant, name=args.name, ttl=args.ttl,
+            )
+        )
+        return
+    cfg = config_module.load(args)
+    logs.setup(cfg.log_level, cfg.log_json)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # uvloop is optional on platforms without it
+        pass
+    asyncio.run(serve_forever(cfg, args.demo_room))
+
+
+def demo_urls(cfg: config_module.Config, room: str) -> dict[str, str]:
+    secret = cfg.resolve_secret()
+    anchor = mint(secret, room=room, identity="anchor", grants=[Grant.PUBLISH, Grant.CHAT],
+                  name="Anchor", ttl=DEMO_TTL)
+    viewer = mint(secret, room=room, identity="viewer", grants=[Grant.SUBSCRIBE, Grant.CHAT],
+                  name="Viewer", ttl=DEMO_TTL)
+    base = cfg.base_url
+    return {
+        "anchor": f"{base}/anchor?room={room}&token={anchor}",
+        "viewer": f"{base}/viewer?room={room}&token={viewer}",
+    }
+
+
+async def serve_forever(cfg: config_module.Config, demo_room: str) -> None:
+    app = create_app(cfg)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, cfg.host, cfg.port)
+    await site.start()
+    urls = demo_urls(cfg, demo_room)
+    print(f"ShopCast is serving on {cfg.base_url}", flush=True)
+    print(f"  anchor page: {urls['anchor']}", flush=True)
+    print(f"  viewer page: {urls['viewer']}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    logger.info("shutting down")
+    await runner.cleanup()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""The one place for configuration: defaults, environment variables and CLI flags.
+
+Every setting has a field here, an environment variable ``SHOPCAST_<NAME>`` and a CLI flag
+``--<name>``; a flag beats the environment, which beats the default. The README lists them all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "SHOPCAST_"
+
+
+@dataclass
+class Config:
+    host: str = field(default="127.0.0.1", metadata={"help": "HTTP listen address"})
+    port: int = field(default=8080, metadata={"help": "HTTP listen port"})
+    public_url: str = field(
+        default="", metadata={"help": "base URL printed for pages (default http://host:port)"}
+    )
+    secret: str = field(
+        default="",
+        metadata={"help": "HS256 token key (default: generated once into secret_file)"},
+    )
+    secret_file: str = field(
+        default=str(Path.home() / ".config" / "shopcast" / "secret"),
+        metadata={"help": "where the generated token key is kept when no secret is given"},
+    )
+    redis: str = field(default="", metadata={"help": "Redis URL (empty: in-memory backend)"})
+    ice_hosts: list[str] = field(
+        default_factory=list,
+        metadata={"help": "host addresses to gather ICE candidates on (default: all but loopback)"},
+    )
+    ice_public_ip: str = field(
+        default="", metadata={"help": "public IP announced instead of host addresses (1:1 NAT)"}
+    )
+    stun_url: str = field(default="", metadata={"help": "STUN server, e.g. stun:host:3478"})
+    turn_url: str = field(default="", metadata={"help": "TURN server, e.g. turn:host:3478"})
+    turn_username: str = field(default="", metadata={"help": "TURN username"})
+    turn_password: str = field(default="", metadata={"help": "TURN password"})
+    pli_throttle_ms: int = field(
+        default=500, metadata={"help": "minimum gap between keyframe requests per track"}
+    )
+    log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
+    log_json: bool = field(default=False, metadata={"help": "log one JSON object per line"})
+    web_dir: str = field(
+        default=str(Path(__file__).resolve().parent.parent / "web"),
+        metadata={"help": "directory of the browser pages"},
+    )
+
+    def resolve_secret(self) -> str:
+        """The token key: given, or generated once and kept so `shopcast token` agrees."""
+        if self.secret:
+            return self.secret
+        path = Path(self.secret_file)
+        if path.exists():
+            self.secret = path.read_text().strip()
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.secret = secrets.token_urlsafe(32)
+            path.write_text(self.secret + "\n")
+            path.chmod(0o600)
+        return self.secret
+
+    @property
+    def base_url(self) -> str:
+        return self.public_url.rstrip("/") or f"http://{self.host}:{self.port}"
+
+
+def _parse(kind: object, raw: str) -> Any:
+    if kind in (bool, "bool"):
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    if kind in (int, "int"):
+        return int(raw)
+    if str(kind).startswith("list"):
+        return [part.strip() for part in raw.split(",") if part.strip()]
+    return raw
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one ``--flag`` per Config field; values default to None so the env can fill in."""
+    for f in fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata.get('help', '')} [env {ENV_PREFIX}{f.name.upper()}]"
+        if f.type in ("bool", bool):
+            parser.add_argument(
+                flag, dest=f.name, action="store_true", default=None, help=help_text
+            )
+        elif str(f.type).startswith("list"):
+            parser.add_argument(
+                flag, dest=f.name, action="append", default=None, help=help_text
+            )
+        else:
+            parser.add_argument(flag, dest=f.name, default=None, help=help_text)
+
+
+def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = None) -> Config:
+    """Build a Config from defaults, then the environment, then parsed CLI flags."""
+    env = dict(os.environ) if env is None else env
+    config = Config()
+    for f in fields(Config):
+        raw = env.get(ENV_PREFIX + f.name.upper())
+        if raw is not None:
+            setattr(config, f.name, _parse(f.type, raw))
+        value = getattr(args, f.name, None) if args is not None else None
+        if value is None:
+            continue
+        if str(f.type).startswith("list"):
+            value = [item.strip() for v in value for item in v.split(",") if item.strip()]
+        elif not isinstance(value, bool):
+            value = _parse(f.type, value)
+        setattr(config, f.name, value)
+    return config
