@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aioice.ice import StunProtocol
 from aiortc import RTCDtlsTransport, RTCRtpSender
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("shopcast.sfu.consumer")
 
 SendFn = Callable[[bytes], None]
+ProtectFn = Callable[[bytes], bytes]
 
 
 class Consumer:
@@ -38,10 +39,9 @@ class Consumer:
 
     __slots__ = (
         "_aiortc_rtcp",
+        "_protect",
         "_pt",
         "_send",
-        "_srtp",
-        "dtls",
         "nacks",
         "octets",
         "packets",
@@ -56,25 +56,36 @@ class Consumer:
     def __init__(
         self,
         producer: Producer,
-        sender: RTCRtpSender,
         payload_type: int,
         viewer_id: str,
+        protect: ProtectFn,
+        send: SendFn,
     ) -> None:
         self.producer = producer
-        self.sender = sender
         self.viewer_id = viewer_id
-        self.dtls: RTCDtlsTransport = sender.transport
-        self._srtp: Any = self.dtls._tx_srtp
         self._pt = payload_type if payload_type != producer.payload_type else -1
-        self._send = udp_sender(self.dtls)
+        self._protect = protect
+        self._send = send
         self.started = producer.kind != "video"
         self.packets = 0
         self.octets = 0
         self.nacks = 0
         self.retransmits = 0
         self.plis = 0
-        self._aiortc_rtcp: Callable[[AnyRtcpPacket], Awaitable[None]] = sender._handle_rtcp_packet
-        sender._handle_rtcp_packet = self.handle_rtcp  # type: ignore[method-assign]
+        self.sender: RTCRtpSender | None = None
+        self._aiortc_rtcp: Callable[[AnyRtcpPacket], Awaitable[None]] | None = None
+
+    @classmethod
+    def for_sender(
+        cls, producer: Producer, sender: RTCRtpSender, payload_type: int, viewer_id: str
+    ) -> Consumer:
+        """A consumer sending through an aiortc sender whose DTLS transport is connected."""
+        dtls: RTCDtlsTransport = sender.transport
+        consumer = cls(producer, payload_type, viewer_id, dtls._tx_srtp.protect, udp_sender(dtls))
+        consumer.sender = sender
+        consumer._aiortc_rtcp = sender._handle_rtcp_packet
+        sender._handle_rtcp_packet = consumer.handle_rtcp  # type: ignore[method-assign]
+        return consumer
 
     def forward(self, packet: bytes, keyframe: bool) -> None:
         """Send one canonical packet; video waits for a keyframe start."""
@@ -87,7 +98,7 @@ class Consumer:
             header[1] = (header[1] & 0x80) | self._pt
             packet = bytes(header)
         try:
-            self._send(self._srtp.protect(packet))
+            self._send(self._protect(packet))
         except Exception as exc:  # a closing transport must never break the fan-out loop
             logger.debug("send failed viewer=%s: %s", self.viewer_id, exc)
             return
@@ -103,7 +114,7 @@ class Consumer:
         elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
             self.plis += 1
             self.producer.request_keyframe()
-        elif isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+        elif isinstance(packet, (RtcpRrPacket, RtcpSrPacket)) and self._aiortc_rtcp is not None:
             await self._aiortc_rtcp(packet)  # aiortc keeps RTT and remote-inbound stats
 
     def retransmit(self, sequence_number: int) -> None:
@@ -111,13 +122,16 @@ class Consumer:
         if data is None or not self.started:
             return
         self.retransmits += 1
+        self.producer.retransmits += 1
         self.forward(data, True)
 
     def refresh_sender_report(self) -> None:
         """Feed aiortc's RTCP loop the publisher's NTP/RTP mapping and our counters (timer, not
         per packet), so the viewer's SR keeps audio and video in sync."""
-        ntp, rtp = self.producer.sender_report()
         sender = self.sender
+        if sender is None:
+            return
+        ntp, rtp = self.producer.sender_report()
         sender._RTCRtpSender__ntp_timestamp = ntp  # type: ignore[attr-defined]
         sender._RTCRtpSender__rtp_timestamp = rtp  # type: ignore[attr-defined]
         sender._RTCRtpSender__packet_count = self.packets  # type: ignore[attr-defined]

@@ -32,7 +32,7 @@ def render(node: SfuNode) -> list[str]:
         room_lines["shopcast_room_live"].append(f"{{{label}}} {int(room.live)}")
         for producer in room.producers():
             track = f'{label},kind="{producer.kind}",publisher="{producer.publisher_id}"'
-            retransmits = sum(c.retransmits for c in producer.consumers)
+            retransmits = producer.retransmits
             room_lines["shopcast_track_packets_total"].append(f"{{{track}}} {producer.packets}")
             room_lines["shopcast_track_bytes_total"].append(f"{{{track}}} {producer.octets}")
             room_lines["shopcast_track_keyframes_total"].append(f"{{{track}}} {producer.keyframes}")

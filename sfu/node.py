@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from aiohttp import web
 
@@ -37,6 +38,14 @@ class NodeSettings:
     max_publishers: int = 1
 
 
+class RoomObserver(Protocol):
+    """Told when a room's publishers come and go: FLV output, events, webhooks hang here."""
+
+    def publisher_live(self, room: Room, publisher: Publisher) -> None: ...
+
+    def publisher_left(self, room: Room, publisher: Publisher) -> None: ...
+
+
 class SfuNode:
     """Owns rooms and legs; the only place that creates or ends a WebRTC session."""
 
@@ -48,6 +57,7 @@ class SfuNode:
             settings.stun_url, settings.turn_url, settings.turn_username, settings.turn_password
         )
         self._ticker: asyncio.Task[None] | None = None
+        self.observers: list[RoomObserver] = []
         use_host_addresses(settings.ice_hosts)
 
     async def start(self) -> None:
@@ -72,6 +82,7 @@ class SfuNode:
             self._rtc_configuration,
             public_ip=self.settings.ice_public_ip,
             on_closed=self._leg_closed,
+            on_live=self._publisher_live,
         )
         publisher.keyframe_interval_s = self.settings.keyframe_interval_ms / 1000
         self.rooms[room_name] = room
@@ -119,6 +130,13 @@ class SfuNode:
             raise not_found(f"no {role} session {leg_id!r} in room {room_name!r}")
         return leg
 
+    def _publisher_live(self, publisher: Publisher) -> None:
+        room = self.rooms.get(publisher.room)
+        if room is None:
+            return
+        for observer in self.observers:
+            observer.publisher_live(room, publisher)
+
     def _leg_closed(self, leg: PeerLeg) -> None:
         self.legs.pop(leg.id, None)
         room = self.rooms.get(leg.room)
@@ -126,6 +144,9 @@ class SfuNode:
             return
         if isinstance(leg, Publisher):
             room.remove_publisher(leg)
+            if leg.connected_at is not None:
+                for observer in self.observers:
+                    observer.publisher_left(room, leg)
         elif isinstance(leg, Viewer):
             room.remove_viewer(leg)
         if room.empty:

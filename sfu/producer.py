@@ -1,8 +1,8 @@
-"""A Producer is one track coming in from a publisher; it fans packets out to Consumers.
+"""A Producer is one track coming in from a publisher; it fans packets out to its sinks.
 
 Per incoming packet it builds one canonical packet (our SSRC, the publisher's sequence number
 and timestamp, no header extensions), stores it for NACKs and hands the same bytes to every
-consumer. Nothing here decodes media.
+sink. Nothing here decodes media.
 """
 
 from __future__ import annotations
@@ -11,16 +11,13 @@ import random
 import struct
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from aiortc import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
 from sfu.codecs import keyframe_detector
 from sfu.history import PacketHistory
-
-if TYPE_CHECKING:
-    from sfu.consumer import Consumer
 
 _HEADER = struct.Struct("!BBHII")
 NTP_EPOCH_OFFSET = 2208988800  # seconds from 1900 to 1970
@@ -32,8 +29,19 @@ def ntp_now() -> int:
     return (int(now) << 32) | int((now % 1) * (1 << 32))
 
 
+class PacketSink(Protocol):
+    """Anything a producer forwards to: a viewer's Consumer, a room's FLV muxer, a worker pipe.
+
+    ``forward`` runs on the per-packet path: synchronous, no awaits, no tasks.
+    """
+
+    def forward(self, packet: bytes, keyframe: bool) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class Producer:
-    """One published track and the consumers (viewer legs) it forwards to."""
+    """One published track and the sinks (viewer consumers, muxers) it forwards to."""
 
     def __init__(
         self,
@@ -52,12 +60,13 @@ class Producer:
             raise ValueError("a negotiated codec has a payload type")
         self.payload_type: int = codec.payloadType
         self.history = PacketHistory(1024 if kind == "video" else 256)
-        self.consumers: list[Consumer] = []
+        self.sinks: list[PacketSink] = []
         self.source_ssrc: int | None = None
         self.packets = 0
         self.octets = 0
         self.keyframes = 0
         self.keyframe_requests = 0
+        self.retransmits = 0
         self.last_timestamp = 0
         self.closed = False
         self._is_keyframe = keyframe_detector(codec.name)
@@ -90,18 +99,18 @@ class Producer:
         self.octets += len(payload)
         if keyframe and self.kind == "video":
             self.keyframes += 1
-        for consumer in self.consumers:
-            consumer.forward(data, keyframe)
+        for sink in self.sinks:
+            sink.forward(data, keyframe)
 
-    def attach(self, consumer: Consumer) -> None:
-        """Start forwarding to a consumer; a video consumer waits for a keyframe, so ask one."""
-        self.consumers.append(consumer)
+    def attach(self, sink: PacketSink) -> None:
+        """Start forwarding to a sink; a new video sink waits for a keyframe, so ask for one."""
+        self.sinks.append(sink)
         if self.kind == "video":
             self.request_keyframe()
 
-    def detach(self, consumer: Consumer) -> None:
-        if consumer in self.consumers:
-            self.consumers.remove(consumer)
+    def detach(self, sink: PacketSink) -> None:
+        if sink in self.sinks:
+            self.sinks.remove(sink)
 
     def request_keyframe(self) -> None:
         """Ask the publisher for a keyframe, at most once per throttle interval."""
@@ -120,7 +129,7 @@ class Producer:
     def _new_source(self, ssrc: int) -> None:
         """First packet, or the publisher changed SSRC: ask for the keyframe viewers wait on."""
         self.source_ssrc = ssrc
-        if self._keyframe_pending or self.consumers:
+        if self._keyframe_pending or self.sinks:
             self._keyframe_pending = False
             self._last_keyframe_request = -1e9
             self.request_keyframe()
@@ -135,9 +144,9 @@ class Producer:
             return self._sender_report
         return ntp_now(), self.last_timestamp
 
-    def close(self) -> list[Consumer]:
+    def close(self) -> list[PacketSink]:
         """Stop forwarding; returns the consumers that were attached so their legs can react."""
         self.closed = True
-        consumers, self.consumers = self.consumers, []
+        sinks, self.sinks = self.sinks, []
         self.history.clear()
-        return consumers
+        return sinks

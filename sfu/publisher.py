@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from aiortc import RTCRtpTransceiver
 
 from sfu.codecs import publisher_preferences
@@ -18,10 +21,20 @@ class Publisher(PeerLeg):
     role = "publisher"
     keyframe_interval_s = 0.5
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(
+        self,
+        *args: Any,
+        on_live: Callable[[Publisher], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
         self.producers: list[Producer] = []
         self._transceivers: list[RTCRtpTransceiver] = []
+        self._on_live = on_live
+
+    def on_connected(self) -> None:
+        if self._on_live is not None:
+            self._on_live(self)
 
     def prepare(self, offer: Offer) -> None:
         """Create recvonly transceivers with our codec choice before the offer is applied, so

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from aiortc import MediaStreamTrack, RTCRtpTransceiver
 
@@ -32,8 +33,8 @@ class Viewer(PeerLeg):
 
     role = "viewer"
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.consumers: list[Consumer] = []
         self._pairs: list[tuple[RTCRtpTransceiver, Producer]] = []
 
@@ -68,7 +69,9 @@ class Viewer(PeerLeg):
             codecs = transceiver._codecs
             if producer.closed or not codecs or codecs[0].payloadType is None:
                 continue
-            consumer = Consumer(producer, transceiver.sender, codecs[0].payloadType, self.id)
+            consumer = Consumer.for_sender(
+                producer, transceiver.sender, codecs[0].payloadType, self.id
+            )
             self.consumers.append(consumer)
             producer.attach(consumer)
         if not self.consumers:
