@@ -63,8 +63,9 @@ class Config:
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.secret = secrets.token_urlsafe(32)
-            path.write_text(self.secret + "\n")
-            path.chmod(0o600)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never world-readable
+            with os.fdopen(fd, "w") as out:
+                out.write(self.secret + "\n")
         return self.secret
 
     @property

@@ -74,7 +74,7 @@ def test_publisher_gets_one_video_codec_constrained_baseline_first() -> None:
 
 def test_publisher_h264_without_packetization_mode_1_falls_back_to_vp8() -> None:
     offered = [("H264", {"packetization-mode": "0", "profile-level-id": "42e01f"}), ("VP8", {})]
-    assert [p.mimeType for p in publisher_preferences("video", offered)][0] == "video/VP8"
+    assert publisher_preferences("video", offered)[0].mimeType == "video/VP8"
 
 
 def test_publisher_with_no_usable_codec_gets_nothing() -> None:
