@@ -7,6 +7,7 @@ sink. Nothing here decodes media.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import struct
 import time
@@ -75,6 +76,7 @@ class Producer:
         self._last_keyframe_request = -1e9
         self._sender_report: tuple[int, int] | None = None
         self._keyframe_pending = False
+        self._deferred: asyncio.TimerHandle | None = None
 
     def ingest(self, packet: RtpPacket) -> None:
         """Forward one packet from the publisher (after RTX unwrap) to every consumer."""
@@ -113,18 +115,28 @@ class Producer:
             self.sinks.remove(sink)
 
     def request_keyframe(self) -> None:
-        """Ask the publisher for a keyframe, at most once per throttle interval."""
-        now = time.monotonic()
+        """Ask the publisher for a keyframe, at most once per throttle interval.
+
+        A request inside the interval is deferred to its end, not dropped: the viewer that
+        asked may have joined just after the last keyframe went by.
+        """
         if self.kind != "video" or self.closed:
             return
         if self.source_ssrc is None:
             self._keyframe_pending = True
             return
-        if now - self._last_keyframe_request < self._keyframe_interval_s:
+        wait = self._last_keyframe_request + self._keyframe_interval_s - time.monotonic()
+        if wait > 0:
+            if self._deferred is None:
+                self._deferred = asyncio.get_running_loop().call_later(wait, self._send_deferred)
             return
-        self._last_keyframe_request = now
+        self._last_keyframe_request = time.monotonic()
         self.keyframe_requests += 1
         self._request_keyframe(self.source_ssrc)
+
+    def _send_deferred(self) -> None:
+        self._deferred = None
+        self.request_keyframe()
 
     def _new_source(self, ssrc: int) -> None:
         """First packet, or the publisher changed SSRC: ask for the keyframe viewers wait on."""
@@ -147,6 +159,9 @@ class Producer:
     def close(self) -> list[PacketSink]:
         """Stop forwarding; returns the consumers that were attached so their legs can react."""
         self.closed = True
+        if self._deferred is not None:
+            self._deferred.cancel()
+            self._deferred = None
         sinks, self.sinks = self.sinks, []
         self.history.clear()
         return sinks

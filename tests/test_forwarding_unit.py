@@ -3,6 +3,7 @@ answers from the shared history, the keyframe-request throttle and the SR mappin
 
 from __future__ import annotations
 
+import asyncio
 import struct
 
 from aiortc import RTCRtpCodecParameters
@@ -122,6 +123,10 @@ async def test_viewer_pli_goes_upstream_through_the_throttle() -> None:
         await consumer.handle_rtcp(pli)
     assert requests == [4242]  # throttled: within 500 ms of the last request
     assert consumer.plis == 20
+    await asyncio.sleep(0.6)
+    assert requests == [4242, 4242]  # ...but deferred to the end of the interval, not dropped
+    await asyncio.sleep(0.6)
+    assert requests == [4242, 4242]  # and only once
 
 
 def test_sender_report_repeats_the_publisher_mapping() -> None:
