@@ -16,18 +16,23 @@ _CANDIDATE = re.compile(r"^(a=candidate:\S+ \d+ \S+ \d+ )(\S+)( \d+ typ host.*)$
 _CONNECTION = re.compile(r"^c=IN IP4 \S+$", re.MULTILINE)
 
 
-def use_host_addresses(addresses: list[str]) -> None:
-    """Gather host candidates on exactly these addresses (process-wide, set once at start-up).
+_AIOICE_HOST_ADDRESSES = aioice.ice.get_host_addresses
+
+
+def use_host_addresses(addresses: list[str], *, add_loopback: bool = False) -> None:
+    """Gather host candidates on exactly these addresses (process-wide, set at start-up).
 
     aioice lists every interface but loopback; tests and single-machine demos need 127.0.0.1,
-    and multi-homed hosts want to choose.
+    and multi-homed hosts want to choose. With no list, aioice's choice is kept, plus
+    127.0.0.1 when ``add_loopback`` (a node serving on loopback).
     """
-    if not addresses:
-        return
     chosen = list(addresses)
 
     def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-        return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
+        found = chosen or _AIOICE_HOST_ADDRESSES(use_ipv4, use_ipv6)
+        if not chosen and add_loopback and use_ipv4:
+            found = [*found, "127.0.0.1"]
+        return [a for a in found if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
 
     aioice.ice.get_host_addresses = get_host_addresses
 

@@ -29,6 +29,7 @@ class NodeSettings:
     """What the media plane needs from the configuration."""
 
     ice_hosts: list[str]
+    ice_loopback: bool = False
     ice_public_ip: str = ""
     stun_url: str = ""
     turn_url: str = ""
@@ -58,7 +59,7 @@ class SfuNode:
         )
         self._ticker: asyncio.Task[None] | None = None
         self.observers: list[RoomObserver] = []
-        use_host_addresses(settings.ice_hosts)
+        use_host_addresses(settings.ice_hosts, add_loopback=settings.ice_loopback)
 
     async def start(self) -> None:
         self._ticker = asyncio.create_task(self._tick())

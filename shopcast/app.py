@@ -21,6 +21,7 @@ CONFIG_KEY = web.AppKey("config", Config)
 def node_settings(config: Config) -> NodeSettings:
     return NodeSettings(
         ice_hosts=config.ice_hosts,
+        ice_loopback=config.host in ("127.0.0.1", "localhost", "::1"),
         ice_public_ip=config.ice_public_ip,
         stun_url=config.stun_url,
         turn_url=config.turn_url,
