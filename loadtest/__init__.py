@@ -1,0 +1,1 @@
+"""Load generators and latency probes; they speak only public protocols (WHIP/WHEP, WebRTC)."""

@@ -1,0 +1,185 @@
+"""Real aiortc peers through the SFU on loopback: content, late join, NACK, teardown, and
+proof that the forwarding path runs no encoder or decoder."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from aiortc import rtcrtpreceiver, rtcrtpsender
+
+from loadtest.clients import play, publish
+from loadtest.media import PaintedVideoTrack, ToneAudioTrack, dominant_colour, read_painted
+from sfu.node import NODE_KEY
+from sfu.viewer import Viewer
+
+pytestmark = pytest.mark.slow
+
+
+async def wait_for(predicate: Any, limit_s: float, what: str) -> None:
+    deadline = time.monotonic() + limit_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {limit_s}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def start_anchor(server: Any, room: str, colour: str = "red") -> Any:
+    """Publish a painted anchor and wait until the SFU has it live (viewers 404 before)."""
+    anchor = await publish(
+        server.url, room, server.token(room, "anchor", "publish"),
+        PaintedVideoTrack(colour=colour), ToneAudioTrack(),
+    )
+    node = server.app[NODE_KEY]
+    await wait_for(lambda: room in node.rooms and node.rooms[room].live, 10, "anchor live")
+    return anchor
+
+
+async def test_three_viewers_decode_the_anchors_painted_frames(server: Any) -> None:
+    anchor = await start_anchor(server, "live1", colour="red")
+    seen: dict[int, list[tuple[int, int]]] = {0: [], 1: [], 2: []}
+    colours: dict[int, list[tuple[int, int, int]]] = {0: [], 1: [], 2: []}
+
+    def recorder(i: int) -> Any:
+        def on_frame(frame: Any) -> None:
+            painted = read_painted(frame)
+            if painted is not None:
+                seen[i].append(painted)
+                colours[i].append(dominant_colour(frame))
+        return on_frame
+
+    viewers = [
+        await play(server.url, "live1", server.token("live1", f"v{i}", "subscribe"),
+                   on_frame=recorder(i))
+        for i in range(3)
+    ]
+    try:
+        await wait_for(lambda: all(len(s) >= 45 for s in seen.values()), 15, "45 frames each")
+        for i in range(3):
+            frame_numbers = [n for _, n in seen[i]]
+            assert frame_numbers == sorted(frame_numbers), "frames arrive in order"
+            assert frame_numbers[-1] - frame_numbers[0] >= 44, "the pattern moves"
+            red, green, blue = colours[i][-1]
+            assert red > 150 and green < 100 and blue < 100, f"viewer {i}: {colours[i][-1]}"
+        # every viewer got the same pictures: painted frame numbers overlap
+        common = set.intersection(*(set(n for _, n in s) for s in seen.values()))
+        assert len(common) >= 30
+    finally:
+        for viewer in viewers:
+            await viewer.close()
+        await anchor.close()
+
+
+async def test_a_late_viewer_decodes_within_one_second(server: Any) -> None:
+    anchor = await start_anchor(server, "late")
+    try:
+        await asyncio.sleep(3)  # well past the anchor's first keyframe
+        started = time.monotonic()
+        viewer = await play(server.url, "late", server.token("late", "v", "subscribe"))
+        await wait_for(lambda: viewer.frames > 0, 5, "first frame")
+        first_frame_s = viewer.first_frame_at - started
+        assert first_frame_s < 1.0, f"first frame after {first_frame_s:.3f}s"
+        await viewer.close()
+    finally:
+        await anchor.close()
+
+
+async def test_a_viewer_that_loses_packets_gets_them_back_through_nack(server: Any) -> None:
+    anchor = await start_anchor(server, "lossy")
+    viewer = await play(server.url, "lossy", server.token("lossy", "v", "subscribe"), decode=True)
+    dropped: set[int] = set()
+    node = server.app[NODE_KEY]
+    video_ssrc = next(p.ssrc for p in node.rooms["lossy"].producers() if p.kind == "video")
+    ice = viewer.pc.getTransceivers()[0].receiver.transport.transport
+    original = ice._recv
+
+    async def lossy_recv() -> bytes:
+        """Lose every 7th video packet once, on the wire (before SRTP, as real loss is), so
+        the SRTP replay window accepts the retransmission."""
+        while True:
+            data: bytes = await original()
+            if 127 < data[0] < 192 and not 192 <= data[1] <= 223:  # RTP, not RTCP
+                seq = int.from_bytes(data[2:4], "big")
+                ssrc = int.from_bytes(data[8:12], "big")
+                if ssrc == video_ssrc and seq % 7 == 0 and seq not in dropped:
+                    dropped.add(seq)
+                    continue
+            return data
+
+    ice._recv = lossy_recv
+    try:
+        await wait_for(lambda: len(dropped) >= 20 and viewer.frames >= 60, 20, "loss and frames")
+        server_viewer = next(leg for leg in node.legs.values() if isinstance(leg, Viewer))
+        retransmits = sum(c.retransmits for c in server_viewer.consumers)
+        assert retransmits >= len(dropped) * 0.8, (retransmits, len(dropped))
+        before = viewer.frames
+        await asyncio.sleep(1.0)
+        assert viewer.frames - before >= 20, "video keeps playing through the loss"
+    finally:
+        await viewer.close()
+        await anchor.close()
+
+
+async def test_five_viewers_make_no_encoder_or_decoder_on_the_server(
+    server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    created: dict[str, int] = {"encoders": 0, "decoders": 0}
+    real_encoder, real_decoder = rtcrtpsender.get_encoder, rtcrtpreceiver.get_decoder
+
+    def counting_encoder(codec: Any) -> Any:
+        created["encoders"] += 1
+        return real_encoder(codec)
+
+    def counting_decoder(codec: Any) -> Any:
+        created["decoders"] += 1
+        return real_decoder(codec)
+
+    monkeypatch.setattr(rtcrtpsender, "get_encoder", counting_encoder)
+    monkeypatch.setattr(rtcrtpreceiver, "get_decoder", counting_decoder)
+    anchor = await start_anchor(server, "nocodec")
+    await asyncio.sleep(1.0)  # the anchor's own encoders exist by now
+    before = dict(created)
+    viewers = [
+        await play(server.url, "nocodec", server.token("nocodec", f"v{i}", "subscribe"),
+                   decode=False)
+        for i in range(5)
+    ]
+    try:
+        await wait_for(lambda: all(v.packets >= 200 for v in viewers), 15, "packets at viewers")
+        # five viewers added no encoder (only the anchor client encodes) and nobody decodes
+        assert created == before
+        assert created["decoders"] == 0
+        node = server.app[NODE_KEY]
+        for leg in node.legs.values():
+            if isinstance(leg, Viewer):
+                for transceiver in leg.pc.getTransceivers():
+                    assert transceiver.sender._RTCRtpSender__encoder is None
+    finally:
+        for viewer in viewers:
+            await viewer.close()
+        await anchor.close()
+
+
+async def test_anchor_leaving_ends_viewer_sessions_and_frees_everything(server: Any) -> None:
+    tasks_before = {t for t in asyncio.all_tasks() if not t.done()}
+    anchor = await start_anchor(server, "bye")
+    viewers = [
+        await play(server.url, "bye", server.token("bye", f"v{i}", "subscribe"), decode=False)
+        for i in range(2)
+    ]
+    await wait_for(lambda: all(v.packets > 50 for v in viewers), 10, "media flowing")
+    await anchor.close()  # WHIP DELETE
+    node = server.app[NODE_KEY]
+    await wait_for(lambda: not node.legs and not node.rooms, 5, "server legs and rooms freed")
+    await wait_for(
+        lambda: all(v.pc.connectionState in ("closed", "failed") for v in viewers), 45,
+        "viewers told the session ended",
+    )
+    for viewer in viewers:
+        await viewer.close()
+    await asyncio.sleep(0.5)
+    leftover = {t for t in asyncio.all_tasks() if not t.done()} - tasks_before
+    leftover.discard(asyncio.current_task())  # type: ignore[arg-type]
+    assert not leftover, f"tasks left behind: {leftover}"
