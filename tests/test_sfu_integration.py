@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from aiortc import rtcrtpreceiver, rtcrtpsender
+from aiortc.rtp import RtcpSrPacket
 
 from loadtest.clients import play, publish
 from loadtest.media import PaintedVideoTrack, ToneAudioTrack, dominant_colour, read_painted
@@ -183,3 +184,63 @@ async def test_anchor_leaving_ends_viewer_sessions_and_frees_everything(server: 
     leftover = {t for t in asyncio.all_tasks() if not t.done()} - tasks_before
     leftover.discard(asyncio.current_task())  # type: ignore[arg-type]
     assert not leftover, f"tasks left behind: {leftover}"
+
+
+async def test_viewer_sender_reports_repeat_the_publishers_mapping(server: Any) -> None:
+    """A/V sync: each viewer SR carries an (NTP, RTP) pair the publisher itself reported."""
+    sent: dict[str, set[tuple[int, int]]] = {"audio": set(), "video": set()}
+    anchor = await start_anchor(server, "sync")
+    for sender in anchor.pc.getSenders():
+        original_send = sender._send_rtcp
+
+        async def recording_send(packets: list[Any], kind: str = sender.kind,
+                                 original: Any = original_send) -> None:
+            for packet in packets:
+                if isinstance(packet, RtcpSrPacket):
+                    info = packet.sender_info
+                    sent[kind].add((info.ntp_timestamp, info.rtp_timestamp))
+            await original(packets)
+
+        sender._send_rtcp = recording_send
+    viewer = await play(server.url, "sync", server.token("sync", "v", "subscribe"), decode=False)
+    received: dict[str, list[tuple[int, int]]] = {"audio": [], "video": []}
+    for transceiver in viewer.pc.getTransceivers():
+        receiver, kind = transceiver.receiver, transceiver.kind
+        original_rtcp = receiver._handle_rtcp_packet
+
+        async def recording_rtcp(packet: Any, kind: str = kind, original: Any = original_rtcp
+                                 ) -> None:
+            if isinstance(packet, RtcpSrPacket):
+                info = packet.sender_info
+                received[kind].append((info.ntp_timestamp, info.rtp_timestamp))
+            await original(packet)
+
+        receiver._handle_rtcp_packet = recording_rtcp
+    try:
+        await wait_for(lambda: all(len(r) >= 4 for r in received.values()), 15, "viewer SRs")
+        for kind in ("audio", "video"):
+            matching = [pair for pair in received[kind] if pair in sent[kind]]
+            assert len(matching) >= 2, (kind, received[kind][-3:], sorted(sent[kind])[-3:])
+            assert received[kind][-1] in sent[kind]
+    finally:
+        await viewer.close()
+        await anchor.close()
+
+
+async def test_ice_failure_ends_the_session(server: Any) -> None:
+    """A viewer that vanishes without a DELETE (no DTLS close, no STUN answers) is dropped when
+    ICE consent expires (RFC 7675: about 30 s)."""
+    anchor = await start_anchor(server, "gone")
+    viewer = await play(server.url, "gone", server.token("gone", "v", "subscribe"), decode=False)
+    node = server.app[NODE_KEY]
+    try:
+        await wait_for(lambda: viewer.packets > 50, 10, "media flowing")
+        assert len(node.rooms["gone"].viewers) == 1
+        connection = viewer.pc.getTransceivers()[0].receiver.transport.transport._connection
+        for protocol in connection._protocols:
+            protocol.transport.close()  # the viewer's network is gone
+        await wait_for(lambda: not node.rooms["gone"].viewers, 45, "server drops the viewer")
+        assert all(leg.role == "publisher" for leg in node.legs.values())
+    finally:
+        await viewer.close()
+        await anchor.close()
