@@ -1,0 +1,52 @@
+"""Wires the control plane (signaling/) into the app: settings from Config, lifetime, routes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from shopcast.config import Config
+from signaling import api
+from signaling import metrics as signaling_metrics
+from signaling.service import SIGNALING_KEY, Signaling, SignalingSettings
+from signaling.webhooks import WebhookSettings
+
+
+def signaling_settings(config: Config) -> SignalingSettings:
+    settings = SignalingSettings(
+        secret=config.resolve_secret(),
+        redis_url=config.redis,
+        redis_prefix=config.redis_prefix,
+        event_history=config.event_history,
+        webhooks=WebhookSettings(
+            urls=list(config.webhook_urls),
+            secret=config.webhook_secret,
+            attempts=config.webhook_attempts,
+        ),
+    )
+    if config.node_id:
+        settings.node_id = config.node_id
+    return settings
+
+
+def add_control_plane(app: web.Application, config: Config) -> Signaling:
+    """Build the Signaling services, tie their lifetime to the app's and mount /api/v1.
+
+    Call this before adding the SFU's cleanup context, so signaling starts first and stops
+    last (sessions the SFU ends at shutdown are still reported)."""
+    signaling = Signaling(signaling_settings(config))
+    app[SIGNALING_KEY] = signaling
+
+    async def lifetime(app: web.Application) -> AsyncIterator[None]:
+        await signaling.start()
+        yield
+        await signaling.close()
+
+    app.cleanup_ctx.append(lifetime)
+    api.add_routes(app)
+    return signaling
+
+
+async def metrics_lines(app: web.Application) -> list[str]:
+    return await signaling_metrics.render(app[SIGNALING_KEY])

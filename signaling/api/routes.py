@@ -1,0 +1,103 @@
+"""The REST API's route table: one ``Route`` per operation, from which both the aiohttp
+routes and the OpenAPI document are made, so every route is documented and vice versa.
+
+A route names the grant it needs; ``mount`` checks the bearer token (and, for paths with a
+``{room}``, that the token is for that room or for ``*``) before the handler runs, parses and
+validates the JSON body against the route's schema, and puts both on the request.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from signaling.api.schema import Schema, validate
+from signaling.errors import ApiError, bad_request
+from signaling.service import SIGNALING_KEY, Signaling
+from signaling.tokens import Claims, Grant, authorize
+
+PREFIX = "/api/v1"
+MAX_BODY = 64 * 1024
+
+ApiHandler = Callable[["Call"], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str  # under PREFIX, with {name} parameters
+    handler: ApiHandler
+    summary: str
+    operation_id: str
+    tag: str
+    grant: Grant | None = Grant.ADMIN  # None: no token needed
+    body: Schema | None = None
+    response: Schema | None = None  # None: no body (204)
+    status: int = 200
+    errors: tuple[int, ...] = ()
+    description: str = ""
+    headers: dict[str, str] = field(default_factory=dict)  # request header -> description
+
+    @property
+    def full_path(self) -> str:
+        return PREFIX + self.path
+
+
+@dataclass
+class Call:
+    """What a handler gets: the request, the verified claims, the validated body, services."""
+
+    request: web.Request
+    signaling: Signaling
+    claims: Claims | None
+    body: Any
+
+    def param(self, name: str) -> str:
+        return self.request.match_info[name]
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=lambda v: json.dumps(v, default=str))
+
+
+async def _read_body(request: web.Request, schema: Schema) -> Any:
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise ApiError(413, "body_too_large", f"bodies are limited to {MAX_BODY} bytes")
+    raw = await request.read()
+    if len(raw) > MAX_BODY:
+        raise ApiError(413, "body_too_large", f"bodies are limited to {MAX_BODY} bytes")
+    if not raw.strip():
+        value: Any = {}
+    else:
+        try:
+            value = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise bad_request(f"body is not JSON: {exc}", "malformed_json") from exc
+    validate(schema, value)
+    return value
+
+
+def _endpoint(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def endpoint(request: web.Request) -> web.StreamResponse:
+        signaling = request.app[SIGNALING_KEY]
+        claims = None
+        if route.grant is not None:
+            claims = authorize(
+                signaling.settings.secret,
+                request.headers.get("Authorization"),
+                grant=route.grant,
+                room=request.match_info.get("room"),
+            )
+        body = await _read_body(request, route.body) if route.body is not None else None
+        return await route.handler(Call(request, signaling, claims, body))
+
+    return endpoint
+
+
+def mount(app: web.Application, routes: list[Route]) -> None:
+    for route in routes:
+        app.router.add_route(route.method, route.full_path, _endpoint(route))

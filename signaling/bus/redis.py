@@ -1,0 +1,163 @@
+"""The Redis Bus: a room's ``seq`` is an INCR, its history a Stream (entry id ``<seq>-0``), its
+fan-out a pub/sub channel; one Lua script does all three, so pub/sub order is ``seq`` order.
+
+One pub/sub connection per process carries every room this process has subscribers in; a
+reader task hands messages to local subscriptions. Messages are ``b"<seq>:" + msgpack``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+
+from signaling.bus.base import Bus, Event, check_event, pack, unpack
+from signaling.store.redis import Keys
+
+logger = logging.getLogger("shopcast.signaling.bus")
+
+# KEYS: seq, stream; ARGV: payload, max history, channel -> seq
+PUBLISH = """
+local seq = redis.call('INCR', KEYS[1])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'e', ARGV[1])
+redis.call('PUBLISH', ARGV[3], seq .. ':' .. ARGV[1])
+return seq
+"""
+
+ANCHOR = "\0anchor"  # a channel we always hold, so the reader never runs out of subscriptions
+
+
+class RedisBus(Bus):
+    def __init__(self, client: Redis, prefix: str = "shopcast", history_size: int = 1000) -> None:
+        super().__init__(history_size)
+        self.client = client
+        self._r: Any = client
+        self.keys = Keys(prefix)
+        self._publish = client.register_script(PUBLISH)
+        self._pubsub: PubSub | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._confirmed: dict[bytes, asyncio.Future[None]] = {}
+        self._by_wire: dict[bytes, str] = {}
+
+    def _wire(self, channel: str) -> str:
+        if channel.startswith("\0"):
+            return self.keys.topic(channel[1:])
+        return self.keys.events(channel)
+
+    async def start(self) -> None:
+        self._pubsub = self.client.pubsub()
+        await self._subscribe(ANCHOR)
+        self._reader = asyncio.create_task(self._read())
+        await self._confirmed_of(ANCHOR)
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        if self._pubsub is not None:
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _subscribe(self, channel: str) -> None:
+        wire = self._wire(channel).encode()
+        self._by_wire[wire] = channel
+        self._confirmed[wire] = asyncio.get_running_loop().create_future()
+        assert self._pubsub is not None, "RedisBus.start() was not called"
+        await self._pubsub.subscribe(wire)
+
+    async def _confirmed_of(self, channel: str) -> None:
+        future = self._confirmed.get(self._wire(channel).encode())
+        if future is not None:
+            await future
+
+    async def _channel_opened(self, channel: str) -> None:
+        """Subscribe and wait for Redis to confirm, so history read next cannot miss events."""
+        await self._subscribe(channel)
+        await self._confirmed_of(channel)
+
+    async def _channel_closed(self, channel: str) -> None:
+        wire = self._wire(channel).encode()
+        self._by_wire.pop(wire, None)
+        self._confirmed.pop(wire, None)
+        if self._pubsub is not None:
+            await self._pubsub.unsubscribe(wire)
+
+    async def _read(self) -> None:
+        assert self._pubsub is not None
+        while True:
+            try:
+                async for message in self._pubsub.listen():
+                    self._handle(message)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a dropped connection: redis-py reconnects and resubscribes
+                logger.exception("event bus reader failed; retrying")
+                await asyncio.sleep(0.5)
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        wire = message.get("channel")
+        if not isinstance(wire, bytes):
+            return
+        if message["type"] == "subscribe":
+            future = self._confirmed.get(wire)
+            if future is not None and not future.done():
+                future.set_result(None)
+            return
+        if message["type"] != "message":
+            return
+        channel = self._by_wire.get(wire)
+        if channel is None:
+            return
+        raw: bytes = message["data"]
+        try:
+            if channel.startswith("\0"):
+                self._fan_out(channel, Event("", 0, unpack(raw)))
+                return
+            head, _, payload = raw.partition(b":")
+            seq = int(head)
+            self._fan_out(channel, Event(channel, seq, {**unpack(payload), "seq": seq}))
+        except (ValueError, TypeError):
+            logger.warning("dropping a malformed bus message on %r", wire)
+
+    async def publish(self, room: str, event: Mapping[str, Any]) -> Event:
+        check_event(event)
+        payload = pack({k: v for k, v in event.items() if k != "seq"})
+        seq = int(
+            await self._publish(
+                keys=[self.keys.seq(room), self.keys.events(room)],
+                args=[payload, self.history_size, self.keys.events(room)],
+            )
+        )
+        self.published += 1
+        return Event(room, seq, {**unpack(payload), "seq": seq})
+
+    def _events(self, room: str, entries: list[Any]) -> list[Event]:
+        events = []
+        for entry_id, fields in entries:
+            seq = int(entry_id.split(b"-")[0])
+            events.append(Event(room, seq, {**unpack(fields[b"e"]), "seq": seq}))
+        return events
+
+    async def history(self, room: str, after_seq: int = 0, limit: int = 0) -> list[Event]:
+        entries = await self._r.xrange(
+            self.keys.events(room), min=f"{after_seq + 1}-0", max="+", count=limit or None
+        )
+        return self._events(room, entries)
+
+    async def recent(self, room: str, count: int) -> list[Event]:
+        if count <= 0:
+            return []
+        entries = await self._r.xrevrange(self.keys.events(room), count=count)
+        return self._events(room, entries[::-1])
+
+    async def last_seq(self, room: str) -> int:
+        value = await self._r.get(self.keys.seq(room))
+        return int(value or 0)
+
+    async def notify(self, topic: str, message: Mapping[str, Any]) -> None:
+        await self._r.publish(self.keys.topic(topic), pack(message))

@@ -1,0 +1,104 @@
+"""Multi-node building blocks: a node's heartbeat, and which node a room lives on.
+
+An SFU node runs a ``NodeAgent`` that writes its load to the registry every second with a TTL
+(5 s by default), so a node that stops is dead within the TTL and its rooms can be claimed by
+another. ``RoomRouter.owner`` answers "which node serves this room?": the recorded owner while
+it lives, else the least-loaded live node that is not draining and is under its viewer cap,
+claimed atomically so two signaling processes routing the same new room agree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from signaling.store import NodeRecord, RoomNotFound, Store
+
+logger = logging.getLogger("shopcast.signaling.nodes")
+
+HEARTBEAT_INTERVAL_S = 1.0
+HEARTBEAT_TTL_MS = 5000
+
+
+class NoNodeAvailable(LookupError):
+    """No live node can take a new room (none registered, all draining or full)."""
+
+
+def load_score(node: NodeRecord) -> tuple[float, float, int]:
+    """Lower is better: share of the viewer cap in use, then CPU, then raw viewers."""
+    cap_share = node.viewers / node.max_viewers if node.max_viewers else 0.0
+    return (cap_share, node.cpu, node.viewers + node.publishers)
+
+
+def choose_node(nodes: list[NodeRecord]) -> NodeRecord:
+    open_nodes = [
+        n for n in nodes if not n.draining and (not n.max_viewers or n.viewers < n.max_viewers)
+    ]
+    if not open_nodes:
+        raise NoNodeAvailable("no SFU node can take a new room")
+    return min(open_nodes, key=lambda n: (load_score(n), n.id))
+
+
+class NodeAgent:
+    """Keeps one node's registry entry fresh; ``sample`` returns its current load."""
+
+    def __init__(
+        self,
+        store: Store,
+        sample: Callable[[], NodeRecord],
+        *,
+        interval_s: float = HEARTBEAT_INTERVAL_S,
+        ttl_ms: int = HEARTBEAT_TTL_MS,
+    ) -> None:
+        self.store = store
+        self.sample = sample
+        self.interval_s = interval_s
+        self.ttl_ms = ttl_ms
+        self._task: asyncio.Task[None] | None = None
+        self._node_id = ""
+
+    async def start(self) -> None:
+        record = self.sample()
+        self._node_id = record.id
+        await self.store.heartbeat(record, self.ttl_ms)  # registered before we serve
+        self._task = asyncio.create_task(self._beat())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._node_id:
+            await self.store.remove_node(self._node_id)  # a clean stop frees rooms at once
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self.store.heartbeat(self.sample(), self.ttl_ms)
+            except Exception:  # Redis briefly away: try again next beat, within the TTL
+                logger.exception("heartbeat failed")
+
+
+class RoomRouter:
+    def __init__(self, store: Store, *, auto_create: bool = True) -> None:
+        self.store = store
+        self.auto_create = auto_create
+
+    async def owner(self, room: str) -> NodeRecord:
+        """The node serving ``room``, assigning one if it has none or its owner died."""
+        nodes = {n.id: n for n in await self.store.list_nodes()}
+        record = await self.store.get_room(room)
+        if record is None:
+            if not self.auto_create:
+                raise RoomNotFound(room)
+            record, _ = await self.store.create_room(room, auto=True)
+        if record.node in nodes:
+            return nodes[record.node]
+        candidate = choose_node(list(nodes.values()))
+        owner = await self.store.claim_room_node(room, candidate.id)
+        if owner not in nodes:  # claimed by a node that registered after our listing
+            nodes = {n.id: n for n in await self.store.list_nodes()}
+        return nodes.get(owner, candidate)

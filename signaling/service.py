@@ -1,0 +1,60 @@
+"""The control plane in one object: settings, store, bus, webhooks, rooms and the reporter.
+
+The launcher builds one ``Signaling``, hangs it on the app under ``SIGNALING_KEY``, starts it
+before serving and closes it after; the SFU gets ``signaling.reporter`` to report sessions and
+sets ``signaling.rooms.media`` to its ``MediaControl``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from signaling.backends import open_backends
+from signaling.media import MediaControl
+from signaling.rooms import RoomService
+from signaling.sessions import SessionReporter
+from signaling.webhooks import Webhooks, WebhookSettings
+
+
+@dataclass
+class SignalingSettings:
+    secret: str
+    redis_url: str = ""
+    redis_prefix: str = "shopcast"
+    event_history: int = 1000
+    node_id: str = field(default_factory=lambda: "N_" + uuid.uuid4().hex[:10])
+    auto_create_rooms: bool = True
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+
+
+class Signaling:
+    def __init__(self, settings: SignalingSettings, media: MediaControl | None = None) -> None:
+        self.settings = settings
+        self.store, self.bus = open_backends(
+            settings.redis_url, settings.redis_prefix, settings.event_history
+        )
+        if not settings.webhooks.secret:
+            settings.webhooks.secret = settings.secret
+        self.webhooks = Webhooks(settings.webhooks)
+        self.rooms = RoomService(
+            self.store, self.bus, self.webhooks, media, auto_create=settings.auto_create_rooms
+        )
+        self.reporter = SessionReporter(self.rooms, settings.node_id)
+
+    async def start(self) -> None:
+        await self.store.start()
+        await self.bus.start()
+        await self.webhooks.start()
+        await self.reporter.start()
+
+    async def close(self) -> None:
+        await self.reporter.close()
+        await self.webhooks.close()
+        await self.bus.close()
+        await self.store.close()
+
+
+SIGNALING_KEY = web.AppKey("signaling", Signaling)

@@ -1,0 +1,345 @@
+"""The in-memory Store: one process, no Redis, the same semantics as ``RedisStore``.
+
+Atomicity comes from asyncio itself: no method awaits between reading and writing, so no other
+coroutine can interleave. Expiring keys are dropped lazily when touched.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+
+from signaling.store.base import RoomNotFound, Store
+from signaling.store.records import (
+    ConsumeOutcome,
+    ConsumeResult,
+    JsonObject,
+    NodeRecord,
+    ParticipantRecord,
+    PoolState,
+    RoomCounts,
+    RoomRecord,
+    TrackRecord,
+)
+
+
+@dataclass
+class _Room:
+    record: RoomRecord
+    participants: dict[str, ParticipantRecord] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Pool:
+    remaining: int
+    initial: int
+    opens_at_ms: int
+    closes_at_ms: int
+    held: dict[str, int] = field(default_factory=dict)
+    ledger: list[bytes] = field(default_factory=list)
+
+
+class MemoryStore(Store):
+    def __init__(self) -> None:
+        self._rooms: dict[str, _Room] = {}
+        self._nodes: dict[str, tuple[NodeRecord, float]] = {}  # id -> (record, expires monotonic)
+        self._values: dict[tuple[str, str], tuple[bytes | int, float]] = {}  # (v, expires|0)
+        self._hashes: dict[tuple[str, str], dict[str, bytes]] = {}
+        self._zsets: dict[tuple[str, str], dict[str, float]] = {}
+        self._pools: dict[tuple[str, str], _Pool] = {}
+        self._replies: dict[tuple[str, str, str], tuple[bytes, float]] = {}  # idempotency
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    # --- rooms -----------------------------------------------------------------------------
+
+    async def create_room(
+        self, name: str, *, metadata: JsonObject | None = None, auto: bool = False
+    ) -> tuple[RoomRecord, bool]:
+        existing = self._rooms.get(name)
+        if existing is not None:
+            return existing.record, False
+        record = RoomRecord(
+            name=name, sid="RM_" + uuid.uuid4().hex[:12], created_at=time.time(),
+            metadata=dict(metadata or {}), auto=auto,
+        )
+        self._rooms[name] = _Room(record)
+        return record, True
+
+    async def get_room(self, name: str) -> RoomRecord | None:
+        room = self._rooms.get(name)
+        return None if room is None else room.record
+
+    async def list_rooms(self) -> list[RoomRecord]:
+        return sorted((r.record for r in self._rooms.values()), key=lambda r: r.created_at)
+
+    async def set_room_metadata(self, name: str, metadata: JsonObject) -> RoomRecord | None:
+        room = self._rooms.get(name)
+        if room is None:
+            return None
+        room.record = replace(room.record, metadata=dict(metadata))
+        return room.record
+
+    async def delete_room(
+        self, name: str, *, if_empty: bool = False
+    ) -> tuple[RoomRecord, list[ParticipantRecord]] | None:
+        room = self._rooms.get(name)
+        if room is None or (if_empty and room.participants):
+            return None
+        del self._rooms[name]
+        return room.record, sorted(room.participants.values(), key=lambda p: (p.joined_at, p.sid))
+
+    async def room_counts(self, name: str) -> RoomCounts:
+        room = self._rooms.get(name)
+        counts = {} if room is None else {t: n for t, n in room.counts.items() if n}
+        return RoomCounts(counts)
+
+    # --- participants ----------------------------------------------------------------------
+
+    async def add_participant(self, room: str, participant: ParticipantRecord) -> bool:
+        state = self._rooms.get(room)
+        if state is None:
+            raise RoomNotFound(room)
+        if participant.sid in state.participants:
+            return False
+        state.participants[participant.sid] = replace(participant, tracks=())
+        transport = participant.transport.value
+        state.counts[transport] = state.counts.get(transport, 0) + 1
+        return True
+
+    async def remove_participant(self, room: str, sid: str) -> ParticipantRecord | None:
+        state = self._rooms.get(room)
+        if state is None:
+            return None
+        participant = state.participants.pop(sid, None)
+        if participant is not None:
+            state.counts[participant.transport.value] -= 1
+        return participant
+
+    async def get_participant(self, room: str, sid: str) -> ParticipantRecord | None:
+        state = self._rooms.get(room)
+        return None if state is None else state.participants.get(sid)
+
+    async def list_participants(self, room: str) -> list[ParticipantRecord]:
+        state = self._rooms.get(room)
+        if state is None:
+            return []
+        return sorted(state.participants.values(), key=lambda p: (p.joined_at, p.sid))
+
+    def _update(self, room: str, sid: str, **changes: object) -> bool:
+        state = self._rooms.get(room)
+        if state is None or sid not in state.participants:
+            return False
+        state.participants[sid] = replace(state.participants[sid], **changes)  # type: ignore[arg-type]
+        return True
+
+    async def set_participant_metadata(self, room: str, sid: str, metadata: JsonObject) -> bool:
+        return self._update(room, sid, metadata=dict(metadata))
+
+    def _tracks(self, room: str, sid: str) -> dict[str, TrackRecord] | None:
+        participant = self._rooms[room].participants.get(sid) if room in self._rooms else None
+        return None if participant is None else {t.sid: t for t in participant.tracks}
+
+    def _set_tracks(self, room: str, sid: str, tracks: dict[str, TrackRecord]) -> None:
+        self._update(room, sid, tracks=tuple(sorted(tracks.values(), key=lambda t: t.sid)))
+
+    async def add_track(self, room: str, sid: str, track: TrackRecord) -> bool:
+        tracks = self._tracks(room, sid)
+        if tracks is None:
+            return False
+        tracks[track.sid] = track
+        self._set_tracks(room, sid, tracks)
+        return True
+
+    async def remove_track(self, room: str, sid: str, track_sid: str) -> TrackRecord | None:
+        tracks = self._tracks(room, sid)
+        if tracks is None or track_sid not in tracks:
+            return None
+        track = tracks.pop(track_sid)
+        self._set_tracks(room, sid, tracks)
+        return track
+
+    async def set_track_muted(
+        self, room: str, sid: str, track_sid: str, muted: bool
+    ) -> TrackRecord | None:
+        tracks = self._tracks(room, sid)
+        if tracks is None or track_sid not in tracks:
+            return None
+        tracks[track_sid] = replace(tracks[track_sid], muted=muted)
+        self._set_tracks(room, sid, tracks)
+        return tracks[track_sid]
+
+    # --- node registry ---------------------------------------------------------------------
+
+    async def heartbeat(self, node: NodeRecord, ttl_ms: int) -> None:
+        record = replace(node, seen_at=time.time())
+        self._nodes[node.id] = (record, time.monotonic() + ttl_ms / 1000)
+
+    def _alive(self, node_id: str) -> bool:
+        entry = self._nodes.get(node_id)
+        if entry is None:
+            return False
+        if entry[1] <= time.monotonic():
+            del self._nodes[node_id]
+            return False
+        return True
+
+    async def list_nodes(self) -> list[NodeRecord]:
+        return sorted(
+            (self._nodes[n][0] for n in list(self._nodes) if self._alive(n)), key=lambda n: n.id
+        )
+
+    async def remove_node(self, node_id: str) -> None:
+        self._nodes.pop(node_id, None)
+
+    async def claim_room_node(self, room: str, node_id: str) -> str:
+        state = self._rooms.get(room)
+        if state is None:
+            raise RoomNotFound(room)
+        owner = state.record.node
+        if owner and self._alive(owner):
+            return owner
+        state.record = replace(state.record, node=node_id)
+        return node_id
+
+    async def release_room_node(self, room: str, node_id: str) -> bool:
+        state = self._rooms.get(room)
+        if state is None or state.record.node != node_id:
+            return False
+        state.record = replace(state.record, node="")
+        return True
+
+    # --- generic atomic primitives ---------------------------------------------------------
+
+    def _load(self, scope: str, key: str) -> bytes | int | None:
+        entry = self._values.get((scope, key))
+        if entry is None:
+            return None
+        if entry[1] and entry[1] <= time.monotonic():
+            del self._values[(scope, key)]
+            return None
+        return entry[0]
+
+    def _store(self, scope: str, key: str, value: bytes | int, ttl_ms: int = 0) -> None:
+        expires = time.monotonic() + ttl_ms / 1000 if ttl_ms > 0 else 0.0
+        self._values[(scope, key)] = (value, expires)
+
+    async def incr(self, scope: str, key: str, by: int = 1, ttl_ms: int = 0) -> int:
+        current = self._load(scope, key)
+        if current is None:
+            self._store(scope, key, by, ttl_ms)
+            return by
+        if not isinstance(current, int):
+            raise TypeError(f"{scope}/{key} is not a counter")
+        self._values[(scope, key)] = (current + by, self._values[(scope, key)][1])
+        return current + by
+
+    async def put(
+        self, scope: str, key: str, value: bytes, *, ttl_ms: int = 0, only_if_absent: bool = False
+    ) -> bool:
+        if only_if_absent and self._load(scope, key) is not None:
+            return False
+        self._store(scope, key, bytes(value), ttl_ms)
+        return True
+
+    async def get(self, scope: str, key: str) -> bytes | None:
+        value = self._load(scope, key)
+        return str(value).encode() if isinstance(value, int) else value
+
+    async def delete(self, scope: str, key: str) -> bool:
+        found = self._load(scope, key) is not None
+        self._values.pop((scope, key), None)
+        return found
+
+    async def hset(self, scope: str, key: str, field: str, value: bytes) -> None:
+        self._hashes.setdefault((scope, key), {})[field] = bytes(value)
+
+    async def hget(self, scope: str, key: str, field: str) -> bytes | None:
+        return self._hashes.get((scope, key), {}).get(field)
+
+    async def hgetall(self, scope: str, key: str) -> dict[str, bytes]:
+        return dict(self._hashes.get((scope, key), {}))
+
+    async def hdel(self, scope: str, key: str, field: str) -> bool:
+        return self._hashes.get((scope, key), {}).pop(field, None) is not None
+
+    async def zincr(self, scope: str, key: str, member: str, by: float) -> float:
+        scores = self._zsets.setdefault((scope, key), {})
+        scores[member] = scores.get(member, 0.0) + by
+        return scores[member]
+
+    async def ztop(self, scope: str, key: str, count: int) -> list[tuple[str, float]]:
+        # Redis orders equal scores by member, descending, in ZREVRANGE: so do we
+        ranked = sorted(self._zsets.get((scope, key), {}).items(), key=lambda i: (i[1], i[0]))
+        return ranked[::-1][: max(count, 0)]
+
+    async def open_pool(
+        self, scope: str, pool: str, units: int, *, opens_at_ms: int = 0, closes_at_ms: int = 0
+    ) -> None:
+        self._pools[(scope, pool)] = _Pool(units, units, opens_at_ms, closes_at_ms)
+
+    async def consume(
+        self,
+        scope: str,
+        pool: str,
+        *,
+        holder: str,
+        qty: int,
+        limit: int,
+        now_ms: int,
+        record: bytes,
+        idempotency_key: str = "",
+        idempotency_ttl_ms: int = 24 * 3600 * 1000,
+    ) -> ConsumeResult:
+        if qty <= 0:
+            raise ValueError("qty must be positive")
+        idem = (scope, holder, idempotency_key)
+        first = self._replies.get(idem) if idempotency_key else None
+        if first is not None and first[1] > time.monotonic():
+            state = self._pools.get((scope, pool))
+            remaining = state.remaining if state else 0
+            held = state.held.get(holder, 0) if state else 0
+            return ConsumeResult(ConsumeOutcome.DUPLICATE, remaining, held, first[0])
+        state = self._pools.get((scope, pool))
+        if state is None:
+            return ConsumeResult(ConsumeOutcome.UNKNOWN, 0)
+        held = state.held.get(holder, 0)
+        outcome = _check(state, qty, limit, held, now_ms)
+        if outcome is not ConsumeOutcome.OK:
+            return ConsumeResult(outcome, state.remaining, held)
+        state.remaining -= qty
+        state.held[holder] = held + qty
+        state.ledger.append(bytes(record))
+        if idempotency_key:
+            self._replies[idem] = (bytes(record), time.monotonic() + idempotency_ttl_ms / 1000)
+        return ConsumeResult(ConsumeOutcome.OK, state.remaining, held + qty, bytes(record))
+
+    async def pool_state(self, scope: str, pool: str) -> PoolState | None:
+        state = self._pools.get((scope, pool))
+        if state is None:
+            return None
+        return PoolState(
+            state.remaining, state.initial, state.opens_at_ms, state.closes_at_ms,
+            state.initial - state.remaining,
+        )
+
+    async def pool_ledger(self, scope: str, pool: str) -> list[bytes]:
+        state = self._pools.get((scope, pool))
+        return [] if state is None else list(state.ledger)
+
+
+def _check(state: _Pool, qty: int, limit: int, held: int, now_ms: int) -> ConsumeOutcome:
+    """The order of checks is part of the contract: window, then stock, then limit."""
+    if now_ms < state.opens_at_ms or (state.closes_at_ms and now_ms >= state.closes_at_ms):
+        return ConsumeOutcome.CLOSED
+    if qty > state.remaining:
+        return ConsumeOutcome.EXHAUSTED
+    if limit and held + qty > limit:
+        return ConsumeOutcome.LIMIT
+    return ConsumeOutcome.OK
