@@ -1,0 +1,50 @@
+"""Keeps one FLV output per live room, following the node's publishers (a RoomObserver).
+
+Every live room gets its output when its publisher connects, not when the first FLV reader
+arrives: the GOP cache is then already warm and a joiner starts at once.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from sfu.flv.output import FlvSettings, RoomFlvOutput
+from sfu.publisher import Publisher
+from sfu.room import Room
+
+logger = logging.getLogger("shopcast.sfu.flv")
+
+
+class FlvManager:
+    """Room name -> FLV output; registered in ``SfuNode.observers``."""
+
+    def __init__(self, settings: FlvSettings | None = None) -> None:
+        self.settings = settings or FlvSettings()
+        self.outputs: dict[str, RoomFlvOutput] = {}
+
+    def publisher_live(self, room: Room, publisher: Publisher) -> None:
+        producers = [p for p in publisher.producers if not p.closed]
+        if not producers:
+            return
+        old = self.outputs.pop(room.name, None)
+        if old is not None:
+            old.close()
+        self.outputs[room.name] = RoomFlvOutput(room.name, producers, self.settings)
+        logger.info("FLV output up room=%s publisher=%s", room.name, publisher.id)
+
+    def publisher_left(self, room: Room, publisher: Publisher) -> None:
+        output = self.outputs.get(room.name)
+        if output is not None and output.publisher_id == publisher.id:
+            del self.outputs[room.name]
+            output.close()
+            logger.info("FLV output down room=%s", room.name)
+
+    def close(self) -> None:
+        for output in self.outputs.values():
+            output.close()
+        self.outputs.clear()
+
+
+FLV_KEY = web.AppKey("flv_manager", FlvManager)

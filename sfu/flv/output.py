@@ -1,0 +1,313 @@
+"""The FLV output of one live room, fed by its publisher's producers, never per viewer.
+
+Video: H.264 access units are remuxed as they are (no re-encode); a VP8 anchor is transcoded
+to H.264 once here. Audio: Opus becomes AAC once here. Tags go into one shared log (GOP cache
++ every reader's queue); a tick every ``flush_interval_ms`` writes each reader's backlog in
+one send, trims the log and asks for keyframes on the FLV interval.
+
+FLV keyframe interval (like SRS's ``pli_for_rtmp``): a browser anchor sends keyframes only
+when asked, so without this a joiner could find only a minutes-old GOP. Asking every N ms
+keeps the GOP cache fresh (joiners start within budget from the cache), at the price of one
+keyframe per N ms for every viewer of the room, WebRTC ones included (a keyframe costs 5-10x a
+delta frame, so at a fixed bitrate the other frames get coarser). 0 disables it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import av
+
+from sfu.flv.audio import SAMPLES_PER_MS, AacPacket, OpusPacket, OpusToAac
+from sfu.flv.depacketizer import H264Depacketizer, Vp8Depacketizer, parse_rtp
+from sfu.flv.gop_cache import Entry, TagLog
+from sfu.flv.muxer import StreamMuxer, Tag, file_header, retime
+from sfu.flv.timeline import Timeline, TrackClock
+from sfu.flv.transcode import H264Frame, Vp8Frame, Vp8ToH264
+from sfu.flv.viewer_queue import FlvReader, Transport
+from sfu.flv.worker import OrderedWorker
+from sfu.producer import Producer
+
+logger = logging.getLogger("shopcast.sfu.flv")
+
+CLOCK_REFRESH_S = 1.0
+
+
+@dataclass
+class FlvSettings:
+    """What the FLV output needs from the configuration."""
+
+    latency_budget_ms: int = 1500
+    stuck_timeout_ms: int = 10_000
+    keyframe_interval_ms: int = 2000
+    flush_interval_ms: int = 50
+    send_buffer_bytes: int = 65536
+
+
+class _Sink:
+    """A producer sink that hands packets to the output (``PacketSink``)."""
+
+    def __init__(self, forward: Any) -> None:
+        self.forward = forward
+
+    def close(self) -> None:
+        pass
+
+
+def _has_report(producer: Producer) -> bool:
+    return getattr(producer, "_sender_report", None) is not None
+
+
+def _picture_size(access_unit: bytes) -> tuple[int, int]:
+    """Width and height of a keyframe, by decoding it (once per new SPS, ~1 ms)."""
+    decoder = av.CodecContext.create("h264", "r")
+    for frame in decoder.decode(av.Packet(access_unit)):
+        assert isinstance(frame, av.VideoFrame)
+        return frame.width, frame.height
+    return 0, 0
+
+
+class RoomFlvOutput:
+    """Builds the room's FLV tags from its producers and serves them to readers."""
+
+    def __init__(self, room: str, producers: list[Producer], settings: FlvSettings) -> None:
+        self.room = room
+        self.settings = settings
+        self.log = TagLog(keep_ms=settings.latency_budget_ms + 1000)
+        self.readers: set[FlvReader] = set()
+        self.video = next((p for p in producers if p.kind == "video"), None)
+        self.audio = next((p for p in producers if p.kind == "audio"), None)
+        self.publisher_id = producers[0].publisher_id if producers else ""
+        self.timeline = Timeline()
+        self._clocks: list[TrackClock] = []
+        self._video_muxer: StreamMuxer | None = None
+        self._audio_muxer: StreamMuxer | None = None
+        self._params = (b"", b"")
+        self._force_keyframe = False
+        self._last_keyframe = time.monotonic()
+        self.keyframes = 0
+        self.closed = False
+        self._sinks: list[tuple[Producer, _Sink]] = []
+        self._h264: H264Depacketizer | None = None
+        self._vp8: Vp8Depacketizer | None = None
+        self._transcoder: OrderedWorker[Vp8Frame, H264Frame] | None = None
+        self._aac: OrderedWorker[OpusPacket, AacPacket] | None = None
+        if self.video is not None:
+            self._video_clock = self._clock(self.video)
+            if self.video.codec.name.lower() == "vp8":
+                self._vp8 = Vp8Depacketizer(on_loss=self.video.request_keyframe)
+                converter = Vp8ToH264(keyframe_interval_s=settings.keyframe_interval_ms / 1000)
+                self._transcoder = OrderedWorker(
+                    f"flv-vp8-{room}", converter.process, self._on_transcoded
+                )
+            else:
+                self._h264 = H264Depacketizer(on_loss=self.video.request_keyframe)
+            self._attach(self.video, self._on_video_packet)
+        if self.audio is not None:
+            self._audio_clock = self._clock(self.audio)
+            self._audio_muxer = StreamMuxer.audio()
+            self._aac = OrderedWorker(f"flv-aac-{room}", OpusToAac().process, self._on_aac)
+            self._attach(self.audio, self._on_audio_packet)
+        self._task = asyncio.get_running_loop().create_task(self._tick())
+
+    def _clock(self, producer: Producer) -> TrackClock:
+        clock = self.timeline.track(
+            producer.codec.clockRate,
+            producer.sender_report,
+            lambda: _has_report(producer),
+            lambda: producer.packets > 0,
+        )
+        self._clocks.append(clock)
+        return clock
+
+    def _attach(self, producer: Producer, forward: Any) -> None:
+        sink = _Sink(forward)
+        self._sinks.append((producer, sink))
+        producer.attach(sink)
+
+    @property
+    def live(self) -> bool:
+        return not self.closed and bool(self.log.header)
+
+    # --- per packet (synchronous, on the forwarding path) ------------------------------------
+
+    def _on_video_packet(self, packet: bytes, keyframe: bool) -> None:
+        if self._h264 is not None:
+            for frame in self._h264.push(packet):
+                ms = self._video_clock.ms(frame.timestamp)
+                self._video_frame(frame.data, ms, frame.keyframe, frame.sps, frame.pps, None)
+        elif self._vp8 is not None and self._transcoder is not None:
+            for frame in self._vp8.push(packet):
+                force, self._force_keyframe = self._force_keyframe, False
+                ms = self._video_clock.ms(frame.timestamp)
+                self._transcoder.submit(Vp8Frame(frame.data, ms, force))
+
+    def _on_audio_packet(self, packet: bytes, keyframe: bool) -> None:
+        rtp = parse_rtp(packet)
+        if rtp is not None and self._aac is not None:
+            pts = self._audio_clock.ms(rtp.timestamp) * SAMPLES_PER_MS
+            self._aac.submit(OpusPacket(rtp.payload, pts))
+
+    # --- muxing ------------------------------------------------------------------------------
+
+    def _on_transcoded(self, frames: list[H264Frame]) -> None:
+        for f in frames:
+            self._video_frame(f.data, f.timestamp_ms, f.keyframe, f.sps, f.pps, (f.width, f.height))
+
+    def _video_frame(
+        self, data: bytes, ms: int, keyframe: bool, sps: bytes, pps: bytes,
+        size: tuple[int, int] | None,
+    ) -> None:
+        if self.closed:
+            return
+        if keyframe and (sps, pps) != self._params and self._new_video_muxer(
+            data, ms, sps, pps, size
+        ):
+            return
+        if self._video_muxer is not None:  # nothing goes out before the first keyframe
+            self._append_video(self._video_muxer.mux(data, ms, keyframe), b"")
+
+    def _new_video_muxer(
+        self, data: bytes, ms: int, sps: bytes, pps: bytes, size: tuple[int, int] | None
+    ) -> bool:
+        """SPS/PPS changed (first keyframe, resolution change): new container, new header.
+
+        Readers already playing get the new sequence header glued before this keyframe.
+        Returns False if the keyframe could not be read (the old muxer carries on).
+        """
+        width, height = size or _picture_size(data)
+        if not width:
+            return False
+        old = self._video_muxer
+        muxer = StreamMuxer.video(width, height)
+        self._video_muxer = muxer
+        self._params = (sps, pps)
+        if old is not None:
+            old.close()
+        logger.info("FLV room=%s video %dx%d", self.room, width, height)
+        tags = muxer.mux(data, ms, True)  # the sequence header appears with the first packet
+        self._publish_header()
+        glue = b""
+        if old is not None and muxer.sequence_header is not None:
+            glue = retime(muxer.sequence_header, ms).data
+        self._append_video(tags, glue)
+        return True
+
+    def _append_video(self, tags: list[Tag], glue: bytes) -> None:
+        for tag in tags:
+            if tag.keyframe:
+                self.keyframes += 1
+                self._last_keyframe = time.monotonic()
+            self.log.append(Entry(glue + tag.data, tag.timestamp, tag.keyframe))
+            glue = b""
+
+    def _publish_header(self) -> None:
+        has_audio = self._audio_muxer is not None
+        parts = [file_header(audio=has_audio, video=self.video is not None)]
+        for muxer in (self._video_muxer, self._audio_muxer):
+            if muxer is not None and muxer.sequence_header is not None:
+                parts.append(muxer.sequence_header.data)
+        self.log.header = b"".join(parts)
+
+    def _on_aac(self, packets: list[AacPacket]) -> None:
+        muxer = self._audio_muxer
+        if muxer is None or self.closed:
+            return
+        if self.video is not None and self._video_muxer is None:
+            return  # the stream starts at the first video keyframe
+        if not self.log.header:
+            self._publish_header()  # audio-only room
+        for packet in packets:
+            for tag in muxer.mux(packet.data, packet.timestamp_ms, False):
+                self.log.append(Entry(tag.data, tag.timestamp, self.video is None))
+
+    # --- readers and housekeeping -------------------------------------------------------------
+
+    def add_reader(
+        self, transport: Transport, on_closed: Any, unsent: Callable[[], int] | None = None
+    ) -> FlvReader:
+        """A new HTTP-FLV response: start it from the GOP cache (or the next keyframe)."""
+
+        def closed(reader: FlvReader) -> None:
+            self.readers.discard(reader)
+            on_closed(reader)
+
+        reader = FlvReader(
+            self.log,
+            transport,
+            budget_ms=self.settings.latency_budget_ms,
+            stuck_timeout_s=self.settings.stuck_timeout_ms / 1000,
+            request_keyframe=self.request_keyframe,
+            on_closed=closed,
+            unsent=unsent,
+        )
+        self.readers.add(reader)
+        reader.join()
+        return reader
+
+    def request_keyframe(self) -> None:
+        """From a joiner or a skipping reader: the publisher (throttled) or our transcoder."""
+        if self._transcoder is not None:
+            self._force_keyframe = True
+        if self.video is not None:
+            self.video.request_keyframe()
+
+    async def _tick(self) -> None:
+        interval = self.settings.flush_interval_ms / 1000
+        keyframe_every = self.settings.keyframe_interval_ms / 1000
+        next_refresh = 0.0
+        while not self.closed:
+            now = time.monotonic()
+            if now >= next_refresh:
+                next_refresh = now + CLOCK_REFRESH_S
+                for clock in self._clocks:
+                    clock.refresh()
+            if keyframe_every > 0 and now - self._last_keyframe >= keyframe_every:
+                self._last_keyframe = now  # one request per interval, answered or not
+                self.request_keyframe()
+            self.log.trim()
+            for reader in list(self.readers):
+                try:
+                    reader.flush()
+                except Exception:  # one broken reader must not stop the others
+                    logger.exception("FLV reader failed; dropping it")
+                    reader.close("error")
+            await asyncio.sleep(interval)
+
+    def close(self) -> None:
+        """The publisher left: stop feeding, end every reader's response."""
+        if self.closed:
+            return
+        self.closed = True
+        self._task.cancel()
+        for producer, sink in self._sinks:
+            producer.detach(sink)
+        for worker in (self._transcoder, self._aac):
+            if worker is not None:
+                worker.close()
+        for reader in list(self.readers):
+            reader.flush()
+            reader.close("ended")
+        for muxer in (self._video_muxer, self._audio_muxer):
+            if muxer is not None:
+                with contextlib.suppress(Exception):
+                    muxer.close()
+
+    def stats(self) -> dict[str, Any]:
+        readers = list(self.readers)
+        return {
+            "readers": len(readers),
+            "keyframes": self.keyframes,
+            "tags": self.log.appended,
+            "gop_age_ms": self.log.gop_age_ms(),
+            "skips": sum(r.skips for r in readers),
+            "codec_busy_s": sum(
+                w.busy_s for w in (self._transcoder, self._aac) if w is not None
+            ),
+        }
