@@ -33,6 +33,8 @@ def render(node: SfuNode) -> list[str]:
         for producer in room.producers():
             track = f'{label},kind="{producer.kind}",publisher="{producer.publisher_id}"'
             retransmits = producer.retransmits
+            if node.workers is not None:
+                retransmits += node.workers.retransmits(producer.key)
             room_lines["shopcast_track_packets_total"].append(f"{{{track}}} {producer.packets}")
             room_lines["shopcast_track_bytes_total"].append(f"{{{track}}} {producer.octets}")
             room_lines["shopcast_track_keyframes_total"].append(f"{{{track}}} {producer.keyframes}")

@@ -6,37 +6,23 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol
 
 from aiohttp import web
 
 from sfu.ice import rtc_configuration, use_host_addresses
 from sfu.offer import Offer
-from sfu.peer import PeerLeg
+from sfu.peer import PeerLeg, negotiate
 from sfu.publisher import Publisher
-from sfu.room import Room
+from sfu.room import Room, ViewerLeg
+from sfu.settings import NodeSettings
 from sfu.viewer import Viewer
-from signaling.errors import ApiError, conflict, not_found
+from sfu.worker_pool import RemoteViewer, WorkerPool
+from signaling.errors import conflict, not_found
 
 logger = logging.getLogger("shopcast.sfu.node")
 
 SENDER_REPORT_INTERVAL_S = 1.0
-
-
-@dataclass
-class NodeSettings:
-    """What the media plane needs from the configuration."""
-
-    ice_hosts: list[str]
-    ice_loopback: bool = False
-    ice_public_ip: str = ""
-    stun_url: str = ""
-    turn_url: str = ""
-    turn_username: str = ""
-    turn_password: str = ""
-    keyframe_interval_ms: int = 500
-    max_publishers: int = 1
 
 
 class RoomObserver(Protocol):
@@ -53,15 +39,18 @@ class SfuNode:
     def __init__(self, settings: NodeSettings) -> None:
         self.settings = settings
         self.rooms: dict[str, Room] = {}
-        self.legs: dict[str, PeerLeg] = {}
+        self.legs: dict[str, PeerLeg | RemoteViewer] = {}
         self._rtc_configuration = rtc_configuration(
             settings.stun_url, settings.turn_url, settings.turn_username, settings.turn_password
         )
         self._ticker: asyncio.Task[None] | None = None
         self.observers: list[RoomObserver] = []
+        self.workers = WorkerPool(settings, self._leg_closed) if settings.workers > 0 else None
         use_host_addresses(settings.ice_hosts, add_loopback=settings.ice_loopback)
 
     async def start(self) -> None:
+        if self.workers is not None:
+            await self.workers.start()
         self._ticker = asyncio.create_task(self._tick())
 
     async def stop(self) -> None:
@@ -70,6 +59,8 @@ class SfuNode:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
         await asyncio.gather(*(leg.close() for leg in list(self.legs.values())))
+        if self.workers is not None:
+            await self.workers.stop()
 
     async def publish(self, room_name: str, identity: str, offer: Offer) -> tuple[Publisher, str]:
         """Start a WHIP session; 409 when the room has all the publishers it may have."""
@@ -91,11 +82,19 @@ class SfuNode:
         answer = await self._negotiate(publisher, offer, lambda: publisher.prepare(offer))
         return publisher, answer
 
-    async def play(self, room_name: str, identity: str, offer: Offer) -> tuple[Viewer, str]:
-        """Start a WHEP session on a live room; 404 ``not_live`` otherwise."""
+    async def play(self, room_name: str, identity: str, offer: Offer) -> tuple[ViewerLeg, str]:
+        """Start a WHEP session on a live room (in a worker process when there are workers);
+        404 ``not_live`` otherwise."""
         room = self.rooms.get(room_name)
         if room is None or not room.live:
             raise not_found(f"room {room_name!r} is not live", "not_live")
+        if self.workers is not None:
+            remote, answer = await self.workers.open_viewer(
+                room_name, identity, offer.sdp, room.producers()
+            )
+            room.viewers[remote.id] = remote
+            self.legs[remote.id] = remote
+            return remote, answer
         viewer = Viewer(
             room_name,
             identity,
@@ -109,23 +108,10 @@ class SfuNode:
         return viewer, answer
 
     async def _negotiate(self, leg: PeerLeg, offer: Offer, prepare: Callable[[], None]) -> str:
-        """Prepare and answer; any failure closes the leg so nothing half-made stays behind."""
         self.legs[leg.id] = leg
-        try:
-            prepare()
-            answer = await leg.answer(offer.sdp)
-        except ApiError:
-            await leg.close()
-            raise
-        except Exception as exc:
-            await leg.close()
-            raise ApiError(400, "negotiation_failed", f"cannot answer this offer: {exc}") from exc
-        logger.info(
-            "%s created id=%s room=%s identity=%s", leg.role, leg.id, leg.room, leg.identity
-        )
-        return answer
+        return await negotiate(leg, offer, prepare)
 
-    def leg(self, room_name: str, leg_id: str, role: str) -> PeerLeg:
+    def leg(self, room_name: str, leg_id: str, role: str) -> PeerLeg | RemoteViewer:
         leg = self.legs.get(leg_id)
         if leg is None or leg.room != room_name or leg.role != role:
             raise not_found(f"no {role} session {leg_id!r} in room {room_name!r}")
@@ -138,17 +124,20 @@ class SfuNode:
         for observer in self.observers:
             observer.publisher_live(room, publisher)
 
-    def _leg_closed(self, leg: PeerLeg) -> None:
+    def _leg_closed(self, leg: PeerLeg | RemoteViewer) -> None:
         self.legs.pop(leg.id, None)
         room = self.rooms.get(leg.room)
         if room is None:
             return
         if isinstance(leg, Publisher):
             room.remove_publisher(leg)
+            if self.workers is not None:
+                for producer in leg.producers:
+                    self.workers.producer_closed(producer)
             if leg.connected_at is not None:
                 for observer in self.observers:
                     observer.publisher_left(room, leg)
-        elif isinstance(leg, Viewer):
+        elif isinstance(leg, Viewer | RemoteViewer):
             room.remove_viewer(leg)
         if room.empty:
             self.rooms.pop(room.name, None)
@@ -159,7 +148,10 @@ class SfuNode:
             await asyncio.sleep(SENDER_REPORT_INTERVAL_S)
             for room in list(self.rooms.values()):
                 for viewer in list(room.viewers.values()):
-                    viewer.refresh_sender_reports()
+                    if isinstance(viewer, Viewer):
+                        viewer.refresh_sender_reports()
+            if self.workers is not None:
+                self.workers.send_sender_reports()
 
 
 NODE_KEY = web.AppKey("sfu_node", SfuNode)

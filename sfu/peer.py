@@ -12,10 +12,27 @@ from collections.abc import Callable
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from sfu.ice import announce_public_ip
+from sfu.offer import Offer
+from signaling.errors import ApiError
 
 logger = logging.getLogger("shopcast.sfu.peer")
 
 CONNECT_TIMEOUT_S = 20.0
+
+
+async def negotiate(leg: PeerLeg, offer: Offer, prepare: Callable[[], None]) -> str:
+    """Prepare and answer; any failure closes the leg so nothing half-made stays behind."""
+    try:
+        prepare()
+        answer = await leg.answer(offer.sdp)
+    except ApiError:
+        await leg.close()
+        raise
+    except Exception as exc:
+        await leg.close()
+        raise ApiError(400, "negotiation_failed", f"cannot answer this offer: {exc}") from exc
+    logger.info("%s created id=%s room=%s identity=%s", leg.role, leg.id, leg.room, leg.identity)
+    return answer
 
 
 class PeerLeg:

@@ -8,6 +8,7 @@ sink. Nothing here decodes media.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import struct
 import time
@@ -21,6 +22,7 @@ from sfu.codecs import keyframe_detector
 from sfu.history import PacketHistory
 
 _HEADER = struct.Struct("!BBHII")
+_keys = itertools.count(1)
 NTP_EPOCH_OFFSET = 2208988800  # seconds from 1900 to 1970
 
 
@@ -52,11 +54,15 @@ class Producer:
         publisher_id: str,
         request_keyframe: Callable[[int], None],
         keyframe_interval_s: float = 0.5,
+        ssrc: int | None = None,
+        key: int | None = None,
+        mirror: bool = False,
     ) -> None:
         self.kind = kind
         self.codec = codec
         self.publisher_id = publisher_id
-        self.ssrc = random.getrandbits(32)
+        self.key = next(_keys) if key is None else key
+        self.ssrc = random.getrandbits(32) if ssrc is None else ssrc
         if codec.payloadType is None:
             raise ValueError("a negotiated codec has a payload type")
         self.payload_type: int = codec.payloadType
@@ -77,6 +83,9 @@ class Producer:
         self._sender_report: tuple[int, int] | None = None
         self._keyframe_pending = False
         self._deferred: asyncio.TimerHandle | None = None
+        # A mirror lives in a worker process: fed by relay(), its keyframe requests go to the
+        # publisher's process, which knows the publisher's SSRC.
+        self.mirror = mirror
 
     def ingest(self, packet: RtpPacket) -> None:
         """Forward one packet from the publisher (after RTX unwrap) to every consumer."""
@@ -93,12 +102,20 @@ class Producer:
         ) + payload
         if padding:
             data += bytes(padding - 1) + bytes((padding,))
-        self.history.put(packet.sequence_number, data)
         if packet.ssrc != self.source_ssrc:
             self._new_source(packet.ssrc)
-        self.last_timestamp = packet.timestamp
+        self.relay(data, keyframe)
+
+    def relay(self, data: bytes, keyframe: bool) -> None:
+        """Store a canonical packet for NACKs and hand it to every sink.
+
+        A worker process's mirror of a producer is fed here directly with the packets the
+        publisher's process built, so both sides share one fan-out.
+        """
+        self.history.put((data[2] << 8) | data[3], data)
+        self.last_timestamp = (data[4] << 24) | (data[5] << 16) | (data[6] << 8) | data[7]
         self.packets += 1
-        self.octets += len(payload)
+        self.octets += len(data) - 12
         if keyframe and self.kind == "video":
             self.keyframes += 1
         for sink in self.sinks:
@@ -122,7 +139,7 @@ class Producer:
         """
         if self.kind != "video" or self.closed:
             return
-        if self.source_ssrc is None:
+        if self.source_ssrc is None and not self.mirror:
             self._keyframe_pending = True
             return
         wait = self._last_keyframe_request + self._keyframe_interval_s - time.monotonic()
@@ -132,7 +149,7 @@ class Producer:
             return
         self._last_keyframe_request = time.monotonic()
         self.keyframe_requests += 1
-        self._request_keyframe(self.source_ssrc)
+        self._request_keyframe(self.source_ssrc or 0)
 
     def _send_deferred(self) -> None:
         self._deferred = None

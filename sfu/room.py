@@ -4,17 +4,30 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from sfu.producer import Producer
 from sfu.publisher import Publisher
-from sfu.viewer import Viewer
+
+
+class ViewerLeg(Protocol):
+    """A viewer session, in this process (Viewer) or in a worker process (RemoteViewer)."""
+
+    id: str
+    room: str
+    identity: str
+    role: str
+
+    async def close(self) -> None: ...
+
+    def on_producer_closed(self, producer: Producer) -> None: ...
 
 
 @dataclass
 class Room:
     name: str
     publishers: dict[str, Publisher] = field(default_factory=dict)
-    viewers: dict[str, Viewer] = field(default_factory=dict)
+    viewers: dict[str, ViewerLeg] = field(default_factory=dict)
     created_at: float = field(default_factory=time.monotonic)
 
     @property
@@ -41,5 +54,5 @@ class Room:
             for producer in publisher.producers:
                 viewer.on_producer_closed(producer)
 
-    def remove_viewer(self, viewer: Viewer) -> None:
+    def remove_viewer(self, viewer: ViewerLeg) -> None:
         self.viewers.pop(viewer.id, None)

@@ -8,7 +8,7 @@ from typing import Any
 from aiortc import MediaStreamTrack, RTCRtpTransceiver
 
 from sfu.codecs import viewer_preferences
-from sfu.consumer import Consumer
+from sfu.consumer import Consumer, release_socket
 from sfu.offer import Offer
 from sfu.peer import PeerLeg
 from sfu.producer import Producer
@@ -37,6 +37,7 @@ class Viewer(PeerLeg):
         super().__init__(*args, **kwargs)
         self.consumers: list[Consumer] = []
         self._pairs: list[tuple[RTCRtpTransceiver, Producer]] = []
+        self._transceivers: list[RTCRtpTransceiver] = []
 
     def prepare(self, offer: Offer, producers: list[Producer]) -> None:
         """Match the offer's media sections, in order, to the producers of the same kind.
@@ -63,6 +64,7 @@ class Viewer(PeerLeg):
             transceiver.sender.replaceTrack(SilentTrack(media.kind))
             transceiver.setCodecPreferences(viewer_preferences(producer.codec))
             self._pairs.append((transceiver, producer))
+            self._transceivers.append(transceiver)
 
     def on_connected(self) -> None:
         for transceiver, producer in self._pairs:
@@ -92,3 +94,5 @@ class Viewer(PeerLeg):
         for consumer in self.consumers:
             consumer.close()
         self.consumers = []
+        for transceiver in self._transceivers:
+            release_socket(transceiver.sender.transport)

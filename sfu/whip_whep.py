@@ -13,6 +13,8 @@ from aiohttp import web
 from sfu.node import NODE_KEY
 from sfu.offer import parse_offer
 from sfu.peer import PeerLeg
+from sfu.room import ViewerLeg
+from sfu.worker_pool import RemoteViewer
 from signaling.errors import ApiError, Handler, bad_request
 from signaling.tokens import Grant, authorize
 
@@ -50,7 +52,7 @@ def _post(kind: str) -> Handler:
         )
         offer = parse_offer(await _read_offer(request), want=want)
         node = request.app[NODE_KEY]
-        leg: PeerLeg
+        leg: PeerLeg | RemoteViewer | ViewerLeg
         if kind == "whip":
             leg, answer = await node.publish(room, claims.identity, offer)
         else:

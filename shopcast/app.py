@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -9,8 +10,13 @@ from aiohttp import web
 
 from sfu import metrics as sfu_metrics
 from sfu import whip_whep
-from sfu.node import NODE_KEY, NodeSettings, SfuNode
+from sfu.flv import http as flv_http
+from sfu.flv.manager import FLV_KEY, FlvManager
+from sfu.flv.output import FlvSettings
+from sfu.node import NODE_KEY, SfuNode
+from sfu.settings import NodeSettings
 from shopcast.config import Config
+from shopcast.control_plane import add_control_plane, metrics_lines
 from signaling import pages
 from signaling.cors import cors_middleware
 from signaling.errors import error_middleware
@@ -29,13 +35,24 @@ def node_settings(config: Config) -> NodeSettings:
         turn_password=config.turn_password,
         keyframe_interval_ms=config.pli_throttle_ms,
         max_publishers=1,
+        workers=worker_count(config.workers),
+        log_level=config.log_level,
     )
+
+
+def worker_count(setting: int) -> int:
+    """-1 means one worker per core, and none on a single core (the main loop suffices)."""
+    if setting >= 0:
+        return setting
+    cores = os.cpu_count() or 1
+    return cores if cores > 1 else 0
 
 
 def create_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[cors_middleware, error_middleware], client_max_size=1 << 20)
     app[CONFIG_KEY] = config
     app[whip_whep.SECRET_KEY] = config.resolve_secret()
+    add_control_plane(app, config)  # before the node: signaling starts first, stops last
     node = SfuNode(node_settings(config))
     app[NODE_KEY] = node
 
@@ -44,8 +61,15 @@ def create_app(config: Config) -> web.Application:
         yield
         await node.stop()
 
+    app[FLV_KEY] = FlvManager(FlvSettings(
+        latency_budget_ms=config.flv_latency_budget_ms,
+        stuck_timeout_ms=config.flv_stuck_timeout_ms,
+        keyframe_interval_ms=config.flv_keyframe_interval_ms,
+    ))
+    node.observers.append(app[FLV_KEY])
     app.cleanup_ctx.append(node_lifetime)
     whip_whep.add_routes(app)
+    app.router.add_get("/live/{room}.flv", flv_http.play_flv)
     pages.add_routes(app, Path(config.web_dir))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
@@ -58,5 +82,5 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    lines = sfu_metrics.render(request.app[NODE_KEY])
+    lines = sfu_metrics.render(request.app[NODE_KEY]) + await metrics_lines(request.app)
     return web.Response(text="\n".join(lines) + "\n", content_type="text/plain", charset="utf-8")

@@ -31,7 +31,30 @@ class Config:
         default=str(Path.home() / ".config" / "shopcast" / "secret"),
         metadata={"help": "where the generated token key is kept when no secret is given"},
     )
-    redis: str = field(default="", metadata={"help": "Redis URL (empty: in-memory backend)"})
+    redis: str = field(
+        default="",
+        metadata={"help": "Redis URL: redis://, rediss://, unix:// or "
+                  "redis+sentinel://host:26379,host2:26379/service (empty: in-memory backend)"},
+    )
+    redis_prefix: str = field(
+        default="shopcast", metadata={"help": "prefix of every Redis key and channel"}
+    )
+    event_history: int = field(
+        default=1000, metadata={"help": "room events kept per room for clients that reconnect"}
+    )
+    node_id: str = field(
+        default="", metadata={"help": "this process's id in the node registry (default: random)"}
+    )
+    webhook_urls: list[str] = field(
+        default_factory=list, metadata={"help": "URLs that receive webhooks (POST, JSON)"}
+    )
+    webhook_secret: str = field(
+        default="",
+        metadata={"help": "HMAC-SHA256 key of the X-ShopCast-Signature header (default: secret)"},
+    )
+    webhook_attempts: int = field(
+        default=5, metadata={"help": "deliveries tried per webhook before giving up"}
+    )
     ice_hosts: list[str] = field(
         default_factory=list,
         metadata={"help": "host addresses to gather ICE candidates on (default: all but loopback)"},
@@ -45,6 +68,22 @@ class Config:
     turn_password: str = field(default="", metadata={"help": "TURN password"})
     pli_throttle_ms: int = field(
         default=500, metadata={"help": "minimum gap between keyframe requests per track"}
+    )
+    workers: int = field(
+        default=-1,
+        metadata={"help": "viewer worker processes: -1 = one per core (0 on one core), 0 = none"},
+    )
+    flv_latency_budget_ms: int = field(
+        default=1500,
+        metadata={"help": "HTTP-FLV: a reader further behind skips to the newest keyframe"},
+    )
+    flv_stuck_timeout_ms: int = field(
+        default=10000,
+        metadata={"help": "HTTP-FLV: drop a reader whose socket has not drained for this long"},
+    )
+    flv_keyframe_interval_ms: int = field(
+        default=2000,
+        metadata={"help": "HTTP-FLV: ask the anchor for a keyframe this often (0: never)"},
     )
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
     log_json: bool = field(default=False, metadata={"help": "log one JSON object per line"})

@@ -143,6 +143,7 @@ def config(tmp_path: Path) -> Config:
         secret="test-secret",
         secret_file=str(tmp_path / "secret"),
         ice_hosts=["127.0.0.1"],
+        workers=0,  # in-process viewers, so tests can inspect legs; worker tests set it
     )
 
 

@@ -1,0 +1,179 @@
+"""A worker process: one event loop on one core, owning a share of the node's viewer legs.
+
+Run as ``python -m sfu.worker`` by the WorkerPool with two inherited sockets. Canonical packets
+arrive once per worker and are fanned out here by mirror Producers, through the same Consumer
+code as in a single process: SRTP protect and a UDP send per viewer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+
+from sfu.background import spawn
+from sfu.ice import rtc_configuration, use_host_addresses
+from sfu.ipc import ControlChannel, Message, codec_from_dict, read_media
+from sfu.offer import parse_offer
+from sfu.peer import PeerLeg, negotiate
+from sfu.producer import Producer
+from sfu.settings import NodeSettings
+from sfu.viewer import Viewer
+from signaling.errors import ApiError
+
+logger = logging.getLogger("shopcast.sfu.worker")
+
+STATS_INTERVAL_S = 1.0
+
+
+class Worker:
+    """Hosts viewer legs for the publisher's process and reports what happens to them."""
+
+    def __init__(
+        self, settings: NodeSettings, control_sock: socket.socket, media_sock: socket.socket
+    ) -> None:
+        self.settings = settings
+        self.producers: dict[int, Producer] = {}
+        self.viewers: dict[str, Viewer] = {}
+        self._configuration = rtc_configuration(
+            settings.stun_url, settings.turn_url, settings.turn_username, settings.turn_password
+        )
+        self._control_sock = control_sock
+        self._media_sock = media_sock
+        self._stopped = asyncio.Event()
+        use_host_addresses(settings.ice_hosts, add_loopback=settings.ice_loopback)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.control = ControlChannel(self._control_sock, self._on_message)
+        loop.add_reader(self._media_sock.fileno(), read_media(self._media_sock, self._deliver))
+        self.control.send({"op": "ready", "pid": os.getpid()})
+        ticker = asyncio.create_task(self._tick())
+        await self._stopped.wait()
+        ticker.cancel()
+        loop.remove_reader(self._media_sock.fileno())
+        await asyncio.gather(*(v.close() for v in list(self.viewers.values())))
+        self.control.close()
+
+    def _deliver(self, key: int, keyframe: bool, packet: bytes) -> None:
+        producer = self.producers.get(key)
+        if producer is not None:
+            producer.relay(packet, keyframe)
+
+    def _on_message(self, message: Message) -> None:
+        op = message["op"]
+        if op == "producer":
+            self._add_producer(message)
+        elif op == "producer_closed":
+            self._close_producer(message["key"])
+        elif op == "sr":
+            producer = self.producers.get(message["key"])
+            if producer is not None:
+                producer.on_sender_report(message["ntp"], message["rtp"])
+        elif op == "play":
+            spawn(self._play(message))
+        elif op == "close_leg":
+            spawn(self._close_leg(message))
+        elif op in ("shutdown", "channel_closed"):
+            self._stopped.set()
+
+    def _add_producer(self, message: Message) -> None:
+        key = message["key"]
+
+        def request_keyframe(_ssrc: int) -> None:
+            self.control.send({"op": "keyframe", "key": key})
+
+        self.producers[key] = Producer(
+            message["kind"],
+            codec_from_dict(message["codec"]),
+            publisher_id=message["publisher"],
+            request_keyframe=request_keyframe,
+            keyframe_interval_s=self.settings.keyframe_interval_ms / 1000,
+            ssrc=message["ssrc"],
+            key=key,
+            mirror=True,
+        )
+
+    def _close_producer(self, key: int) -> None:
+        producer = self.producers.pop(key, None)
+        if producer is None:
+            return
+        for sink in producer.close():
+            sink.close()
+        for viewer in list(self.viewers.values()):
+            viewer.on_producer_closed(producer)
+
+    async def _play(self, request: Message) -> None:
+        viewer = Viewer(
+            request["room"],
+            request["identity"],
+            self._configuration,
+            public_ip=self.settings.ice_public_ip,
+            on_closed=self._leg_closed,
+        )
+        producers = [self.producers[k] for k in request["producers"] if k in self.producers]
+        try:
+            offer = parse_offer(request["offer"], want="recv")
+            self.viewers[viewer.id] = viewer
+            answer = await negotiate(viewer, offer, lambda: viewer.prepare(offer, producers))
+        except ApiError as exc:
+            self.viewers.pop(viewer.id, None)
+            self.control.reply(request, {"error": [exc.status, exc.code, exc.message]})
+            return
+        self.control.reply(request, {"leg": viewer.id, "sdp": answer})
+
+    async def _close_leg(self, request: Message) -> None:
+        viewer = self.viewers.get(request["leg"])
+        if viewer is not None:
+            await viewer.close()
+        self.control.reply(request, {"closed": viewer is not None})
+
+    def _leg_closed(self, leg: PeerLeg) -> None:
+        if self.viewers.pop(leg.id, None) is not None:
+            self.control.send({"op": "leg_closed", "leg": leg.id})
+
+    async def _tick(self) -> None:
+        """Sender reports for every viewer and counters for the node's metrics, once a second."""
+        while True:
+            await asyncio.sleep(STATS_INTERVAL_S)
+            for viewer in self.viewers.values():
+                viewer.refresh_sender_reports()
+            self.control.send(
+                {
+                    "op": "stats",
+                    "retransmits": {k: p.retransmits for k, p in self.producers.items()},
+                    "viewers": len(self.viewers),
+                }
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="ShopCast SFU worker process")
+    parser.add_argument("--control-fd", type=int, required=True)
+    parser.add_argument("--media-fd", type=int, required=True)
+    parser.add_argument("--settings", required=True, help="NodeSettings as JSON")
+    args = parser.parse_args()
+    settings = NodeSettings(**json.loads(args.settings))
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s %(name)s[worker {os.getpid()}] %(message)s",
+    )
+    for noisy in ("aioice", "aiortc"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    control = socket.socket(fileno=args.control_fd)
+    media = socket.socket(fileno=args.media_fd)
+    control.setblocking(False)
+    media.setblocking(False)
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.install()
+    asyncio.run(Worker(settings, control, media).run())
+
+
+if __name__ == "__main__":
+    main()

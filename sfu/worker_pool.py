@@ -1,0 +1,229 @@
+"""The publisher's process side of the worker processes: spawn them, route viewers to them, and
+feed each worker a room's canonical packets once, however many of its viewers watch."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+
+from sfu.ipc import ControlChannel, MediaSender, Message, codec_to_dict, socketpair
+from sfu.producer import Producer
+from sfu.settings import NodeSettings
+from signaling.errors import ApiError
+
+logger = logging.getLogger("shopcast.sfu.workers")
+
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 5.0
+
+
+class WorkerFeed:
+    """A producer's sink for one worker: the packet crosses to that process once."""
+
+    __slots__ = ("_send", "key")
+
+    def __init__(self, key: int, sender: MediaSender) -> None:
+        self.key = key
+        self._send = sender.send
+
+    def forward(self, packet: bytes, keyframe: bool) -> None:
+        self._send(self.key, keyframe, packet)
+
+    def close(self) -> None:
+        """Nothing to free: the worker learns of closed producers over the control channel."""
+
+
+class RemoteViewer:
+    """The publisher's process's handle on a viewer leg that lives in a worker."""
+
+    role = "viewer"
+
+    def __init__(self, leg_id: str, room: str, identity: str, worker: WorkerHandle,
+                 keys: list[int]) -> None:
+        self.id = leg_id
+        self.room = room
+        self.identity = identity
+        self.worker = worker
+        self.keys = keys
+        self.closed = False
+
+    @property
+    def state(self) -> str:
+        return "closed" if self.closed else "open"
+
+    async def close(self) -> None:
+        if not self.closed:
+            await self.worker.control.request({"op": "close_leg", "leg": self.id})
+
+    def on_producer_closed(self, producer: Producer) -> None:
+        """The worker closes its own legs when told the producer is gone."""
+
+
+class WorkerHandle:
+    """One worker process and its channels, as seen from the publisher's process."""
+
+    def __init__(self, index: int, process: asyncio.subprocess.Process,
+                 control: ControlChannel, media: MediaSender) -> None:
+        self.index = index
+        self.process = process
+        self.control = control
+        self.media = media
+        self.legs: dict[str, RemoteViewer] = {}
+        self.feeds: dict[int, WorkerFeed] = {}
+        self.retransmits: dict[int, int] = {}
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.alive = True
+
+
+class WorkerPool:
+    """Spreads viewer legs over worker processes, least loaded first."""
+
+    def __init__(
+        self, settings: NodeSettings, on_leg_closed: Callable[[RemoteViewer], None]
+    ) -> None:
+        self.count = settings.workers
+        self._settings = settings
+        self._on_leg_closed = on_leg_closed
+        self.workers: list[WorkerHandle] = []
+        self._producers: dict[int, Producer] = {}
+        self._stopping = False
+
+    async def start(self) -> None:
+        settings_json = json.dumps(dataclasses.asdict(self._settings))
+        for index in range(self.count):
+            control_here, control_there = socketpair()
+            media_here, media_there = socketpair()
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "sfu.worker",
+                "--control-fd", str(control_there.fileno()),
+                "--media-fd", str(media_there.fileno()),
+                "--settings", settings_json,
+                pass_fds=(control_there.fileno(), media_there.fileno()),
+            )
+            control_there.close()
+            media_there.close()
+            media_here.shutdown(0)  # the publisher's process only sends media
+            control = ControlChannel(control_here, functools.partial(self._on_message, index))
+            handle = WorkerHandle(index, process, control, MediaSender(media_here))
+            self.workers.append(handle)
+        async with asyncio.timeout(START_TIMEOUT_S):
+            await asyncio.gather(*(w.ready for w in self.workers))
+        logger.info("%d worker processes ready: pids %s", self.count,
+                    [w.process.pid for w in self.workers])
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for worker in self.workers:
+            worker.control.send({"op": "shutdown"})
+        for worker in self.workers:
+            try:
+                async with asyncio.timeout(STOP_TIMEOUT_S):
+                    await worker.process.wait()
+            except TimeoutError:
+                worker.process.kill()
+                await worker.process.wait()
+            worker.control.close()
+
+    async def open_viewer(
+        self, room: str, identity: str, offer_sdp: str, producers: list[Producer]
+    ) -> tuple[RemoteViewer, str]:
+        """Create a viewer leg in the least loaded worker; raises the worker's ApiError."""
+        alive = [w for w in self.workers if w.alive]
+        if not alive:
+            raise ApiError(503, "no_workers", "no media worker is running")
+        worker = min(alive, key=lambda w: len(w.legs))
+        for producer in producers:
+            self._announce(worker, producer)
+        reply = await worker.control.request(
+            {"op": "play", "room": room, "identity": identity, "offer": offer_sdp,
+             "producers": [p.key for p in producers]}
+        )
+        if "error" in reply:
+            self._release_unused(worker, [p.key for p in producers])
+            status, code, message = reply["error"]
+            raise ApiError(status, code, message)
+        leg = RemoteViewer(reply["leg"], room, identity, worker, [p.key for p in producers])
+        worker.legs[leg.id] = leg
+        return leg, str(reply["sdp"])
+
+    def producer_closed(self, producer: Producer) -> None:
+        self._producers.pop(producer.key, None)
+        for worker in self.workers:
+            if worker.feeds.pop(producer.key, None) is not None:
+                worker.control.send({"op": "producer_closed", "key": producer.key})
+
+    def send_sender_reports(self) -> None:
+        for worker in self.workers:
+            for key in worker.feeds:
+                producer = self._producers.get(key)
+                if producer is not None:
+                    ntp, rtp = producer.sender_report()
+                    worker.control.send({"op": "sr", "key": key, "ntp": ntp, "rtp": rtp})
+
+    def retransmits(self, key: int) -> int:
+        return sum(w.retransmits.get(key, 0) for w in self.workers)
+
+    def _announce(self, worker: WorkerHandle, producer: Producer) -> None:
+        """Create the worker's mirror of ``producer`` and start feeding it, once per worker.
+
+        One step, so concurrent viewers on one worker share a single mirror.
+        """
+        if producer.key in worker.feeds or producer.closed:
+            return
+        self._producers[producer.key] = producer
+        worker.control.send(
+            {"op": "producer", "key": producer.key, "kind": producer.kind,
+             "codec": codec_to_dict(producer.codec), "ssrc": producer.ssrc,
+             "publisher": producer.publisher_id}
+        )
+        feed = WorkerFeed(producer.key, worker.media)
+        worker.feeds[producer.key] = feed
+        producer.attach(feed)
+
+    def _on_message(self, index: int, message: Message) -> None:
+        worker = self.workers[index]
+        op = message["op"]
+        if op == "ready":
+            if not worker.ready.done():
+                worker.ready.set_result(None)
+        elif op == "keyframe":
+            producer = self._producers.get(message["key"])
+            if producer is not None:
+                producer.request_keyframe()
+        elif op == "leg_closed":
+            self._leg_gone(worker, message["leg"])
+        elif op == "stats":
+            worker.retransmits = dict(message["retransmits"])
+        elif op == "channel_closed":
+            worker.alive = False
+            if not self._stopping:
+                logger.error("worker %d (pid %s) is gone; its viewers are lost", index,
+                             worker.process.pid)
+            for leg_id in list(worker.legs):
+                self._leg_gone(worker, leg_id)
+
+    def _leg_gone(self, worker: WorkerHandle, leg_id: str) -> None:
+        leg = worker.legs.pop(leg_id, None)
+        if leg is None:
+            return
+        leg.closed = True
+        self._release_unused(worker, leg.keys)
+        self._on_leg_closed(leg)
+
+    def _release_unused(self, worker: WorkerHandle, keys: list[int]) -> None:
+        """Stop feeding a worker the producers none of its viewers watch any more."""
+        still_used = {key for other in worker.legs.values() for key in other.keys}
+        for key in keys:
+            feed = worker.feeds.get(key)
+            if feed is None or key in still_used:
+                continue
+            del worker.feeds[key]
+            producer = self._producers.get(key)
+            if producer is not None:
+                producer.detach(feed)
+            worker.control.send({"op": "producer_closed", "key": key})
