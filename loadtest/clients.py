@@ -30,6 +30,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 
 from loadtest.counters import CountingJitterBuffer, install_counter
+from loadtest.events_client import EventsClient
 from loadtest.media import latency_ms, now_ms, pin_video_bitrate, read_painted
 
 log = logging.getLogger("loadtest.clients")
@@ -158,6 +159,7 @@ class _Peer:
         self._connected = asyncio.Event()
         self._session = session
         self._closed = False
+        self.events: EventsClient | None = None  # the ``events`` data channel, if asked for
 
         @pc.on("connectionstatechange")
         def _on_state() -> None:
@@ -346,6 +348,7 @@ async def play(
     on_frame: Callable[[av.VideoFrame], Any] | None = None,
     prefer: str = "H264",
     session: aiohttp.ClientSession | None = None,
+    events: bool = False,
 ) -> Viewer:
     """Watch over WHEP: recvonly audio+video; decode video (latency) or just count packets.
 
@@ -363,6 +366,8 @@ async def play(
         audio = pc.addTransceiver("audio", direction="recvonly")
         viewer.video = install_counter(video.receiver, "video", decode)
         viewer.audio = install_counter(audio.receiver, "audio", False)
+        if events:
+            viewer.events = EventsClient(pc)
         url = f"{base_url.rstrip('/')}/whep/{room}"
         viewer.resource_url = await _negotiate(pc, url, token, session)
         viewer.video.h264_payload_types = {

@@ -9,7 +9,9 @@ from collections.abc import Callable
 from typing import Protocol
 
 from aiohttp import web
+from aiortc import RTCDataChannel
 
+from sfu.event_bridge import EventBridge, open_channel
 from sfu.ice import rtc_configuration, use_host_addresses
 from sfu.offer import Offer
 from sfu.peer import PeerLeg, negotiate
@@ -19,6 +21,7 @@ from sfu.settings import NodeSettings
 from sfu.viewer import Viewer
 from sfu.worker_pool import RemoteViewer, WorkerPool
 from signaling.errors import conflict, not_found
+from signaling.tokens import Claims
 
 logger = logging.getLogger("shopcast.sfu.node")
 
@@ -45,6 +48,7 @@ class SfuNode:
         )
         self._ticker: asyncio.Task[None] | None = None
         self.observers: list[RoomObserver] = []
+        self.events: EventBridge | None = None
         self.workers = WorkerPool(settings, self._leg_closed) if settings.workers > 0 else None
         use_host_addresses(settings.ice_hosts, add_loopback=settings.ice_loopback)
 
@@ -62,7 +66,9 @@ class SfuNode:
         if self.workers is not None:
             await self.workers.stop()
 
-    async def publish(self, room_name: str, identity: str, offer: Offer) -> tuple[Publisher, str]:
+    async def publish(
+        self, room_name: str, identity: str, offer: Offer, claims: Claims | None = None
+    ) -> tuple[Publisher, str]:
         """Start a WHIP session; 409 when the room has all the publishers it may have."""
         room = self.rooms.get(room_name) or Room(room_name)
         active = [p for p in room.publishers.values() if not p.closed]
@@ -77,12 +83,15 @@ class SfuNode:
             on_live=self._publisher_live,
         )
         publisher.keyframe_interval_s = self.settings.keyframe_interval_ms / 1000
+        self._serve_events(publisher, claims)
         self.rooms[room_name] = room
         room.publishers[publisher.id] = publisher
         answer = await self._negotiate(publisher, offer, lambda: publisher.prepare(offer))
         return publisher, answer
 
-    async def play(self, room_name: str, identity: str, offer: Offer) -> tuple[ViewerLeg, str]:
+    async def play(
+        self, room_name: str, identity: str, offer: Offer, claims: Claims | None = None
+    ) -> tuple[ViewerLeg, str]:
         """Start a WHEP session on a live room (in a worker process when there are workers);
         404 ``not_live`` otherwise."""
         room = self.rooms.get(room_name)
@@ -90,7 +99,7 @@ class SfuNode:
             raise not_found(f"room {room_name!r} is not live", "not_live")
         if self.workers is not None:
             remote, answer = await self.workers.open_viewer(
-                room_name, identity, offer.sdp, room.producers()
+                room_name, identity, offer.sdp, room.producers(), claims
             )
             room.viewers[remote.id] = remote
             self.legs[remote.id] = remote
@@ -103,6 +112,7 @@ class SfuNode:
             on_closed=self._leg_closed,
         )
         producers = room.producers()
+        self._serve_events(viewer, claims)
         room.viewers[viewer.id] = viewer
         answer = await self._negotiate(viewer, offer, lambda: viewer.prepare(offer, producers))
         return viewer, answer
@@ -110,6 +120,27 @@ class SfuNode:
     async def _negotiate(self, leg: PeerLeg, offer: Offer, prepare: Callable[[], None]) -> str:
         self.legs[leg.id] = leg
         return await negotiate(leg, offer, prepare)
+
+    def attach_events(self, bridge: EventBridge) -> None:
+        """Serve participants' ``events`` data channels through ``bridge`` (and workers')."""
+        self.events = bridge
+        if self.workers is not None:
+            self.workers.events = bridge
+
+    def _serve_events(self, leg: PeerLeg, claims: Claims | None) -> None:
+        leg.claims = claims
+        leg.on_events_channel = self._events_opened
+
+    def _events_opened(self, leg: PeerLeg, channel: RTCDataChannel) -> None:
+        bridge = self.events
+        if bridge is None or leg.claims is None:
+            return
+        open_channel(
+            channel, leg.room, leg.claims,
+            opened=lambda endpoint: bridge.open_local(leg.id, endpoint),
+            received=bridge.receive,
+            closed=lambda: bridge.close_local(leg.id, leg.room),
+        )
 
     def leg(self, room_name: str, leg_id: str, role: str) -> PeerLeg | RemoteViewer:
         leg = self.legs.get(leg_id)
@@ -126,6 +157,8 @@ class SfuNode:
 
     def _leg_closed(self, leg: PeerLeg | RemoteViewer) -> None:
         self.legs.pop(leg.id, None)
+        if self.events is not None and isinstance(leg, PeerLeg):
+            self.events.close_local(leg.id, leg.room)
         room = self.rooms.get(leg.room)
         if room is None:
             return

@@ -9,11 +9,13 @@ import time
 import uuid
 from collections.abc import Callable
 
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 
+from sfu.events_channel import LABEL
 from sfu.ice import announce_public_ip
 from sfu.offer import Offer
 from signaling.errors import ApiError
+from signaling.tokens import Claims
 
 logger = logging.getLogger("shopcast.sfu.peer")
 
@@ -60,7 +62,10 @@ class PeerLeg:
         self._on_closed = on_closed
         self._close_task: asyncio.Task[None] | None = None
         self._timeout: asyncio.TimerHandle | None = None
+        self.claims: Claims | None = None
+        self.on_events_channel: Callable[[PeerLeg, RTCDataChannel], None] | None = None
         self.pc.on("connectionstatechange", self._on_connection_state)
+        self.pc.on("datachannel", self._on_datachannel)
 
     @property
     def state(self) -> str:
@@ -103,6 +108,11 @@ class PeerLeg:
             self.on_connected()
         elif state in ("failed", "closed"):
             self.close_soon()
+
+    def _on_datachannel(self, channel: RTCDataChannel) -> None:
+        """Only the ``events`` channel is served, and only where a host was set for it."""
+        if channel.label == LABEL and self.on_events_channel is not None:
+            self.on_events_channel(self, channel)
 
     def on_connected(self) -> None:
         """Called once when ICE and DTLS are up; subclasses start media here."""

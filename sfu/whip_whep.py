@@ -54,9 +54,9 @@ def _post(kind: str) -> Handler:
         node = request.app[NODE_KEY]
         leg: PeerLeg | RemoteViewer | ViewerLeg
         if kind == "whip":
-            leg, answer = await node.publish(room, claims.identity, offer)
+            leg, answer = await node.publish(room, claims.identity, offer, claims)
         else:
-            leg, answer = await node.play(room, claims.identity, offer)
+            leg, answer = await node.play(room, claims.identity, offer, claims)
         location = f"/{kind}/{room}/{leg.id}"
         return web.Response(
             status=201,

@@ -15,7 +15,10 @@ import logging
 import os
 import socket
 
+from aiortc import RTCDataChannel
+
 from sfu.background import spawn
+from sfu.events_channel import EventsChannel
 from sfu.ice import rtc_configuration, use_host_addresses
 from sfu.ipc import ControlChannel, Message, codec_from_dict, read_media
 from sfu.offer import parse_offer
@@ -39,6 +42,8 @@ class Worker:
         self.settings = settings
         self.producers: dict[int, Producer] = {}
         self.viewers: dict[str, Viewer] = {}
+        self.channels: dict[str, EventsChannel] = {}
+        self.event_rooms: dict[str, set[str]] = {}
         self._configuration = rtc_configuration(
             settings.stun_url, settings.turn_url, settings.turn_username, settings.turn_password
         )
@@ -78,6 +83,13 @@ class Worker:
             spawn(self._play(message))
         elif op == "close_leg":
             spawn(self._close_leg(message))
+        elif op == "event":
+            for leg_id in self.event_rooms.get(message["room"], ()):
+                self.channels[leg_id].send(message["packed"])
+        elif op == "to_leg":
+            channel = self.channels.get(message["leg"])
+            if channel is not None:
+                channel.send(message["packed"])
         elif op in ("shutdown", "channel_closed"):
             self._stopped.set()
 
@@ -116,6 +128,8 @@ class Worker:
             on_closed=self._leg_closed,
         )
         producers = [self.producers[k] for k in request["producers"] if k in self.producers]
+        if request.get("events"):
+            viewer.on_events_channel = self._events_opened
         try:
             offer = parse_offer(request["offer"], want="recv")
             self.viewers[viewer.id] = viewer
@@ -132,7 +146,28 @@ class Worker:
             await viewer.close()
         self.control.reply(request, {"closed": viewer is not None})
 
+    def _events_opened(self, leg: PeerLeg, channel: RTCDataChannel) -> None:
+        """The publisher's process handles the events; this worker relays and fans out."""
+        leg_id, room = leg.id, leg.room
+        send = self.control.send
+        self.channels[leg_id] = EventsChannel(
+            channel, lambda raw: send({"op": "client_event", "leg": leg_id, "raw": raw})
+        )
+        self.event_rooms.setdefault(room, set()).add(leg_id)
+        channel.on("close", lambda: self._events_closed(leg_id, room))
+        send({"op": "events_open", "leg": leg_id})
+
+    def _events_closed(self, leg_id: str, room: str) -> None:
+        if self.channels.pop(leg_id, None) is None:
+            return
+        legs = self.event_rooms.get(room, set())
+        legs.discard(leg_id)
+        if not legs:
+            self.event_rooms.pop(room, None)
+        self.control.send({"op": "events_closed", "leg": leg_id})
+
     def _leg_closed(self, leg: PeerLeg) -> None:
+        self._events_closed(leg.id, leg.room)
         if self.viewers.pop(leg.id, None) is not None:
             self.control.send({"op": "leg_closed", "leg": leg.id})
 

@@ -11,10 +11,12 @@ import logging
 import sys
 from collections.abc import Callable
 
+from sfu.event_bridge import Endpoint, EventBridge
 from sfu.ipc import ControlChannel, MediaSender, Message, codec_to_dict, socketpair
 from sfu.producer import Producer
 from sfu.settings import NodeSettings
 from signaling.errors import ApiError
+from signaling.tokens import Claims
 
 logger = logging.getLogger("shopcast.sfu.workers")
 
@@ -44,8 +46,9 @@ class RemoteViewer:
     role = "viewer"
 
     def __init__(self, leg_id: str, room: str, identity: str, worker: WorkerHandle,
-                 keys: list[int]) -> None:
+                 keys: list[int], claims: Claims | None = None) -> None:
         self.id = leg_id
+        self.claims = claims
         self.room = room
         self.identity = identity
         self.worker = worker
@@ -92,6 +95,8 @@ class WorkerPool:
         self.workers: list[WorkerHandle] = []
         self._producers: dict[int, Producer] = {}
         self._stopping = False
+        self.events: EventBridge | None = None
+        self._endpoints: dict[str, Endpoint] = {}
 
     async def start(self) -> None:
         settings_json = json.dumps(dataclasses.asdict(self._settings))
@@ -130,7 +135,8 @@ class WorkerPool:
             worker.control.close()
 
     async def open_viewer(
-        self, room: str, identity: str, offer_sdp: str, producers: list[Producer]
+        self, room: str, identity: str, offer_sdp: str, producers: list[Producer],
+        claims: Claims | None = None,
     ) -> tuple[RemoteViewer, str]:
         """Create a viewer leg in the least loaded worker; raises the worker's ApiError."""
         alive = [w for w in self.workers if w.alive]
@@ -141,13 +147,15 @@ class WorkerPool:
             self._announce(worker, producer)
         reply = await worker.control.request(
             {"op": "play", "room": room, "identity": identity, "offer": offer_sdp,
-             "producers": [p.key for p in producers]}
+             "producers": [p.key for p in producers], "events": claims is not None}
         )
         if "error" in reply:
             self._release_unused(worker, [p.key for p in producers])
             status, code, message = reply["error"]
             raise ApiError(status, code, message)
-        leg = RemoteViewer(reply["leg"], room, identity, worker, [p.key for p in producers])
+        leg = RemoteViewer(
+            reply["leg"], room, identity, worker, [p.key for p in producers], claims
+        )
         worker.legs[leg.id] = leg
         return leg, str(reply["sdp"])
 
@@ -199,6 +207,8 @@ class WorkerPool:
             self._leg_gone(worker, message["leg"])
         elif op == "stats":
             worker.retransmits = dict(message["retransmits"])
+        elif op in ("events_open", "client_event", "events_closed"):
+            self._on_events(worker, op, message)
         elif op == "channel_closed":
             worker.alive = False
             if not self._stopping:
@@ -207,7 +217,38 @@ class WorkerPool:
             for leg_id in list(worker.legs):
                 self._leg_gone(worker, leg_id)
 
+    def _on_events(self, worker: WorkerHandle, op: str, message: Message) -> None:
+        """A worker's participant opened, used or closed its ``events`` channel."""
+        leg_id = message["leg"]
+        bridge = self.events
+        leg = worker.legs.get(leg_id)
+        if bridge is None:
+            return
+        if op == "events_open" and leg is not None and leg.claims is not None:
+            control = worker.control
+            endpoint = Endpoint(
+                leg.room, leg.claims,
+                lambda packed: control.send({"op": "to_leg", "leg": leg_id, "packed": packed}),
+            )
+            self._endpoints[leg_id] = endpoint
+            room = leg.room
+            bridge.open_remote(
+                worker.index,
+                lambda packed: control.send({"op": "event", "room": room, "packed": packed}),
+                endpoint,
+            )
+        elif op == "client_event" and leg_id in self._endpoints:
+            bridge.receive(self._endpoints[leg_id], message["raw"])
+        elif op == "events_closed":
+            self._events_closed(worker, leg_id)
+
+    def _events_closed(self, worker: WorkerHandle, leg_id: str) -> None:
+        endpoint = self._endpoints.pop(leg_id, None)
+        if endpoint is not None and self.events is not None:
+            self.events.close_remote(worker.index, endpoint.room)
+
     def _leg_gone(self, worker: WorkerHandle, leg_id: str) -> None:
+        self._events_closed(worker, leg_id)
         leg = worker.legs.pop(leg_id, None)
         if leg is None:
             return

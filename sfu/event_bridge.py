@@ -1,0 +1,184 @@
+"""Room events between the control plane's bus and participants' ``events`` data channels.
+
+One bus subscription per room per process, however many participants: each event is sent to
+every local channel of the room and crosses to each worker process with channels in the room
+once. What a client sends goes to the control plane's handler, in order per participant; its
+replies (errors, acks) go back to that participant only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from aiortc import RTCDataChannel
+
+from sfu.background import spawn
+from sfu.events_channel import EventsChannel
+from signaling.bus import Bus
+from signaling.tokens import Claims
+
+logger = logging.getLogger("shopcast.sfu.events")
+
+Send = Callable[[bytes], None]
+
+
+class ClientEventHandler(Protocol):
+    """The control plane's side: validates and acts on client events, builds join state."""
+
+    async def handle(self, room: str, claims: Claims, raw: bytes) -> list[bytes]: ...
+
+    async def snapshot(self, room: str) -> bytes: ...
+
+
+class Endpoint:
+    """One participant's channel: where its replies go, and its messages handled in order."""
+
+    def __init__(self, room: str, claims: Claims, send: Send) -> None:
+        self.room = room
+        self.claims = claims
+        self.send = send
+        self._last: asyncio.Task[None] | None = None
+
+    def chain(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Run ``work`` after this participant's previous message is done."""
+        previous = self._last
+
+        async def run() -> None:
+            if previous is not None:
+                with contextlib.suppress(Exception):
+                    await previous
+            await work()
+
+        self._last = spawn(run())
+
+
+@dataclass
+class RoomFeed:
+    """The subscription of one room and everyone in this process (or its workers) it feeds."""
+
+    local: dict[str, Endpoint] = field(default_factory=dict)
+    workers: dict[int, Send] = field(default_factory=dict)  # worker index -> forward(packed)
+    remote_counts: dict[int, int] = field(default_factory=dict)
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def empty(self) -> bool:
+        return not self.local and not self.remote_counts
+
+
+def open_channel(
+    channel: RTCDataChannel,
+    room: str,
+    claims: Claims,
+    opened: Callable[[Endpoint], None],
+    received: Callable[[Endpoint, bytes], None],
+    closed: Callable[[], None],
+) -> Endpoint:
+    """Wrap a participant's ``events`` channel and wire its lifetime to the callbacks."""
+    endpoint: Endpoint
+    events = EventsChannel(channel, lambda raw: received(endpoint, raw))
+    endpoint = Endpoint(room, claims, events.send)
+    channel.on("close", closed)
+    opened(endpoint)
+    return endpoint
+
+
+class EventBridge:
+    """Feeds rooms' bus events to channels and client events to the handler."""
+
+    def __init__(self, bus: Bus, handler: ClientEventHandler) -> None:
+        self.bus = bus
+        self.handler = handler
+        self.rooms: dict[str, RoomFeed] = {}
+        self.handled = 0
+
+    def open_local(self, leg_id: str, endpoint: Endpoint) -> None:
+        """A channel in this process opened: join state first, then live events."""
+        feed = self._feed(endpoint.room)
+        feed.local[leg_id] = endpoint
+        endpoint.chain(lambda: self._send_snapshot(endpoint))
+
+    def close_local(self, leg_id: str, room: str) -> None:
+        feed = self.rooms.get(room)
+        if feed is not None:
+            feed.local.pop(leg_id, None)
+            self._release(room, feed)
+
+    def open_remote(self, worker: int, forward: Send, endpoint: Endpoint) -> None:
+        """A channel in a worker opened: the worker gets the room's events once."""
+        feed = self._feed(endpoint.room)
+        feed.workers[worker] = forward
+        feed.remote_counts[worker] = feed.remote_counts.get(worker, 0) + 1
+        endpoint.chain(lambda: self._send_snapshot(endpoint))
+
+    def close_remote(self, worker: int, room: str) -> None:
+        feed = self.rooms.get(room)
+        if feed is None or worker not in feed.remote_counts:
+            return
+        feed.remote_counts[worker] -= 1
+        if feed.remote_counts[worker] <= 0:
+            del feed.remote_counts[worker]
+            feed.workers.pop(worker, None)
+        self._release(room, feed)
+
+    def receive(self, endpoint: Endpoint, raw: bytes) -> None:
+        """A client event: handled in arrival order for this participant."""
+        endpoint.chain(lambda: self._handle(endpoint, raw))
+
+    async def close(self) -> None:
+        for feed in self.rooms.values():
+            if feed.task is not None:
+                feed.task.cancel()
+        await asyncio.gather(
+            *(f.task for f in self.rooms.values() if f.task is not None), return_exceptions=True
+        )
+        self.rooms.clear()
+
+    async def _handle(self, endpoint: Endpoint, raw: bytes) -> None:
+        self.handled += 1
+        try:
+            replies = await self.handler.handle(endpoint.room, endpoint.claims, raw)
+        except Exception:
+            logger.exception("event handler failed room=%s", endpoint.room)
+            return
+        for reply in replies:
+            endpoint.send(reply)
+
+    async def _send_snapshot(self, endpoint: Endpoint) -> None:
+        try:
+            endpoint.send(await self.handler.snapshot(endpoint.room))
+        except Exception:
+            logger.exception("room state failed room=%s", endpoint.room)
+
+    def _feed(self, room: str) -> RoomFeed:
+        feed = self.rooms.get(room)
+        if feed is None:
+            feed = self.rooms[room] = RoomFeed()
+            feed.task = asyncio.create_task(self._pump(room, feed))
+        return feed
+
+    def _release(self, room: str, feed: RoomFeed) -> None:
+        if feed.empty:
+            self.rooms.pop(room, None)
+            if feed.task is not None:
+                feed.task.cancel()
+
+    async def _pump(self, room: str, feed: RoomFeed) -> None:
+        """Deliver the room's events in seq order for as long as anyone here listens."""
+        try:
+            async with self.bus.subscribe(room) as subscription:
+                async for event in subscription:
+                    packed = event.packed
+                    for endpoint in list(feed.local.values()):
+                        endpoint.send(packed)
+                    for forward in list(feed.workers.values()):
+                        forward(packed)
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            logger.exception("event feed of room %s stopped", room)
