@@ -69,6 +69,19 @@ def _rtx(local: list[RTCRtpCodecCapability]) -> list[RTCRtpCodecCapability]:
     return [c for c in local if c.mimeType.lower() == "video/rtx"][:1]
 
 
+def restrict_to(
+    prefs: list[RTCRtpCodecCapability], codec: RTCRtpCodecParameters
+) -> list[RTCRtpCodecCapability]:
+    """``prefs`` narrowed to ``codec`` (and its RTX); empty if the publisher can't send it.
+
+    Every publisher of a room sends the anchor's codec: viewers negotiated exactly that."""
+    chosen = [
+        c for c in prefs
+        if c.mimeType.lower() == codec.mimeType.lower() and c.parameters == codec.parameters
+    ]
+    return chosen + [c for c in prefs if c.mimeType.lower().endswith("/rtx")] if chosen else []
+
+
 def viewer_preferences(codec: RTCRtpCodecParameters) -> list[RTCRtpCodecCapability]:
     """A viewer is offered exactly the publisher's codec: the SFU forwards, it never transcodes.
 

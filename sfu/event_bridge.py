@@ -25,6 +25,7 @@ from signaling.tokens import Claims
 logger = logging.getLogger("shopcast.sfu.events")
 
 Send = Callable[[bytes], None]
+MAX_HELD = 1000  # events held for one joiner while its join state is built
 
 
 class ClientEventHandler(Protocol):
@@ -38,11 +39,29 @@ class ClientEventHandler(Protocol):
 class Endpoint:
     """One participant's channel: where its replies go, and its messages handled in order."""
 
-    def __init__(self, room: str, claims: Claims, send: Send) -> None:
+    def __init__(
+        self, room: str, claims: Claims, send: Send, on_ready: Callable[[], None] | None = None
+    ) -> None:
         self.room = room
         self.claims = claims
         self.send = send
+        self._on_ready = on_ready
         self._last: asyncio.Task[None] | None = None
+        # live events wait here until the join state has gone out, so state always comes first
+        self._held: list[bytes] | None = []
+
+    def deliver(self, packed: bytes) -> None:
+        if self._held is None:
+            self.send(packed)
+        elif len(self._held) < MAX_HELD:
+            self._held.append(packed)
+
+    def release(self) -> None:
+        held, self._held = self._held or [], None
+        for packed in held:
+            self.send(packed)
+        if self._on_ready is not None:  # a worker holds its channel's events until now
+            self._on_ready()
 
     def chain(self, work: Callable[[], Awaitable[None]]) -> None:
         """Run ``work`` after this participant's previous message is done."""
@@ -154,6 +173,7 @@ class EventBridge:
             endpoint.send(await self.handler.snapshot(endpoint.room))
         except Exception:
             logger.exception("room state failed room=%s", endpoint.room)
+        endpoint.release()
 
     def _feed(self, room: str) -> RoomFeed:
         feed = self.rooms.get(room)
@@ -175,7 +195,7 @@ class EventBridge:
                 async for event in subscription:
                     packed = event.packed
                     for endpoint in list(feed.local.values()):
-                        endpoint.send(packed)
+                        endpoint.deliver(packed)
                     for forward in list(feed.workers.values()):
                         forward(packed)
         except asyncio.CancelledError:

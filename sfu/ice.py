@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 import aioice.ice
-from aiortc import RTCConfiguration, RTCIceServer
+from aiortc import RTCBundlePolicy, RTCConfiguration, RTCIceServer
 
 _CANDIDATE = re.compile(r"^(a=candidate:\S+ \d+ \S+ \d+ )(\S+)( \d+ typ host.*)$", re.MULTILINE)
 _CONNECTION = re.compile(r"^c=IN IP4 \S+$", re.MULTILINE)
@@ -40,7 +40,11 @@ def use_host_addresses(addresses: list[str], *, add_loopback: bool = False) -> N
 def rtc_configuration(
     stun_url: str = "", turn_url: str = "", turn_username: str = "", turn_password: str = ""
 ) -> RTCConfiguration:
-    """An explicit server list, empty by default: never a public STUN server silently."""
+    """An explicit server list, empty by default: never a public STUN server silently.
+
+    MAX_BUNDLE: with aiortc's default (balanced), a second section of a kind keeps a transport
+    that bundling later stops, so a viewer's second publisher slot would never send.
+    """
     servers: list[RTCIceServer] = []
     if stun_url:
         servers.append(RTCIceServer(urls=stun_url))
@@ -48,7 +52,7 @@ def rtc_configuration(
         servers.append(
             RTCIceServer(urls=turn_url, username=turn_username, credential=turn_password)
         )
-    return RTCConfiguration(iceServers=servers)
+    return RTCConfiguration(iceServers=servers, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
 
 
 def announce_public_ip(sdp: str, public_ip: str) -> str:

@@ -21,7 +21,7 @@ from sfu.settings import NodeSettings
 from sfu.viewer import Viewer
 from sfu.worker_pool import RemoteViewer, WorkerPool
 from signaling.errors import conflict, not_found
-from signaling.tokens import Claims
+from signaling.tokens import Claims, Grant
 
 logger = logging.getLogger("shopcast.sfu.node")
 
@@ -36,6 +36,16 @@ class RoomObserver(Protocol):
     def publisher_left(self, room: Room, publisher: Publisher) -> None: ...
 
 
+class SessionObserver(Protocol):
+    """Told when a WHIP/WHEP session starts (answered) and ends: the control plane's reports.
+
+    Ends of viewers in worker processes arrive here too, as ``RemoteViewer`` legs."""
+
+    def session_started(self, leg: PeerLeg | RemoteViewer, name: str = "") -> None: ...
+
+    def session_ended(self, leg: PeerLeg | RemoteViewer) -> None: ...
+
+
 class SfuNode:
     """Owns rooms and legs; the only place that creates or ends a WebRTC session."""
 
@@ -48,6 +58,7 @@ class SfuNode:
         )
         self._ticker: asyncio.Task[None] | None = None
         self.observers: list[RoomObserver] = []
+        self.sessions: list[SessionObserver] = []
         self.events: EventBridge | None = None
         self.workers = WorkerPool(settings, self._leg_closed) if settings.workers > 0 else None
         use_host_addresses(settings.ice_hosts, add_loopback=settings.ice_loopback)
@@ -69,11 +80,10 @@ class SfuNode:
     async def publish(
         self, room_name: str, identity: str, offer: Offer, claims: Claims | None = None
     ) -> tuple[Publisher, str]:
-        """Start a WHIP session; 409 when the room has all the publishers it may have."""
-        room = self.rooms.get(room_name) or Room(room_name)
-        active = [p for p in room.publishers.values() if not p.closed]
-        if len(active) >= self.settings.max_publishers:
-            raise conflict(f"room {room_name!r} already has a publisher", "publisher_exists")
+        """Start a WHIP session. The first publisher is the anchor (slot 0); a further one needs
+        the ``cohost`` grant and a free slot, and must send the room's codecs; else 409."""
+        room = self.rooms.get(room_name) or Room(room_name, self.settings.max_publishers)
+        slot = self._publisher_slot(room, room_name, claims)
         publisher = Publisher(
             room_name,
             identity,
@@ -83,10 +93,15 @@ class SfuNode:
             on_live=self._publisher_live,
         )
         publisher.keyframe_interval_s = self.settings.keyframe_interval_ms / 1000
+        publisher.slot, publisher.track_slots = slot, room.slots[slot]
+        required = room.codecs() if slot > 0 else None
         self._serve_events(publisher, claims)
         self.rooms[room_name] = room
         room.publishers[publisher.id] = publisher
-        answer = await self._negotiate(publisher, offer, lambda: publisher.prepare(offer))
+        answer = await self._negotiate(
+            publisher, offer, lambda: publisher.prepare(offer, required)
+        )
+        self._session_started(publisher, claims)
         return publisher, answer
 
     async def play(
@@ -99,10 +114,11 @@ class SfuNode:
             raise not_found(f"room {room_name!r} is not live", "not_live")
         if self.workers is not None:
             remote, answer = await self.workers.open_viewer(
-                room_name, identity, offer.sdp, room.producers(), claims
+                room_name, identity, offer.sdp, room.layout(), room.producers(), claims
             )
             room.viewers[remote.id] = remote
             self.legs[remote.id] = remote
+            self._session_started(remote, claims)
             return remote, answer
         viewer = Viewer(
             room_name,
@@ -111,15 +127,38 @@ class SfuNode:
             public_ip=self.settings.ice_public_ip,
             on_closed=self._leg_closed,
         )
-        producers = room.producers()
+        layout, producers = room.layout(), room.producers()
         self._serve_events(viewer, claims)
         room.viewers[viewer.id] = viewer
-        answer = await self._negotiate(viewer, offer, lambda: viewer.prepare(offer, producers))
+        answer = await self._negotiate(
+            viewer, offer, lambda: viewer.prepare(offer, layout, producers)
+        )
+        self._session_started(viewer, claims)
         return viewer, answer
+
+    def _publisher_slot(self, room: Room, room_name: str, claims: Claims | None) -> int:
+        active = [p for p in room.publishers.values() if not p.closed]
+        if not active:
+            return 0
+        if claims is None or not ({Grant.COHOST, Grant.ADMIN} & claims.grants):
+            raise conflict(f"room {room_name!r} already has a publisher", "publisher_exists")
+        slot = room.free_slot()
+        if slot is None:
+            raise conflict(
+                f"room {room_name!r} has its {room.max_publishers} publishers", "room_full"
+            )
+        return slot
 
     async def _negotiate(self, leg: PeerLeg, offer: Offer, prepare: Callable[[], None]) -> str:
         self.legs[leg.id] = leg
         return await negotiate(leg, offer, prepare)
+
+    def _session_started(self, leg: PeerLeg | RemoteViewer, claims: Claims | None) -> None:
+        """Report an answered session, unless it already closed (then it never joined)."""
+        if leg.closed or leg.id not in self.legs:
+            return
+        for observer in self.sessions:
+            observer.session_started(leg, claims.name if claims is not None else "")
 
     def attach_events(self, bridge: EventBridge) -> None:
         """Serve participants' ``events`` data channels through ``bridge`` (and workers')."""
@@ -152,11 +191,21 @@ class SfuNode:
         room = self.rooms.get(publisher.room)
         if room is None:
             return
+        for viewer in list(room.viewers.values()):  # a co-host joining viewers already here
+            for producer in publisher.producers:
+                viewer.on_producer_added(producer)
+        if self.workers is not None:
+            self.workers.producers_added(room.name, publisher.producers)
         for observer in self.observers:
             observer.publisher_live(room, publisher)
 
     def _leg_closed(self, leg: PeerLeg | RemoteViewer) -> None:
         self.legs.pop(leg.id, None)
+        self._leave_room(leg)
+        for observer in self.sessions:  # after publisher_left: tracks go before their session
+            observer.session_ended(leg)
+
+    def _leave_room(self, leg: PeerLeg | RemoteViewer) -> None:
         if self.events is not None and isinstance(leg, PeerLeg):
             self.events.close_local(leg.id, leg.room)
         room = self.rooms.get(leg.room)

@@ -13,6 +13,7 @@ import random
 import struct
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from aiortc import RTCRtpCodecParameters
@@ -43,6 +44,18 @@ class PacketSink(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass
+class TrackSlot:
+    """A room's place for one publisher's track: its SSRC, and where sequence numbers and
+    timestamps left off, so a publisher that takes the slot later continues them and viewers
+    see one unbroken stream."""
+
+    ssrc: int = field(default_factory=lambda: random.getrandbits(32))
+    last_seq: int | None = None
+    last_timestamp: int = 0
+    left_at: float = 0.0
+
+
 class Producer:
     """One published track and the sinks (viewer consumers, muxers) it forwards to."""
 
@@ -57,12 +70,19 @@ class Producer:
         ssrc: int | None = None,
         key: int | None = None,
         mirror: bool = False,
+        slot: TrackSlot | None = None,
+        slot_index: int = 0,
     ) -> None:
         self.kind = kind
         self.codec = codec
         self.publisher_id = publisher_id
         self.key = next(_keys) if key is None else key
-        self.ssrc = random.getrandbits(32) if ssrc is None else ssrc
+        self.slot = slot or TrackSlot(ssrc=random.getrandbits(32) if ssrc is None else ssrc)
+        self.slot_index = slot_index
+        self.ssrc = self.slot.ssrc
+        self.last_seq = 0
+        self._seq_offset = 0
+        self._ts_offset = 0
         if codec.payloadType is None:
             raise ValueError("a negotiated codec has a payload type")
         self.payload_type: int = codec.payloadType
@@ -93,17 +113,17 @@ class Producer:
         keyframe = self._is_keyframe(payload)
         padding = packet.padding_size
         first = 0xA0 if padding else 0x80
+        if packet.ssrc != self.source_ssrc:
+            self._new_source(packet)
         data = _HEADER.pack(
             first,
             (packet.marker << 7) | self.payload_type,
-            packet.sequence_number,
-            packet.timestamp,
+            (packet.sequence_number + self._seq_offset) & 0xFFFF,
+            (packet.timestamp + self._ts_offset) & 0xFFFFFFFF,
             self.ssrc,
         ) + payload
         if padding:
             data += bytes(padding - 1) + bytes((padding,))
-        if packet.ssrc != self.source_ssrc:
-            self._new_source(packet.ssrc)
         self.relay(data, keyframe)
 
     def relay(self, data: bytes, keyframe: bool) -> None:
@@ -112,7 +132,8 @@ class Producer:
         A worker process's mirror of a producer is fed here directly with the packets the
         publisher's process built, so both sides share one fan-out.
         """
-        self.history.put((data[2] << 8) | data[3], data)
+        self.last_seq = seq = (data[2] << 8) | data[3]
+        self.history.put(seq, data)
         self.last_timestamp = (data[4] << 24) | (data[5] << 16) | (data[6] << 8) | data[7]
         self.packets += 1
         self.octets += len(data) - 12
@@ -155,9 +176,21 @@ class Producer:
         self._deferred = None
         self.request_keyframe()
 
-    def _new_source(self, ssrc: int) -> None:
-        """First packet, or the publisher changed SSRC: ask for the keyframe viewers wait on."""
-        self.source_ssrc = ssrc
+    def _new_source(self, packet: RtpPacket) -> None:
+        """First packet, or the publisher changed SSRC: continue the slot's sequence numbers and
+        timestamps where they left off, and ask for the keyframe viewers wait on."""
+        self.source_ssrc = packet.ssrc
+        slot = self.slot
+        if self.packets:  # same publisher, new SSRC: continue from our own last packet
+            slot.last_seq, slot.last_timestamp = self.last_seq, self.last_timestamp
+            slot.left_at = time.monotonic()
+        if slot.last_seq is not None:
+            gap_s = max(time.monotonic() - slot.left_at, 0.001)
+            self._seq_offset = (slot.last_seq + 1 - packet.sequence_number) & 0xFFFF
+            self._ts_offset = (
+                slot.last_timestamp + int(gap_s * self.codec.clockRate) - packet.timestamp
+            ) & 0xFFFFFFFF
+        slot.last_seq = None
         if self._keyframe_pending or self.sinks:
             self._keyframe_pending = False
             self._last_keyframe_request = -1e9
@@ -165,7 +198,7 @@ class Producer:
 
     def on_sender_report(self, ntp_timestamp: int, rtp_timestamp: int) -> None:
         """Keep the publisher's NTP/RTP mapping: viewers' sender reports repeat it (A/V sync)."""
-        self._sender_report = (ntp_timestamp, rtp_timestamp)
+        self._sender_report = (ntp_timestamp, (rtp_timestamp + self._ts_offset) & 0xFFFFFFFF)
 
     def sender_report(self) -> tuple[int, int]:
         """The (NTP, RTP) pair for viewers' reports; before the publisher's first SR, now/last."""
@@ -176,6 +209,10 @@ class Producer:
     def close(self) -> list[PacketSink]:
         """Stop forwarding; returns the consumers that were attached so their legs can react."""
         self.closed = True
+        if self.packets and not self.mirror:  # the next publisher on this slot continues here
+            self.slot.last_seq = self.last_seq
+            self.slot.last_timestamp = self.last_timestamp
+            self.slot.left_at = time.monotonic()
         if self._deferred is not None:
             self._deferred.cancel()
             self._deferred = None

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from aiortc import RTCRtpTransceiver
+from aiortc import RTCRtpCodecParameters, RTCRtpTransceiver
 
-from sfu.codecs import publisher_preferences
+from sfu.codecs import publisher_preferences, restrict_to
 from sfu.offer import Offer
 from sfu.peer import PeerLeg
-from sfu.producer import Producer
+from sfu.producer import Producer, TrackSlot
 from sfu.receiver_tap import keyframe_requester, tap_receiver
 from signaling.errors import bad_request
 
@@ -31,20 +31,33 @@ class Publisher(PeerLeg):
         self.producers: list[Producer] = []
         self._transceivers: list[RTCRtpTransceiver] = []
         self._on_live = on_live
+        self.slot = 0
+        self.track_slots: dict[str, TrackSlot] = {}
 
     def on_connected(self) -> None:
         if self._on_live is not None:
             self._on_live(self)
 
-    def prepare(self, offer: Offer) -> None:
+    def prepare(
+        self, offer: Offer, required: dict[str, RTCRtpCodecParameters] | None = None
+    ) -> None:
         """Create recvonly transceivers with our codec choice before the offer is applied, so
-        the answer carries only H.264 Constrained Baseline (or VP8) and Opus."""
+        the answer carries only H.264 Constrained Baseline (or VP8) and Opus. A co-host must
+        send the codecs the room already has (``required``): viewers negotiated those."""
         for media in offer.media:
             if media.kind not in ("audio", "video"):
                 continue
             prefs = publisher_preferences(
                 media.kind, [(c.name, c.parameters) for c in media.offered]
             )
+            if required and media.kind in required:
+                room_codec = required[media.kind]
+                prefs = restrict_to(prefs, room_codec)
+                if not prefs:
+                    raise bad_request(
+                        f"this room's {media.kind} is {room_codec.mimeType}; offer it to co-host",
+                        "codec_mismatch",
+                    )
             if not prefs:
                 wanted = "H.264 or VP8" if media.kind == "video" else "Opus"
                 raise bad_request(
@@ -68,6 +81,8 @@ class Publisher(PeerLeg):
                 publisher_id=self.id,
                 request_keyframe=keyframe_requester(transceiver.receiver),
                 keyframe_interval_s=self.keyframe_interval_s,
+                slot=self.track_slots.get(transceiver.kind),
+                slot_index=self.slot,
             )
             tap_receiver(transceiver.receiver, producer)
             self.producers.append(producer)

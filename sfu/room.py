@@ -6,8 +6,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from sfu.producer import Producer
+from aiortc import RTCRtpCodecParameters
+
+from sfu.producer import Producer, TrackSlot
 from sfu.publisher import Publisher
+from sfu.room_layout import KINDS, RoomLayout
 
 
 class ViewerLeg(Protocol):
@@ -22,13 +25,40 @@ class ViewerLeg(Protocol):
 
     def on_producer_closed(self, producer: Producer) -> None: ...
 
+    def on_producer_added(self, producer: Producer) -> None: ...
+
 
 @dataclass
 class Room:
+    """Publishers take numbered slots (0 = the anchor, then co-hosts); a slot's SSRCs outlive
+    its publishers, so viewers negotiate every slot once and co-hosts come and go freely."""
+
     name: str
+    max_publishers: int = 1
     publishers: dict[str, Publisher] = field(default_factory=dict)
     viewers: dict[str, ViewerLeg] = field(default_factory=dict)
     created_at: float = field(default_factory=time.monotonic)
+    slots: list[dict[str, TrackSlot]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.slots = [{kind: TrackSlot() for kind in KINDS} for _ in range(self.max_publishers)]
+
+    def free_slot(self) -> int | None:
+        taken = {p.slot for p in self.publishers.values() if not p.closed}
+        return next((i for i in range(self.max_publishers) if i not in taken), None)
+
+    def codecs(self) -> dict[str, RTCRtpCodecParameters]:
+        """The room's codec per kind: the first live publisher's (the anchor's, normally)."""
+        found: dict[str, RTCRtpCodecParameters] = {}
+        for producer in self.producers():
+            found.setdefault(producer.kind, producer.codec)
+        return found
+
+    def layout(self) -> RoomLayout:
+        return RoomLayout(
+            ssrcs=[{kind: slot[kind].ssrc for kind in KINDS} for slot in self.slots],
+            codecs=self.codecs(),
+        )
 
     @property
     def live(self) -> bool:
@@ -39,10 +69,10 @@ class Room:
         return not self.publishers and not self.viewers
 
     def producers(self) -> list[Producer]:
-        """Live tracks, anchor first (publishers keep insertion order)."""
+        """Live tracks, by slot (the anchor's first)."""
         return [
             producer
-            for publisher in self.publishers.values()
+            for publisher in sorted(self.publishers.values(), key=lambda p: p.slot)
             if publisher.live
             for producer in publisher.producers
             if not producer.closed

@@ -17,6 +17,6 @@ class NodeSettings:
     turn_username: str = ""
     turn_password: str = ""
     keyframe_interval_ms: int = 500
-    max_publishers: int = 1
+    max_publishers: int = 4
     workers: int = 0
     log_level: str = "INFO"

@@ -12,6 +12,7 @@ from sfu.consumer import Consumer, release_socket
 from sfu.offer import Offer
 from sfu.peer import PeerLeg
 from sfu.producer import Producer
+from sfu.room_layout import RoomLayout
 from signaling.errors import bad_request
 
 
@@ -36,54 +37,70 @@ class Viewer(PeerLeg):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.consumers: list[Consumer] = []
-        self._pairs: list[tuple[RTCRtpTransceiver, Producer]] = []
-        self._transceivers: list[RTCRtpTransceiver] = []
+        self._slots: dict[tuple[int, str], RTCRtpTransceiver] = {}
+        self._waiting: dict[tuple[int, str], Producer] = {}
 
-    def prepare(self, offer: Offer, producers: list[Producer]) -> None:
-        """Match the offer's media sections, in order, to the producers of the same kind.
+    def prepare(self, offer: Offer, layout: RoomLayout, producers: list[Producer]) -> None:
+        """Match the offer's media sections, in order per kind, to the room's publisher slots.
 
-        Each matched sender takes the producer's SSRC, so every viewer receives the same
-        canonical packets; a section with no producer is answered inactive.
+        Each sender takes its slot's SSRC, so every viewer receives the same canonical packets
+        and a co-host who goes live later plays on a section negotiated now. Sections beyond
+        the room's slots, or of a kind the room does not carry, are answered inactive.
         """
-        available = {kind: [p for p in producers if p.kind == kind] for kind in ("audio", "video")}
+        seen = {"audio": 0, "video": 0}
         for media in offer.media:
-            if media.kind not in available:
+            if media.kind not in seen:
                 continue
+            slot = seen[media.kind]
+            seen[media.kind] += 1
             transceiver = self.pc.addTransceiver(media.kind, direction="sendonly")
-            queue = available[media.kind]
-            if not queue:
+            codec = layout.codecs.get(media.kind)
+            if slot >= len(layout.ssrcs) or codec is None:
                 transceiver.direction = "inactive"
                 continue
-            producer = queue.pop(0)
-            if producer.codec.name.lower() not in {c.lower() for c in media.codecs}:
+            if codec.name.lower() not in {c.lower() for c in media.codecs}:
                 raise bad_request(
-                    f"the anchor sends {producer.codec.name}, which this viewer does not offer",
+                    f"the anchor sends {codec.name}, which this viewer does not offer",
                     "unsupported_codec",
                 )
-            transceiver.sender._ssrc = producer.ssrc
+            transceiver.sender._ssrc = layout.ssrcs[slot][media.kind]
             transceiver.sender.replaceTrack(SilentTrack(media.kind))
-            transceiver.setCodecPreferences(viewer_preferences(producer.codec))
-            self._pairs.append((transceiver, producer))
-            self._transceivers.append(transceiver)
+            transceiver.setCodecPreferences(viewer_preferences(codec))
+            self._slots[(slot, media.kind)] = transceiver
+        for producer in producers:
+            self.on_producer_added(producer)
 
     def on_connected(self) -> None:
-        for transceiver, producer in self._pairs:
-            codecs = transceiver._codecs
-            if producer.closed or not codecs or codecs[0].payloadType is None:
-                continue
-            consumer = Consumer.for_sender(
-                producer, transceiver.sender, codecs[0].payloadType, self.id
-            )
-            self.consumers.append(consumer)
-            producer.attach(consumer)
+        for producer in list(self._waiting.values()):
+            self._consume(producer)
+        self._waiting.clear()
         if not self.consumers:
             self.close_soon()
 
+    def on_producer_added(self, producer: Producer) -> None:
+        """A publisher went live on a slot this viewer negotiated: start forwarding it."""
+        key = (producer.slot_index, producer.kind)
+        if key not in self._slots or producer.closed:
+            return
+        if self.connected_at is None:
+            self._waiting[key] = producer
+        else:
+            self._consume(producer)
+
+    def _consume(self, producer: Producer) -> None:
+        transceiver = self._slots[(producer.slot_index, producer.kind)]
+        codecs = transceiver._codecs
+        if producer.closed or self.closed or not codecs or codecs[0].payloadType is None:
+            return
+        consumer = Consumer.for_sender(producer, transceiver.sender, codecs[0].payloadType, self.id)
+        self.consumers.append(consumer)
+        producer.attach(consumer)
+
     def on_producer_closed(self, producer: Producer) -> None:
-        """The anchor left: drop its consumers; with nothing left to watch the session ends."""
+        """A publisher left: drop its consumers; with nothing left to watch the session ends."""
         self.consumers = [c for c in self.consumers if c.producer is not producer]
-        self._pairs = [(t, p) for t, p in self._pairs if p is not producer]
-        if not self._pairs:
+        self._waiting = {k: p for k, p in self._waiting.items() if p is not producer}
+        if not self.consumers and not self._waiting:
             self.close_soon()
 
     def refresh_sender_reports(self) -> None:
@@ -94,5 +111,5 @@ class Viewer(PeerLeg):
         for consumer in self.consumers:
             consumer.close()
         self.consumers = []
-        for transceiver in self._transceivers:
+        for transceiver in self._slots.values():
             release_socket(transceiver.sender.transport)

@@ -18,12 +18,14 @@ import socket
 from aiortc import RTCDataChannel
 
 from sfu.background import spawn
+from sfu.event_bridge import MAX_HELD
 from sfu.events_channel import EventsChannel
 from sfu.ice import rtc_configuration, use_host_addresses
 from sfu.ipc import ControlChannel, Message, codec_from_dict, read_media
 from sfu.offer import parse_offer
 from sfu.peer import PeerLeg, negotiate
 from sfu.producer import Producer
+from sfu.room_layout import RoomLayout
 from sfu.settings import NodeSettings
 from sfu.viewer import Viewer
 from signaling.errors import ApiError
@@ -44,6 +46,7 @@ class Worker:
         self.viewers: dict[str, Viewer] = {}
         self.channels: dict[str, EventsChannel] = {}
         self.event_rooms: dict[str, set[str]] = {}
+        self.held: dict[str, list[bytes]] = {}
         self._configuration = rtc_configuration(
             settings.stun_url, settings.turn_url, settings.turn_username, settings.turn_password
         )
@@ -83,9 +86,24 @@ class Worker:
             spawn(self._play(message))
         elif op == "close_leg":
             spawn(self._close_leg(message))
+        elif op == "producers_added":
+            added = [self.producers[k] for k in message["keys"] if k in self.producers]
+            for viewer in list(self.viewers.values()):
+                if viewer.room == message["room"]:
+                    for producer in added:
+                        viewer.on_producer_added(producer)
         elif op == "event":
             for leg_id in self.event_rooms.get(message["room"], ()):
-                self.channels[leg_id].send(message["packed"])
+                held = self.held.get(leg_id)
+                if held is None:
+                    self.channels[leg_id].send(message["packed"])
+                elif len(held) < MAX_HELD:
+                    held.append(message["packed"])
+        elif op == "events_ready":
+            channel = self.channels.get(message["leg"])
+            for packed in self.held.pop(message["leg"], []):
+                if channel is not None:
+                    channel.send(packed)
         elif op == "to_leg":
             channel = self.channels.get(message["leg"])
             if channel is not None:
@@ -108,6 +126,7 @@ class Worker:
             ssrc=message["ssrc"],
             key=key,
             mirror=True,
+            slot_index=message["slot"],
         )
 
     def _close_producer(self, key: int) -> None:
@@ -132,8 +151,11 @@ class Worker:
             viewer.on_events_channel = self._events_opened
         try:
             offer = parse_offer(request["offer"], want="recv")
+            layout = RoomLayout.from_message(request["layout"])
             self.viewers[viewer.id] = viewer
-            answer = await negotiate(viewer, offer, lambda: viewer.prepare(offer, producers))
+            answer = await negotiate(
+                viewer, offer, lambda: viewer.prepare(offer, layout, producers)
+            )
         except ApiError as exc:
             self.viewers.pop(viewer.id, None)
             self.control.reply(request, {"error": [exc.status, exc.code, exc.message]})
@@ -154,10 +176,12 @@ class Worker:
             channel, lambda raw: send({"op": "client_event", "leg": leg_id, "raw": raw})
         )
         self.event_rooms.setdefault(room, set()).add(leg_id)
+        self.held[leg_id] = []  # room events wait until the join state went out
         channel.on("close", lambda: self._events_closed(leg_id, room))
         send({"op": "events_open", "leg": leg_id})
 
     def _events_closed(self, leg_id: str, room: str) -> None:
+        self.held.pop(leg_id, None)
         if self.channels.pop(leg_id, None) is None:
             return
         legs = self.event_rooms.get(room, set())

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from sfu.event_bridge import Endpoint, EventBridge
 from sfu.ipc import ControlChannel, MediaSender, Message, codec_to_dict, socketpair
 from sfu.producer import Producer
+from sfu.room_layout import RoomLayout
 from sfu.settings import NodeSettings
 from signaling.errors import ApiError
 from signaling.tokens import Claims
@@ -65,6 +66,9 @@ class RemoteViewer:
 
     def on_producer_closed(self, producer: Producer) -> None:
         """The worker closes its own legs when told the producer is gone."""
+
+    def on_producer_added(self, producer: Producer) -> None:
+        """The pool tells the worker once for all its viewers of the room."""
 
 
 class WorkerHandle:
@@ -135,8 +139,8 @@ class WorkerPool:
             worker.control.close()
 
     async def open_viewer(
-        self, room: str, identity: str, offer_sdp: str, producers: list[Producer],
-        claims: Claims | None = None,
+        self, room: str, identity: str, offer_sdp: str, layout: RoomLayout,
+        producers: list[Producer], claims: Claims | None = None,
     ) -> tuple[RemoteViewer, str]:
         """Create a viewer leg in the least loaded worker; raises the worker's ApiError."""
         alive = [w for w in self.workers if w.alive]
@@ -147,7 +151,8 @@ class WorkerPool:
             self._announce(worker, producer)
         reply = await worker.control.request(
             {"op": "play", "room": room, "identity": identity, "offer": offer_sdp,
-             "producers": [p.key for p in producers], "events": claims is not None}
+             "layout": layout.to_message(), "producers": [p.key for p in producers],
+             "events": claims is not None}
         )
         if "error" in reply:
             self._release_unused(worker, [p.key for p in producers])
@@ -158,6 +163,16 @@ class WorkerPool:
         )
         worker.legs[leg.id] = leg
         return leg, str(reply["sdp"])
+
+    def producers_added(self, room: str, producers: list[Producer]) -> None:
+        """A co-host went live: workers with viewers of the room start receiving it."""
+        for worker in self.workers:
+            if not any(leg.room == room for leg in worker.legs.values()):
+                continue
+            for producer in producers:
+                self._announce(worker, producer)
+            worker.control.send({"op": "producers_added", "room": room,
+                                 "keys": [p.key for p in producers]})
 
     def producer_closed(self, producer: Producer) -> None:
         self._producers.pop(producer.key, None)
@@ -187,7 +202,7 @@ class WorkerPool:
         worker.control.send(
             {"op": "producer", "key": producer.key, "kind": producer.kind,
              "codec": codec_to_dict(producer.codec), "ssrc": producer.ssrc,
-             "publisher": producer.publisher_id}
+             "publisher": producer.publisher_id, "slot": producer.slot_index}
         )
         feed = WorkerFeed(producer.key, worker.media)
         worker.feeds[producer.key] = feed
@@ -229,6 +244,7 @@ class WorkerPool:
             endpoint = Endpoint(
                 leg.room, leg.claims,
                 lambda packed: control.send({"op": "to_leg", "leg": leg_id, "packed": packed}),
+                lambda: control.send({"op": "events_ready", "leg": leg_id}),
             )
             self._endpoints[leg_id] = endpoint
             room = leg.room

@@ -34,7 +34,7 @@ def node_settings(config: Config) -> NodeSettings:
         turn_username=config.turn_username,
         turn_password=config.turn_password,
         keyframe_interval_ms=config.pli_throttle_ms,
-        max_publishers=1,
+        max_publishers=config.max_publishers,
         workers=worker_count(config.workers),
         log_level=config.log_level,
     )

@@ -69,6 +69,9 @@ class Config:
     pli_throttle_ms: int = field(
         default=500, metadata={"help": "minimum gap between keyframe requests per track"}
     )
+    max_publishers: int = field(
+        default=4, metadata={"help": "publishers per room: the anchor plus co-hosts"}
+    )
     workers: int = field(
         default=-1,
         metadata={"help": "viewer worker processes: -1 = one per core (0 on one core), 0 = none"},

@@ -146,3 +146,23 @@ def test_closing_stops_forwarding_and_returns_consumers() -> None:
     assert producer.close() == [consumer]
     producer.ingest(rtp(1, SPS))
     assert wire.sent == []
+
+
+def test_a_slot_taken_over_by_a_new_publisher_continues_sequence_and_timestamp() -> None:
+    """Viewers keep one stream per slot: the next publisher continues where the last stopped."""
+    first, _ = make_producer()
+    wire = Wire()
+    first.attach(Consumer(first, 102, "v", wire.protect, wire.send))
+    first.ingest(rtp(500, SPS, ts=1_000))
+    first.ingest(rtp(501, SLICE, ts=4_000))
+    first.close()
+    second = Producer("video", H264, publisher_id="p2", request_keyframe=lambda _s: None,
+                      slot=first.slot)
+    second.attach(Consumer(second, 102, "v", wire.protect, wire.send))
+    second.ingest(rtp(9, SPS, ts=70_000, ssrc=999))  # a different publisher's numbering
+    second.ingest(rtp(10, SLICE, ts=73_000, ssrc=999))
+    seqs = [header(p)[2] for p in wire.sent]
+    stamps = [header(p)[3] for p in wire.sent]
+    assert seqs == [500, 501, 502, 503]
+    assert stamps[2] > stamps[1] and stamps[3] - stamps[2] == 3_000
+    assert {header(p)[4] for p in wire.sent} == {first.ssrc}  # one SSRC for the slot

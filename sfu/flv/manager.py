@@ -25,6 +25,8 @@ class FlvManager:
         self.outputs: dict[str, RoomFlvOutput] = {}
 
     def publisher_live(self, room: Room, publisher: Publisher) -> None:
+        if publisher.slot != 0:
+            return  # FLV carries the anchor; co-hosts reach FLV viewers through the mixer
         producers = [p for p in publisher.producers if not p.closed]
         if not producers:
             return

@@ -1,0 +1,137 @@
+"""Co-hosts: a second publisher joins a live room on slot 1; anchor and co-host each see the
+other, viewers already watching see both without renegotiating, FLV keeps the anchor, and the
+co-host leaving leaves the anchor's stream playing. In one process and with worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection
+from aiortc.mediastreams import MediaStreamError
+
+from loadtest.clients import _negotiate, publish
+from loadtest.media import PaintedVideoTrack, ToneAudioTrack, dominant_colour
+from sfu.node import NODE_KEY
+from shopcast.config import Config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(params=[0, 2], ids=["one-process", "two-workers"])
+def config(request: pytest.FixtureRequest, tmp_path: Path) -> Config:
+    from conftest import free_port
+
+    return Config(
+        host="127.0.0.1", port=free_port(), secret="test-secret",
+        secret_file=str(tmp_path / "secret"), ice_hosts=["127.0.0.1"], workers=request.param,
+    )
+
+
+async def wait_for(predicate: Any, limit_s: float, what: str) -> None:
+    deadline = time.monotonic() + limit_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {limit_s}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+class SlotViewer:
+    """A WHEP viewer offering two video and two audio sections (two publisher slots), decoding
+    each video section and recording the colour it shows."""
+
+    def __init__(self) -> None:
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.colours: dict[int, list[tuple[int, int, int]]] = {0: [], 1: []}
+        self.tasks: list[asyncio.Task[None]] = []
+        self.videos = [self.pc.addTransceiver("video", direction="recvonly") for _ in range(2)]
+        for _ in range(2):
+            self.pc.addTransceiver("audio", direction="recvonly")
+
+    async def start(self, url: str, room: str, token: str) -> None:
+        await _negotiate(self.pc, f"{url}/whep/{room}", token, None)
+        for slot, transceiver in enumerate(self.videos):
+            self.tasks.append(asyncio.create_task(self._read(slot, transceiver.receiver.track)))
+
+    async def _read(self, slot: int, track: Any) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                self.colours[slot].append(dominant_colour(frame))
+        except MediaStreamError:
+            pass
+
+    def sees(self, slot: int, colour: str, frames: int = 20) -> bool:
+        recent = self.colours[slot][-frames:]
+        if len(recent) < frames:
+            return False
+        red, _green, blue = recent[-1]
+        return red > 150 and blue < 100 if colour == "red" else blue > 150 and red < 100
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await self.pc.close()
+
+
+async def start_publisher(server: Any, room: str, identity: str, colour: str, *grants: str
+                          ) -> Any:
+    return await publish(
+        server.url, room, server.token(room, identity, *grants),
+        PaintedVideoTrack(colour=colour), ToneAudioTrack(),
+    )
+
+
+async def test_anchor_and_cohost_see_each_other_and_viewers_see_both(server: Any) -> None:
+    node = server.app[NODE_KEY]
+    anchor = await start_publisher(server, "duo", "anchor", "red", "publish")
+    await wait_for(lambda: "duo" in node.rooms and node.rooms["duo"].live, 10, "anchor live")
+    viewers = [SlotViewer() for _ in range(3)]
+    for i, viewer in enumerate(viewers):  # watching before the co-host arrives
+        await viewer.start(server.url, "duo", server.token("duo", f"v{i}", "subscribe"))
+    cohost = anchor_view = cohost_view = None
+    try:
+        await wait_for(lambda: all(v.sees(0, "red") for v in viewers), 15, "viewers see anchor")
+        async with aiohttp.ClientSession() as http:  # a plain publisher is still refused
+            offer_pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            offer_pc.addTransceiver("video", direction="sendonly")
+            await offer_pc.setLocalDescription(await offer_pc.createOffer())
+            async with http.post(
+                f"{server.url}/whip/duo", data=offer_pc.localDescription.sdp,
+                headers={"Content-Type": "application/sdp", "Authorization":
+                         f"Bearer {server.token('duo', 'intruder', 'publish')}"},
+            ) as response:
+                assert response.status == 409
+                assert (await response.json())["error"]["code"] == "publisher_exists"
+            await offer_pc.close()
+
+        cohost = await start_publisher(server, "duo", "guest", "blue", "publish", "cohost")
+        await wait_for(lambda: len(node.rooms["duo"].producers()) == 4, 10, "co-host live")
+        anchor_view, cohost_view = SlotViewer(), SlotViewer()
+        await anchor_view.start(server.url, "duo", server.token("duo", "anchor", "subscribe"))
+        await cohost_view.start(server.url, "duo", server.token("duo", "guest", "subscribe"))
+        await wait_for(lambda: anchor_view.sees(1, "blue"), 15, "anchor sees the co-host")
+        await wait_for(lambda: cohost_view.sees(0, "red"), 15, "co-host sees the anchor")
+        await wait_for(
+            lambda: all(v.sees(0, "red") and v.sees(1, "blue") for v in viewers), 15,
+            "viewers see both",
+        )
+
+        await cohost.close()
+        await wait_for(lambda: len(node.rooms["duo"].producers()) == 2, 10, "co-host gone")
+        before = [len(v.colours[0]) for v in viewers]
+        await asyncio.sleep(1.5)
+        for viewer, count in zip(viewers, before, strict=True):
+            assert len(viewer.colours[0]) - count >= 20, "the anchor keeps playing"
+            assert viewer.sees(0, "red")
+    finally:
+        for view in [*viewers, anchor_view, cohost_view]:
+            if view is not None:
+                await view.close()
+        if cohost is not None:
+            await cohost.close()
+        await anchor.close()
