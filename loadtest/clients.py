@@ -102,19 +102,30 @@ async def _negotiate(
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/sdp"}
     own = session is None
     http = session or aiohttp.ClientSession(timeout=HTTP_TIMEOUT)
+    target = url
     try:
-        async with http.post(url, data=pc.localDescription.sdp, headers=headers) as resp:
-            body = await resp.text()
-            if resp.status != 201:
-                code, message = "http_error", body[:500]
-                with contextlib.suppress(ValueError, TypeError, KeyError, AttributeError):
-                    err = json.loads(body)["error"]
-                    code, message = str(err.get("code")), str(err.get("message"))
-                raise SignalingError(resp.status, code, message, url)
-            location = resp.headers.get("Location")
-            if not location:
-                raise SignalingError(201, "no_location", "201 without a Location header", url)
-            resource = urljoin(str(resp.url), location)  # relative to the node that answered
+        # Redirects by hand: a multi-node front door answers 307 to the room's node, and
+        # aiohttp drops Authorization when it follows a redirect to another origin.
+        for _hop in range(6):
+            async with http.post(target, data=pc.localDescription.sdp, headers=headers,
+                                 allow_redirects=False) as resp:
+                body = await resp.text()
+                moved = resp.headers.get("Location") if resp.status in (307, 308) else None
+            if moved is None:
+                break
+            target = urljoin(target, moved)
+        else:
+            raise SignalingError(resp.status, "too_many_redirects", "more than 5 redirects", url)
+        if resp.status != 201:
+            code, message = "http_error", body[:500]
+            with contextlib.suppress(ValueError, TypeError, KeyError, AttributeError):
+                err = json.loads(body)["error"]
+                code, message = str(err.get("code")), str(err.get("message"))
+            raise SignalingError(resp.status, code, message, target)
+        location = resp.headers.get("Location")
+        if not location:
+            raise SignalingError(201, "no_location", "201 without a Location header", target)
+        resource = urljoin(target, location)  # relative to the node that answered
     finally:
         if own:
             await http.close()
@@ -306,6 +317,19 @@ class Viewer(_Peer):
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        self._drop_decoder_backlog()
+
+    def _drop_decoder_backlog(self) -> None:
+        """aiortc's receiver stop joins its decoder thread synchronously, after the thread has
+        decoded everything queued: on a starved machine that blocked the event loop for up to
+        a minute. Stop feeding the decoder and drop its queue first, so close is prompt."""
+        if self.video is not None:
+            self.video.decode = False
+        for transceiver in self.pc.getTransceivers():
+            backlog = getattr(transceiver.receiver, "_RTCRtpReceiver__decoder_queue", None)
+            if backlog is not None:
+                with backlog.mutex:
+                    backlog.queue.clear()
 
     def stats(self) -> dict[str, Any]:
         """A JSON-able summary of this viewer."""

@@ -74,6 +74,8 @@ class SfuNode:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
         await asyncio.gather(*(leg.close() for leg in list(self.legs.values())))
+        if self.events is not None:
+            await self.events.close()
         if self.workers is not None:
             await self.workers.stop()
 

@@ -200,6 +200,11 @@ class Producer:
         """Keep the publisher's NTP/RTP mapping: viewers' sender reports repeat it (A/V sync)."""
         self._sender_report = (ntp_timestamp, (rtp_timestamp + self._ts_offset) & 0xFFFFFFFF)
 
+    @property
+    def has_sender_report(self) -> bool:
+        """True once the publisher sent an RTCP sender report (its clock mapping is known)."""
+        return self._sender_report is not None
+
     def sender_report(self) -> tuple[int, int]:
         """The (NTP, RTP) pair for viewers' reports; before the publisher's first SR, now/last."""
         if self._sender_report is not None:

@@ -2,11 +2,16 @@
 
 ``POST /whip/{room}`` and ``POST /whep/{room}`` take an ``application/sdp`` offer and answer
 ``201`` with a ``Location`` resource; ``DELETE`` on that resource ends the session.
+
+On a node of a multi-node deployment (``shopcast sfu``) the app carries a ``Placement``: a
+publish for a room another node owns, or a play for a room live elsewhere, answers ``307``
+to that node, so a direct or stale node URL still ends up where the room is.
 """
 
 from __future__ import annotations
 
 import re
+from typing import Protocol
 
 from aiohttp import web
 
@@ -16,10 +21,42 @@ from sfu.peer import PeerLeg
 from sfu.room import ViewerLeg
 from sfu.worker_pool import RemoteViewer
 from signaling.errors import ApiError, Handler, bad_request
+from signaling.routing import redirect
 from signaling.tokens import Grant, authorize
 
 ROOM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SECRET_KEY = web.AppKey("token_secret", str)
+
+
+
+class Placement(Protocol):
+    """Where a room lives (``signaling.routing.NodePlacement``); None means "here"."""
+
+    async def publish_elsewhere(self, room: str) -> str | None:
+        """The base URL of the node a publisher of ``room`` must use, if not this one; may
+        assign the room (to this node or another)."""
+        ...
+
+    async def play_elsewhere(self, room: str) -> str | None:
+        """The base URL of the node where ``room`` is live, if not this one."""
+        ...
+
+
+PLACEMENT_KEY = web.AppKey("node_placement", Placement)
+
+
+async def elsewhere(request: web.Request, room: str, publish: bool) -> str | None:
+    """The node that should answer this request, when it is not this one."""
+    placement = request.app.get(PLACEMENT_KEY)
+    if placement is None:
+        return None
+    if publish:
+        return await placement.publish_elsewhere(room)
+    local = request.app[NODE_KEY].rooms.get(room)
+    if local is not None and local.live:
+        return None
+    return await placement.play_elsewhere(room)
+
 
 _KINDS = {"whip": (Grant.PUBLISH, "send", "publisher"), "whep": (Grant.SUBSCRIBE, "recv", "viewer")}
 
@@ -50,6 +87,9 @@ def _post(kind: str) -> Handler:
         claims = authorize(
             request.app[SECRET_KEY], request.headers.get("Authorization"), grant=grant, room=room
         )
+        target = await elsewhere(request, room, publish=kind == "whip")
+        if target is not None:
+            return redirect(target, request)
         offer = parse_offer(await _read_offer(request), want=want)
         node = request.app[NODE_KEY]
         leg: PeerLeg | RemoteViewer | ViewerLeg

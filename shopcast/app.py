@@ -10,9 +10,12 @@ from aiohttp import web
 
 from sfu import metrics as sfu_metrics
 from sfu import whip_whep
+from sfu.event_bridge import EventBridge
 from sfu.flv import http as flv_http
+from sfu.flv import metrics as flv_metrics
 from sfu.flv.manager import FLV_KEY, FlvManager
 from sfu.flv.output import FlvSettings
+from sfu.media_control import LoadMeter, NodeMediaControl, SessionBridge
 from sfu.node import NODE_KEY, SfuNode
 from sfu.settings import NodeSettings
 from shopcast.config import Config
@@ -20,6 +23,7 @@ from shopcast.control_plane import add_control_plane, metrics_lines
 from signaling import pages
 from signaling.cors import cors_middleware
 from signaling.errors import error_middleware
+from signaling.service import Signaling
 
 CONFIG_KEY = web.AppKey("config", Config)
 
@@ -49,10 +53,29 @@ def worker_count(setting: int) -> int:
 
 
 def create_app(config: Config) -> web.Application:
+    """``shopcast serve``: control plane, SFU and pages in one process."""
+    app = base_app(config)
+    signaling = add_control_plane(app, config)  # before the node: signaling starts first
+    node = add_media_plane(app, config, signaling)
+    signaling.rooms.media = NodeMediaControl(node)  # REST close/kick/mute act on media here
+    signaling.local_node = LoadMeter(node, signaling.settings.node_id, config.base_url,
+                                     config.webrtc_viewer_cap)
+    pages.add_routes(app, Path(config.web_dir))
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+def base_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[cors_middleware, error_middleware], client_max_size=1 << 20)
     app[CONFIG_KEY] = config
     app[whip_whep.SECRET_KEY] = config.resolve_secret()
-    add_control_plane(app, config)  # before the node: signaling starts first, stops last
+    return app
+
+
+def add_media_plane(app: web.Application, config: Config, signaling: Signaling) -> SfuNode:
+    """The SFU with its HTTP-FLV output and WHIP/WHEP/FLV routes; its sessions and tracks
+    are reported to ``signaling``. Call after ``add_control_plane`` (stops before it)."""
     node = SfuNode(node_settings(config))
     app[NODE_KEY] = node
 
@@ -67,13 +90,14 @@ def create_app(config: Config) -> web.Application:
         keyframe_interval_ms=config.flv_keyframe_interval_ms,
     ))
     node.observers.append(app[FLV_KEY])
+    node.attach_events(EventBridge(signaling.bus, signaling.live))  # the events data channels
+    bridge = SessionBridge(signaling.reporter)
+    node.sessions.append(bridge)
+    node.observers.append(bridge)
     app.cleanup_ctx.append(node_lifetime)
     whip_whep.add_routes(app)
     app.router.add_get("/live/{room}.flv", flv_http.play_flv)
-    pages.add_routes(app, Path(config.web_dir))
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics)
-    return app
+    return node
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -82,5 +106,6 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    lines = sfu_metrics.render(request.app[NODE_KEY]) + await metrics_lines(request.app)
+    lines = sfu_metrics.render(request.app[NODE_KEY]) + flv_metrics.render(request.app[FLV_KEY])
+    lines += await metrics_lines(request.app)
     return web.Response(text="\n".join(lines) + "\n", content_type="text/plain", charset="utf-8")

@@ -1,4 +1,5 @@
-"""``shopcast`` command line: ``serve`` (single node) and ``token``."""
+"""``shopcast`` command line: ``serve`` (single node), ``signaling`` and ``sfu`` (multi-node,
+on one Redis) and ``token``."""
 
 from __future__ import annotations
 
@@ -13,12 +14,18 @@ from aiohttp import web
 from shopcast import config as config_module
 from shopcast import logs
 from shopcast.app import create_app
+from shopcast.cluster import create_sfu_app, create_signaling_app
+from signaling.service import SIGNALING_KEY
 from signaling.tokens import Grant, mint
 
 logger = logging.getLogger("shopcast")
 
 DEMO_ROOM = "demo"
 DEMO_TTL = 24 * 3600
+ROLES = {
+    "signaling": "multi-node: REST API, pages and routing (307 to the room's node); no media",
+    "sfu": "multi-node: one media node (WHIP/WHEP/FLV for the rooms assigned to it)",
+}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -28,6 +35,9 @@ def main(argv: list[str] | None = None) -> None:
     serve = sub.add_parser("serve", help="run signaling, SFU and pages in one process")
     config_module.add_arguments(serve)
     serve.add_argument("--demo-room", default=DEMO_ROOM, help="room for the printed page URLs")
+
+    for role, text in ROLES.items():
+        config_module.add_arguments(sub.add_parser(role, help=text))
 
     token = sub.add_parser("token", help="print a signed access token")
     token.add_argument("--room", required=True, help="room name, or * for every room (admin)")
@@ -59,7 +69,9 @@ def main(argv: list[str] | None = None) -> None:
         uvloop.install()
     except ImportError:  # uvloop is optional on platforms without it
         pass
-    asyncio.run(serve_forever(cfg, args.demo_room))
+    if args.command != "serve" and not cfg.redis:
+        parser.error(f"shopcast {args.command} needs --redis URL (nodes meet in Redis)")
+    asyncio.run(serve_forever(cfg, args.command, getattr(args, "demo_room", DEMO_ROOM)))
 
 
 def demo_urls(cfg: config_module.Config, room: str) -> dict[str, str]:
@@ -75,16 +87,24 @@ def demo_urls(cfg: config_module.Config, room: str) -> dict[str, str]:
     }
 
 
-async def serve_forever(cfg: config_module.Config, demo_room: str) -> None:
-    app = create_app(cfg)
+async def serve_forever(cfg: config_module.Config, role: str, demo_room: str) -> None:
+    """Run one process of ``role`` until SIGINT/SIGTERM, then stop cleanly (an SFU node
+    deregisters first, so its rooms are re-assignable at once, not after the heartbeat TTL)."""
+    factory = {"serve": create_app, "signaling": create_signaling_app, "sfu": create_sfu_app}
+    app = factory[role](cfg)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, cfg.host, cfg.port)
     await site.start()
-    urls = demo_urls(cfg, demo_room)
-    print(f"ShopCast is serving on {cfg.base_url}", flush=True)
-    print(f"  anchor page: {urls['anchor']}", flush=True)
-    print(f"  viewer page: {urls['viewer']}", flush=True)
+    if role == "sfu":
+        print(f"ShopCast SFU node {app[SIGNALING_KEY].settings.node_id} is serving on "
+              f"{cfg.base_url}", flush=True)
+    else:
+        urls = demo_urls(cfg, demo_room)
+        print(f"ShopCast {'signaling ' if role == 'signaling' else ''}is serving on "
+              f"{cfg.base_url}", flush=True)
+        print(f"  anchor page: {urls['anchor']}", flush=True)
+        print(f"  viewer page: {urls['viewer']}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

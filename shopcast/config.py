@@ -88,6 +88,11 @@ class Config:
         default=2000,
         metadata={"help": "HTTP-FLV: ask the anchor for a keyframe this often (0: never)"},
     )
+    webrtc_viewer_cap: int = field(
+        default=500,
+        metadata={"help": "WebRTC viewers a node takes before the playback plan answers "
+                  "HTTP-FLV and no new room is placed there (0: no cap)"},
+    )
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
     log_json: bool = field(default=False, metadata={"help": "log one JSON object per line"})
     web_dir: str = field(

@@ -9,6 +9,7 @@ from aiohttp import web
 from shopcast.config import Config
 from signaling import api
 from signaling import metrics as signaling_metrics
+from signaling.live import websocket as live_websocket
 from signaling.service import SIGNALING_KEY, Signaling, SignalingSettings
 from signaling.webhooks import WebhookSettings
 
@@ -30,11 +31,12 @@ def signaling_settings(config: Config) -> SignalingSettings:
     return settings
 
 
-def add_control_plane(app: web.Application, config: Config) -> Signaling:
+def add_control_plane(app: web.Application, config: Config, *, rest: bool = True) -> Signaling:
     """Build the Signaling services, tie their lifetime to the app's and mount /api/v1.
 
     Call this before adding the SFU's cleanup context, so signaling starts first and stops
-    last (sessions the SFU ends at shutdown are still reported)."""
+    last (sessions the SFU ends at shutdown are still reported). An SFU node of a multi-node
+    deployment passes ``rest=False``: it reports sessions but serves no API."""
     signaling = Signaling(signaling_settings(config))
     app[SIGNALING_KEY] = signaling
 
@@ -44,7 +46,10 @@ def add_control_plane(app: web.Application, config: Config) -> Signaling:
         await signaling.close()
 
     app.cleanup_ctx.append(lifetime)
+    if not rest:
+        return signaling
     api.add_routes(app)
+    live_websocket.add_routes(app)  # /ws/events/{room}: room events for FLV viewers
     return signaling
 
 

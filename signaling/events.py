@@ -30,3 +30,4 @@ class Webhook(StrEnum):
     PARTICIPANT_LEFT = "participant_left"
     TRACK_PUBLISHED = "track_published"
     TRACK_UNPUBLISHED = "track_unpublished"
+    ORDER_CREATED = "order_created"  # order: {...} (a flash-sale purchase)

@@ -13,13 +13,16 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 
+from signaling.bus import Bus
 from signaling.store import NodeRecord, RoomNotFound, Store
 
 logger = logging.getLogger("shopcast.signaling.nodes")
 
 HEARTBEAT_INTERVAL_S = 1.0
 HEARTBEAT_TTL_MS = 5000
+DRAIN_TOPIC = "nodes"  # bus topic: {"op": "drain", "node": id, "draining": bool}
 
 
 class NoNodeAvailable(LookupError):
@@ -42,34 +45,53 @@ def choose_node(nodes: list[NodeRecord]) -> NodeRecord:
 
 
 class NodeAgent:
-    """Keeps one node's registry entry fresh; ``sample`` returns its current load."""
+    """Keeps one node's registry entry fresh; ``sample`` returns its current load.
+
+    With a ``bus`` it also obeys drain commands for its id (sent by ``POST
+    /api/v1/nodes/{id}/drain`` in any signaling process): ``draining`` goes into every
+    heartbeat from then on, and one is written at once, so the routers stop placing new rooms
+    here within a bus round trip while the rooms it has finish.
+    """
 
     def __init__(
         self,
         store: Store,
         sample: Callable[[], NodeRecord],
         *,
+        bus: Bus | None = None,
         interval_s: float = HEARTBEAT_INTERVAL_S,
         ttl_ms: int = HEARTBEAT_TTL_MS,
     ) -> None:
         self.store = store
         self.sample = sample
+        self.bus = bus
         self.interval_s = interval_s
         self.ttl_ms = ttl_ms
-        self._task: asyncio.Task[None] | None = None
+        self.draining = False
+        self._task: asyncio.Task[None] | None = None  # the heartbeat loop
+        self._listener: asyncio.Task[None] | None = None  # drain commands
         self._node_id = ""
 
-    async def start(self) -> None:
+    def record(self) -> NodeRecord:
         record = self.sample()
+        return replace(record, draining=True) if self.draining else record
+
+    async def start(self) -> None:
+        record = self.record()
         self._node_id = record.id
+        if self.bus is not None:
+            listening = asyncio.Event()
+            self._listener = asyncio.create_task(self._listen(self.bus, listening))
+            await listening.wait()
         await self.store.heartbeat(record, self.ttl_ms)  # registered before we serve
         self._task = asyncio.create_task(self._beat())
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._listener):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._node_id:
             await self.store.remove_node(self._node_id)  # a clean stop frees rooms at once
 
@@ -77,9 +99,24 @@ class NodeAgent:
         while True:
             await asyncio.sleep(self.interval_s)
             try:
-                await self.store.heartbeat(self.sample(), self.ttl_ms)
+                await self.store.heartbeat(self.record(), self.ttl_ms)
             except Exception:  # Redis briefly away: try again next beat, within the TTL
                 logger.exception("heartbeat failed")
+
+    async def _listen(self, bus: Bus, listening: asyncio.Event) -> None:
+        async with bus.listen(DRAIN_TOPIC) as commands:
+            listening.set()
+            async for message in commands:
+                data = message.data
+                if data.get("op") != "drain" or data.get("node") != self._node_id:
+                    continue
+                self.draining = bool(data.get("draining", True))
+                logger.info("node %s %s", self._node_id,
+                            "draining: no new rooms" if self.draining else "open again")
+                try:
+                    await self.store.heartbeat(self.record(), self.ttl_ms)
+                except Exception:
+                    logger.exception("heartbeat after a drain command failed")
 
 
 class RoomRouter:

@@ -7,8 +7,10 @@ kicked over REST and then closed by the SFU is announced once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,6 +37,8 @@ def valid_room_name(name: str) -> bool:
     return bool(ROOM_NAME.match(name))
 
 
+VIEWERS_INTERVAL_S = 1.0  # at most one `viewers` count event per room per second
+
 class RoomService:
     def __init__(
         self,
@@ -48,6 +52,8 @@ class RoomService:
         self.store = store
         self.bus = bus
         self.webhooks = webhooks
+        self._viewers_sent: dict[str, float] = {}
+        self._viewers_pending: dict[str, asyncio.Task[None]] = {}
         self.media: MediaControl = media or NoMedia()
         self.auto_create = auto_create
 
@@ -109,12 +115,16 @@ class RoomService:
         return [p for p in await self.store.list_participants(room) if p.identity == identity]
 
     async def kick(self, room: str, identity: str) -> list[ParticipantRecord]:
-        """End every session of ``identity`` in ``room``; return the sessions that were kicked."""
+        """End every session of ``identity`` in ``room``; return the sessions that were kicked.
+
+        The store goes first: ending the media makes the SFU report the session as left,
+        and whichever removal comes first announces the departure, so ours must be it for
+        the reason to read ``kicked``."""
         kicked = []
         for session in await self.sessions_of(room, identity):
-            await self.media.end_session(room, session.sid)
             if await self.session_left(room, session.sid, reason="kicked") is not None:
                 kicked.append(session)
+            await self.media.end_session(room, session.sid)
         return kicked
 
     async def mute(
@@ -171,8 +181,9 @@ class RoomService:
                     room=record.to_json() if record else {"name": room},
                     participant=participant.to_json(),
                 )
-                await self._event(room, RoomEvent.PARTICIPANT_JOINED,
-                                  participant=participant.to_json())
+                if participant.role != "viewer":  # see _viewers: viewers are a count
+                    await self._event(room, RoomEvent.PARTICIPANT_JOINED,
+                                      participant=participant.to_json())
                 await self._viewers(room)
             return added
         return False
@@ -186,8 +197,9 @@ class RoomService:
         record = await self.store.get_room(room)
         if record is not None:
             self._left_webhooks(record, participant)
-        await self._event(room, RoomEvent.PARTICIPANT_LEFT, participant=participant.to_json(),
-                          reason=reason)
+        if participant.role != "viewer":
+            await self._event(room, RoomEvent.PARTICIPANT_LEFT,
+                              participant=participant.to_json(), reason=reason)
         await self._viewers(room)
         if record is not None and record.auto:
             finished = await self.store.delete_room(room, if_empty=True)
@@ -216,6 +228,28 @@ class RoomService:
     # --- helpers ---------------------------------------------------------------------------
 
     async def _viewers(self, room: str) -> None:
+        """Announce the audience as a count, at most once per VIEWERS_INTERVAL_S per room.
+
+        Room events reach every participant; an event per viewer joining would cost the square
+        of the audience (500 joining viewers: 250,000 sends). Webhooks still fire per viewer.
+        """
+        if room in self._viewers_pending:
+            return
+        wait = self._viewers_sent.get(room, -VIEWERS_INTERVAL_S) + VIEWERS_INTERVAL_S
+        wait -= time.monotonic()
+        if wait <= 0:
+            await self._send_viewers(room)
+            return
+        task = asyncio.create_task(self._send_viewers_later(room, wait))
+        self._viewers_pending[room] = task
+
+    async def _send_viewers_later(self, room: str, wait: float) -> None:
+        await asyncio.sleep(wait)
+        self._viewers_pending.pop(room, None)
+        await self._send_viewers(room)
+
+    async def _send_viewers(self, room: str) -> None:
+        self._viewers_sent[room] = time.monotonic()
         counts = (await self.store.room_counts(room)).to_json()
         await self._event(room, RoomEvent.VIEWERS, count=counts["viewers"],
                           by_transport=counts["by_transport"])

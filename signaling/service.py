@@ -2,20 +2,24 @@
 
 The launcher builds one ``Signaling``, hangs it on the app under ``SIGNALING_KEY``, starts it
 before serving and closes it after; the SFU gets ``signaling.reporter`` to report sessions and
-sets ``signaling.rooms.media`` to its ``MediaControl``.
+sets ``signaling.rooms.media`` to its ``MediaControl``. ``signaling.live`` is the event
+gateway that every transport of client events (data channels, ``/ws/events``) calls.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from signaling.backends import open_backends
+from signaling.live.gateway import EventGateway
 from signaling.media import MediaControl
 from signaling.rooms import RoomService
 from signaling.sessions import SessionReporter
+from signaling.store import NodeRecord
 from signaling.webhooks import Webhooks, WebhookSettings
 
 
@@ -43,6 +47,11 @@ class Signaling:
             self.store, self.bus, self.webhooks, media, auto_create=settings.auto_create_rooms
         )
         self.reporter = SessionReporter(self.rooms, settings.node_id)
+        # ``shopcast serve``: this process is the only node and is not in the registry, so
+        # the playback plan asks it directly (multi-node: None, the registry answers).
+        self.local_node: Callable[[], NodeRecord] | None = None
+        # chat and commerce: the SFU's data-channel bridge and /ws/events both call this
+        self.live = EventGateway(self.store, self.bus, self.webhooks, kick=self.rooms.kick)
 
     async def start(self) -> None:
         await self.store.start()
@@ -51,6 +60,7 @@ class Signaling:
         await self.reporter.start()
 
     async def close(self) -> None:
+        await self.live.close()
         await self.reporter.close()
         await self.webhooks.close()
         await self.bus.close()

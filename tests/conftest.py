@@ -136,15 +136,22 @@ def redis_server() -> Iterator[str]:
 
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
-    """A loopback-only config on a free port, with a fixed secret so tests can mint tokens."""
-    return Config(
-        host="127.0.0.1",
-        port=free_port(),
-        secret="test-secret",
-        secret_file=str(tmp_path / "secret"),
-        ice_hosts=["127.0.0.1"],
-        workers=0,  # in-process viewers, so tests can inspect legs; worker tests set it
-    )
+    """A loopback-only config on a free port, with a fixed secret so tests can mint tokens.
+
+    Viewers stay in the test's process (workers=0) so tests can inspect legs; a module that
+    must run in both process models overrides ``config`` with ``loopback_config``.
+    """
+    return loopback_config(tmp_path, workers=0)
+
+
+def loopback_config(tmp_path: Path, **overrides: Any) -> Config:
+    settings: dict[str, Any] = {
+        "host": "127.0.0.1", "port": free_port(), "secret": "test-secret",
+        "secret_file": str(tmp_path / "secret"), "ice_hosts": ["127.0.0.1"], **overrides,
+    }
+    return Config(**settings)
+
+
 
 
 @dataclass

@@ -5,7 +5,6 @@ co-host leaving leaves the anchor's stream playing. In one process and with work
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,8 @@ import aiohttp
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
+from conftest import loopback_config
+from waiting import wait_for
 
 from loadtest.clients import _negotiate, publish
 from loadtest.media import PaintedVideoTrack, ToneAudioTrack, dominant_colour
@@ -24,20 +25,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(params=[0, 2], ids=["one-process", "two-workers"])
 def config(request: pytest.FixtureRequest, tmp_path: Path) -> Config:
-    from conftest import free_port
+    """Every test here runs with viewers in one process and in two worker processes."""
+    return loopback_config(tmp_path, workers=request.param)
 
-    return Config(
-        host="127.0.0.1", port=free_port(), secret="test-secret",
-        secret_file=str(tmp_path / "secret"), ice_hosts=["127.0.0.1"], workers=request.param,
-    )
-
-
-async def wait_for(predicate: Any, limit_s: float, what: str) -> None:
-    deadline = time.monotonic() + limit_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {limit_s}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 class SlotViewer:

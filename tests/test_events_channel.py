@@ -1,77 +1,49 @@
-"""The ``events`` data channel end to end: real aiortc participants, the real bus, the SFU in
-one process and with viewers in worker processes. The control plane's handler here is a small
-real one (chat to the bus); the commerce gateway plugs into the same interface."""
+"""The ``events`` data channel end to end: real aiortc participants, the real control plane
+(gateway and bus), the SFU in one process and with viewers in worker processes."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import pytest
+from conftest import loopback_config
+from live_helpers import WsClient
+from waiting import wait_for
 
 from loadtest.clients import play, publish
 from loadtest.media import PaintedVideoTrack, ToneAudioTrack
-from sfu.event_bridge import EventBridge
 from sfu.node import NODE_KEY
 from shopcast.config import Config
-from signaling.bus import Bus
 from signaling.service import SIGNALING_KEY
-from signaling.tokens import Claims
 
 pytestmark = pytest.mark.slow
 
 
-class ChatHandler:
-    """Chat goes to the bus; anything else is an error to that client only."""
-
-    def __init__(self, bus: Bus) -> None:
-        self.bus = bus
-
-    async def handle(self, room: str, claims: Claims, raw: bytes) -> list[bytes]:
-        event = msgpack.unpackb(raw, raw=False)
-        if isinstance(event, dict) and event.get("type") == "chat":
-            await self.bus.publish(
-                room, {"type": "chat", "from": claims.identity, "text": str(event["text"])}
-            )
-            return []
-        return [msgpack.packb({"type": "error", "code": "unknown_event"})]
-
-    async def snapshot(self, room: str) -> bytes:
-        packed: bytes = msgpack.packb({"type": "state", "room": room})
-        return packed
-
-
 @pytest.fixture(params=[0, 2], ids=["one-process", "two-workers"])
 def config(request: pytest.FixtureRequest, tmp_path: Path) -> Config:
-    from conftest import free_port
-
-    return Config(
-        host="127.0.0.1", port=free_port(), secret="test-secret",
-        secret_file=str(tmp_path / "secret"), ice_hosts=["127.0.0.1"], workers=request.param,
-    )
+    """Every test here runs with viewers in one process and in two worker processes."""
+    return loopback_config(tmp_path, workers=request.param)
 
 
-async def wait_for(predicate: Any, limit_s: float, what: str) -> None:
-    deadline = time.monotonic() + limit_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {limit_s}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
-
-async def test_chat_from_one_viewer_reaches_fifty_viewers_in_seq_order(server: Any) -> None:
+async def test_chat_from_one_viewer_reaches_fifty_viewers_and_websockets_in_seq_order(
+    server: Any,
+) -> None:
+    """A chat sent by one WebRTC viewer reaches 50 WebRTC viewers (data channel) and 5
+    FLV-side WebSocket clients in seq order; a resume with a seq gets exactly what was missed."""
     node = server.app[NODE_KEY]
-    node.attach_events(EventBridge(server.app[SIGNALING_KEY].bus, ChatHandler(
-        server.app[SIGNALING_KEY].bus)))
     anchor = await publish(
         server.url, "talk", server.token("talk", "anchor", "publish"),
         PaintedVideoTrack(), ToneAudioTrack(),
     )
     await wait_for(lambda: "talk" in node.rooms and node.rooms["talk"].live, 10, "anchor live")
-    viewers = []
+    viewers: list[Any] = []
+    sockets = [
+        await WsClient.open(server.url, "talk", server.token("talk", f"w{i}", "subscribe"))
+        for i in range(5)
+    ]
     try:
         for i in range(50):
             viewers.append(await play(
@@ -80,24 +52,48 @@ async def test_chat_from_one_viewer_reaches_fifty_viewers_in_seq_order(server: A
             ))
         await wait_for(lambda: all(v.events.of_type("state") for v in viewers), 30, "join state")
         sender = viewers[7].events
-        for n in range(3):
-            sender.send({"type": "chat", "text": f"<script>alert({n})</script>"})
+        texts = [f"<script>alert({n})</script>" for n in range(3)]
+        for text in texts:
+            sender.send({"type": "chat", "text": text})
         sender.send({"type": "dance"})
         await wait_for(
             lambda: all(len(v.events.of_type("chat")) >= 3 for v in viewers), 15, "chat at all"
         )
+        first_seq = None
         for viewer in viewers:
             chats = viewer.events.of_type("chat")
-            assert [c["text"] for c in chats] == [f"<script>alert({n})</script>" for n in range(3)]
-            assert all(c["from"] == "v7" for c in chats)
+            assert [c["text"] for c in chats] == texts  # text stays text
+            assert all(c["identity"] == "v7" for c in chats)
             seqs = [c["seq"] for c in chats]
-            assert seqs == sorted(seqs) and len(set(seqs)) == 3
+            assert seqs == list(range(seqs[0], seqs[0] + 3))
+            first_seq = seqs[0]
             assert viewer.events.received[0]["type"] == "state"  # join state comes first
+        for ws in sockets:
+            got = []
+            while len(got) < 3:
+                event = await ws.next()
+                if event["type"] == "chat":
+                    got.append(event)
+            assert [(e["seq"], e["text"]) for e in got] == [
+                (first_seq + n, texts[n]) for n in range(3)
+            ]
         await wait_for(lambda: sender.of_type("error"), 5, "error to the sender")
         assert sum(len(v.events.of_type("error")) for v in viewers) == 1  # only to the sender
+
+        late = viewers[20].events  # resume over the data channel: exactly what followed a seq
+        before = len(late.received)
+        assert first_seq is not None
+        late.send({"type": "resume", "after_seq": first_seq})
+        await wait_for(lambda: len(late.received) >= before + 2, 10, "resumed events")
+        resumed = late.received[before:before + 2]
+        assert [(e["seq"], e["text"]) for e in resumed] == [
+            (first_seq + 1, texts[1]), (first_seq + 2, texts[2])
+        ]
     finally:
         for viewer in viewers:
             await viewer.close()
+        for ws in sockets:
+            await ws.close()
         await anchor.close()
 
 
@@ -106,7 +102,6 @@ async def test_garbage_and_oversized_messages_get_an_error_and_change_nothing(
 ) -> None:
     node = server.app[NODE_KEY]
     bus = server.app[SIGNALING_KEY].bus
-    node.attach_events(EventBridge(bus, ChatHandler(bus)))
     anchor = await publish(
         server.url, "junk", server.token("junk", "anchor", "publish"),
         PaintedVideoTrack(), ToneAudioTrack(),

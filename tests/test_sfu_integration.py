@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from aiortc import rtcrtpreceiver, rtcrtpsender
 from aiortc.rtp import RtcpSrPacket
+from waiting import wait_for
 
 from loadtest.clients import play, publish
 from loadtest.media import PaintedVideoTrack, ToneAudioTrack, dominant_colour, read_painted
@@ -18,13 +19,6 @@ from sfu.viewer import Viewer
 
 pytestmark = pytest.mark.slow
 
-
-async def wait_for(predicate: Any, limit_s: float, what: str) -> None:
-    deadline = time.monotonic() + limit_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {limit_s}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def start_anchor(server: Any, room: str, colour: str = "red") -> Any:

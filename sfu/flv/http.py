@@ -2,7 +2,8 @@
 
 Statuses: 400 bad room name; 401/403 token problems (``Authorization: Bearer`` or
 ``?token=``, which players like mpegts.js and ffmpeg can send); 404 ``not_found`` for a room
-this node does not have; 503 ``not_live`` (with ``Retry-After``) for a room that exists but
+this node does not have (``307`` to the node where it is live, on a multi-node
+deployment); 503 ``not_live`` (with ``Retry-After``) for a room that exists but
 has no live publisher yet, or whose stream has not produced its first keyframe.
 
 After the response headers go out, the room's flush tick writes straight to the transport
@@ -24,8 +25,9 @@ from aiohttp import web
 from sfu.flv.manager import FLV_KEY
 from sfu.flv.viewer_queue import FlvReader
 from sfu.node import NODE_KEY
-from sfu.whip_whep import ROOM_NAME, SECRET_KEY
+from sfu.whip_whep import ROOM_NAME, SECRET_KEY, elsewhere
 from signaling.errors import ApiError, bad_request, not_found
+from signaling.routing import redirect
 from signaling.tokens import Grant, authorize
 
 RETRY_AFTER_S = 2
@@ -65,6 +67,9 @@ async def play_flv(request: web.Request) -> web.StreamResponse:
     manager = request.app[FLV_KEY]
     output = manager.outputs.get(room)
     if output is None or output.closed:
+        target = await elsewhere(request, room, publish=False)  # multi-node: live elsewhere
+        if target is not None:
+            return redirect(target, request)
         if room not in request.app[NODE_KEY].rooms:
             raise not_found(f"room {room!r} does not exist on this node", "not_found")
         return _not_live(room, "is not live")

@@ -60,10 +60,6 @@ class _Sink:
         pass
 
 
-def _has_report(producer: Producer) -> bool:
-    return getattr(producer, "_sender_report", None) is not None
-
-
 def _picture_size(access_unit: bytes) -> tuple[int, int]:
     """Width and height of a keyframe, by decoding it (once per new SPS, ~1 ms)."""
     decoder = av.CodecContext.create("h264", "r")
@@ -93,6 +89,11 @@ class RoomFlvOutput:
         self._last_keyframe = time.monotonic()
         self.keyframes = 0
         self.closed = False
+        # cumulative over this output's readers, for /metrics (sfu/flv/metrics.py)
+        self.readers_total = 0
+        self.closed_readers: dict[str, int] = {}  # close reason -> readers
+        self._past_skips = 0
+        self._past_bytes = 0
         self._sinks: list[tuple[Producer, _Sink]] = []
         self._h264: H264Depacketizer | None = None
         self._vp8: Vp8Depacketizer | None = None
@@ -120,7 +121,7 @@ class RoomFlvOutput:
         clock = self.timeline.track(
             producer.codec.clockRate,
             producer.sender_report,
-            lambda: _has_report(producer),
+            lambda: producer.has_sender_report,
             lambda: producer.packets > 0,
         )
         self._clocks.append(clock)
@@ -235,7 +236,12 @@ class RoomFlvOutput:
         """A new HTTP-FLV response: start it from the GOP cache (or the next keyframe)."""
 
         def closed(reader: FlvReader) -> None:
-            self.readers.discard(reader)
+            if reader in self.readers:
+                self.readers.discard(reader)
+                self._past_skips += reader.skips
+                self._past_bytes += reader.bytes_sent
+                reason = reader.close_reason or "closed"
+                self.closed_readers[reason] = self.closed_readers.get(reason, 0) + 1
             on_closed(reader)
 
         reader = FlvReader(
@@ -248,6 +254,7 @@ class RoomFlvOutput:
             unsent=unsent,
         )
         self.readers.add(reader)
+        self.readers_total += 1
         reader.join()
         return reader
 
@@ -307,6 +314,10 @@ class RoomFlvOutput:
             "tags": self.log.appended,
             "gop_age_ms": self.log.gop_age_ms(),
             "skips": sum(r.skips for r in readers),
+            "readers_total": self.readers_total,
+            "closed_readers": dict(self.closed_readers),
+            "skips_total": self._past_skips + sum(r.skips for r in readers),
+            "bytes_sent_total": self._past_bytes + sum(r.bytes_sent for r in readers),
             "codec_busy_s": sum(
                 w.busy_s for w in (self._transcoder, self._aac) if w is not None
             ),

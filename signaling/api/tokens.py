@@ -8,6 +8,7 @@ from aiohttp import web
 
 from signaling.api.routes import Call, Route, json_response
 from signaling.api.schema import obj
+from signaling.errors import forbidden
 from signaling.tokens import Grant, mint
 
 MAX_TTL = 30 * 24 * 3600
@@ -15,6 +16,11 @@ MAX_TTL = 30 * 24 * 3600
 
 async def mint_token(call: Call) -> web.StreamResponse:
     body = call.body
+    # The route has no {room}, so any admin token passes the route check; an admin of one
+    # room must not mint tokens for another room (or for '*').
+    if call.claims is not None and call.claims.room not in ("*", body["room"]):
+        raise forbidden(f"an admin token for room {call.claims.room!r} mints tokens for that "
+                        "room only", "wrong_room")
     ttl = body.get("ttl", 3600)
     now = int(time.time())
     token = mint(
@@ -38,5 +44,5 @@ ROUTES = [
           ),
           response=obj(["token", "expires_at"], token={"type": "string"},
                        expires_at={"type": "integer", "description": "unix seconds"}),
-          status=201),
+          status=201, errors=(403,)),
 ]

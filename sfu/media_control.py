@@ -1,0 +1,196 @@
+"""The two directions between one SFU node and the control plane.
+
+``SessionBridge`` tells the control plane what happens on the node: a WHIP/WHEP leg started or
+ended, a publisher's tracks went live or away. It hangs on ``SfuNode.sessions`` and
+``SfuNode.observers`` and only enqueues on the ``SessionReporter`` (never awaits), because the
+node's callbacks are synchronous and sit next to the media path. Viewers in worker processes
+reach it too: their ends arrive as ``RemoteViewer`` legs in the node's ``_leg_closed``.
+
+``NodeMediaControl`` is the control plane's ``MediaControl`` over this node: REST close, kick
+and mute end legs or stop a producer here (directly in ``shopcast serve``, through the bus's
+``media`` topic when the node is its own process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Protocol
+
+from sfu.node import SfuNode
+from sfu.producer import Producer
+from sfu.publisher import Publisher
+from sfu.room import Room
+from signaling.sessions import SessionReporter
+from signaling.store import NodeRecord, Transport
+
+logger = logging.getLogger("shopcast.sfu.media_control")
+
+
+class Leg(Protocol):
+    """What the bridge reads from a leg (a PeerLeg or a worker's RemoteViewer)."""
+
+    id: str
+    room: str
+    identity: str
+    role: str
+
+    async def close(self) -> None: ...
+
+
+def track_sids(publisher: Publisher) -> list[tuple[str, Producer]]:
+    """Stable track ids: ``<publisher id>:<kind>``, numbered when a kind repeats
+    (``:video``, ``:video2``), so the REST API can address one track across processes."""
+    seen: dict[str, int] = {}
+    out = []
+    for producer in publisher.producers:
+        seen[producer.kind] = seen.get(producer.kind, 0) + 1
+        suffix = "" if seen[producer.kind] == 1 else str(seen[producer.kind])
+        out.append((f"{publisher.id}:{producer.kind}{suffix}", producer))
+    return out
+
+
+def _transport(leg: Leg) -> Transport:
+    return Transport.WHIP if leg.role == "publisher" else Transport.WHEP
+
+
+class SessionBridge:
+    """Reports the node's sessions and tracks to the control plane, in order per leg."""
+
+    def __init__(self, reporter: SessionReporter) -> None:
+        self.reporter = reporter
+        self._joined: set[str] = set()
+
+    # --- SfuNode.sessions ------------------------------------------------------------------
+
+    def session_started(self, leg: Leg, name: str = "") -> None:
+        self._joined.add(leg.id)
+        self.reporter.joined(leg.room, leg.id, leg.identity, _transport(leg), role=leg.role,
+                             name=name)
+
+    def session_ended(self, leg: Leg) -> None:
+        """Only legs that were reported: a failed negotiation never joined, so never leaves."""
+        if leg.id in self._joined:
+            self._joined.discard(leg.id)
+            self.reporter.left(leg.room, leg.id)
+
+    # --- SfuNode.observers (RoomObserver) --------------------------------------------------
+
+    def publisher_live(self, room: Room, publisher: Publisher) -> None:
+        for sid, producer in track_sids(publisher):
+            self.reporter.track_published(room.name, publisher.id, sid, producer.kind,
+                                          producer.codec.mimeType.split("/")[-1])
+
+    def publisher_left(self, room: Room, publisher: Publisher) -> None:
+        for sid, _ in track_sids(publisher):
+            self.reporter.track_unpublished(room.name, publisher.id, sid)
+
+
+def _drop(data: bytes, keyframe: bool) -> None:
+    """A muted producer's relay: the packet goes nowhere (not even to the NACK history)."""
+
+
+def set_muted(producer: Producer, muted: bool) -> None:
+    """Stop or resume forwarding one producer to every sink (WebRTC viewers, workers, FLV).
+
+    Muting shadows ``relay`` on the instance with a no-op instead of adding a flag that every
+    packet would test: an unmuted producer's per-packet path stays exactly as it was. The
+    publisher's process drops the packet before the worker feed, so viewers in workers stop
+    too. Unmuting asks for a keyframe, since viewers' decoders lost the muted stretch.
+    """
+    if muted:
+        setattr(producer, "relay", _drop)  # noqa: B010 - an instance attribute, on purpose
+        return
+    if "relay" in vars(producer):
+        delattr(producer, "relay")
+        producer.request_keyframe()
+
+
+class NodeMediaControl:
+    """``MediaControl`` for the legs of one node; sids are leg ids, track sids as above."""
+
+    def __init__(self, node: SfuNode) -> None:
+        self.node = node
+
+    async def end_room(self, room: str) -> int:
+        legs = [leg for leg in list(self.node.legs.values()) if leg.room == room]
+        await asyncio.gather(*(leg.close() for leg in legs), return_exceptions=True)
+        if legs:
+            logger.info("room %s ended by the control plane: %d sessions", room, len(legs))
+        return len(legs)
+
+    async def end_session(self, room: str, sid: str) -> bool:
+        leg = self.node.legs.get(sid)
+        if leg is None or leg.room != room:
+            return False
+        await leg.close()
+        return True
+
+    async def mute_track(self, room: str, sid: str, track_sid: str, muted: bool) -> bool:
+        leg = self.node.legs.get(sid)
+        if not isinstance(leg, Publisher) or leg.room != room:
+            return False
+        for candidate, producer in track_sids(leg):
+            if candidate == track_sid:
+                set_muted(producer, muted)
+                logger.info("track %s %s", track_sid, "muted" if muted else "unmuted")
+                return True
+        return False
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """CPU time of this process plus its workers (Linux /proc; workers skipped elsewhere)."""
+    total = time.process_time()
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+class LoadMeter:
+    """Samples the node's load for its heartbeat (``NodeAgent.sample``), about once a second.
+
+    ``cpu`` is cores in use by the node and its workers since the last sample; ``bitrate_bps``
+    is what the node moves: each room's incoming media once, plus once per WebRTC viewer.
+    """
+
+    def __init__(self, node: SfuNode, node_id: str, url: str, max_viewers: int = 0) -> None:
+        self.node = node
+        self.node_id = node_id
+        self.url = url
+        self.max_viewers = max_viewers
+        self._at = time.monotonic()
+        self._cpu = _cpu_seconds(self._worker_pids())
+        self._octets: dict[int, int] = {}
+
+    def _worker_pids(self) -> list[int]:
+        pool = self.node.workers
+        return [w.process.pid for w in pool.workers if w.alive] if pool is not None else []
+
+    def __call__(self) -> NodeRecord:
+        now = time.monotonic()
+        elapsed = max(now - self._at, 1e-3)
+        cpu = _cpu_seconds(self._worker_pids())
+        cores = max(cpu - self._cpu, 0.0) / elapsed
+        self._at, self._cpu = now, cpu
+        octets: dict[int, int] = {}
+        bits = 0.0
+        for room in self.node.rooms.values():
+            for producer in room.producers():
+                octets[producer.key] = producer.octets
+                grown = producer.octets - self._octets.get(producer.key, producer.octets)
+                bits += max(grown, 0) * 8 / elapsed * (1 + len(room.viewers))
+        self._octets = octets
+        roles = [leg.role for leg in self.node.legs.values()]
+        return NodeRecord(
+            id=self.node_id, url=self.url, publishers=roles.count("publisher"),
+            viewers=roles.count("viewer"), cpu=round(cores, 3), bitrate_bps=int(bits),
+            max_viewers=self.max_viewers,
+        )

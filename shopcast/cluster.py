@@ -1,0 +1,85 @@
+"""The two processes of a multi-node deployment, both on one Redis.
+
+``shopcast signaling`` (``create_signaling_app``): REST API, pages, metrics and the front door.
+It has no media: WHIP/WHEP/FLV requests answer ``307`` to the node that owns the room, and
+REST close/kick/mute go to the nodes as bus commands. Each one also frees the rooms of nodes
+that stopped heartbeating.
+
+``shopcast sfu`` (``create_sfu_app``): one media node. It registers in Redis with its load
+every second (dead 5 s after its last heartbeat), serves WHIP/WHEP/FLV for the rooms assigned
+to it (redirecting the others), reports its sessions, applies media commands and obeys drain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from aiohttp import web
+
+from sfu import whip_whep
+from sfu.media_control import LoadMeter, NodeMediaControl
+from shopcast.app import add_media_plane, base_app, healthz, metrics
+from shopcast.config import Config
+from shopcast.control_plane import add_control_plane, metrics_lines
+from signaling import pages
+from signaling.nodes import NodeAgent
+from signaling.remote_media import BusMediaControl, MediaCommands
+from signaling.routing import NodePlacement, NodeReaper, RoomPlacement, add_front_door
+
+
+def create_signaling_app(config: Config) -> web.Application:
+    app = base_app(config)
+    signaling = add_control_plane(app, config)
+    signaling.rooms.media = BusMediaControl(signaling.bus)
+    placement = RoomPlacement(signaling.store, signaling.rooms)
+    add_front_door(app, placement, signaling.settings.secret)
+    reaper = NodeReaper(placement)
+
+    async def reaper_lifetime(app: web.Application) -> AsyncIterator[None]:
+        await reaper.start()
+        yield
+        await reaper.close()
+
+    app.cleanup_ctx.append(reaper_lifetime)
+    pages.add_routes(app, Path(config.web_dir))
+    app.router.add_get("/healthz", signaling_healthz)
+    app.router.add_get("/metrics", signaling_metrics)
+    return app
+
+
+def create_sfu_app(config: Config) -> web.Application:
+    app = base_app(config)
+    signaling = add_control_plane(app, config, rest=False)
+    node = add_media_plane(app, config, signaling)
+    node_id = signaling.settings.node_id
+    placement = RoomPlacement(signaling.store, signaling.rooms)
+    app[whip_whep.PLACEMENT_KEY] = NodePlacement(placement, node_id)
+    commands = MediaCommands(signaling.bus, NodeMediaControl(node))
+    agent = NodeAgent(
+        signaling.store, LoadMeter(node, node_id, config.base_url, config.webrtc_viewer_cap),
+        bus=signaling.bus,
+    )
+
+    async def membership(app: web.Application) -> AsyncIterator[None]:
+        """After the node is up: take commands, then register. Before it stops: deregister
+        (its rooms are free at once), then stop taking commands."""
+        await commands.start()
+        await agent.start()
+        yield
+        await agent.close()
+        await commands.close()
+
+    app.cleanup_ctx.append(membership)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+async def signaling_healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "role": "signaling"})
+
+
+async def signaling_metrics(request: web.Request) -> web.Response:
+    lines = await metrics_lines(request.app)
+    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain", charset="utf-8")

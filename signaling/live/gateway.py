@@ -1,0 +1,201 @@
+"""EventGateway: the one entry point for client events, whichever transport carries them.
+
+The SFU's data-channel bridge and the ``/ws/events/{room}`` WebSocket both call exactly:
+
+- ``handle(room, claims, raw)``: validate one client message and act on it; return the packed
+  replies for that client only (``error``, ``ack``, ``order``, resumed events). Everything others
+  must see goes through the room's bus, which the transport delivers (``Event.packed``).
+- ``snapshot(room)``: the packed ``state`` a joiner gets first; it reflects the room up to its
+  ``seq``, and the transport then delivers bus events from ``seq + 1`` on.
+- ``viewers_changed(room, count)``: the transport's viewer count, broadcast coalesced.
+- ``is_banned(room, identity)``: refuse a (re)joining banned identity.
+
+A refused message changes nothing and only its sender hears about it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from signaling.bus import Bus
+from signaling.live import schema
+from signaling.live.catalog import Catalog
+from signaling.live.chat import Chat
+from signaling.live.errors import LiveError
+from signaling.live.gifts import Gifts
+from signaling.live.likes import Likes
+from signaling.live.moderation import Kick, Moderation
+from signaling.live.sales import Sales
+from signaling.live.schema import EventError, EventSpec, event, pack
+from signaling.live.throttle import Coalescer
+from signaling.store import Store
+from signaling.tokens import Claims, Grant
+from signaling.webhooks import Webhooks
+
+logger = logging.getLogger("shopcast.signaling.live")
+
+Reply = dict[str, Any]
+Action = Callable[[str, Claims, dict[str, Any]], Awaitable[list[Reply]]]
+RESUME_LIMIT = 1000  # a resume further back than this gets a fresh state instead
+
+
+def allowed(claims: Claims, grant: Grant) -> bool:
+    return grant in claims.grants or Grant.ADMIN in claims.grants
+
+
+async def _no_kick(room: str, identity: str) -> None:
+    return None
+
+
+class EventGateway:
+    def __init__(
+        self, store: Store, bus: Bus, webhooks: Webhooks, kick: Kick = _no_kick,
+        *, interval_ms: int = 250,
+    ) -> None:
+        self.store = store
+        self.bus = bus
+        self.moderation = Moderation(store, bus, kick)
+        self.chat = Chat(store, bus, self.moderation)
+        self.likes = Likes(store, bus, interval_ms)
+        self.gifts = Gifts(store, bus)
+        self.catalog = Catalog(store, bus)
+        self.sales = Sales(store, bus, webhooks, self.catalog, interval_ms)
+        self.viewers = Coalescer(store, "viewers", self._flush_viewers, interval_ms)
+        self.refused = 0  # client messages answered with an error
+        self._actions: dict[str, Action] = {
+            "chat": self._chat, "like": self._like, "gift": self._gift,
+            "purchase": self._purchase, "resume": self._resume, "pin": self._pin,
+            "start_sale": self._start_sale, "delete_chat": self._delete_chat,
+            "mute": self._mute, "ban": self._ban, "set_filter": self._set_filter,
+        }
+        missing = set(schema.CLIENT_EVENTS) ^ set(self._actions)
+        assert not missing, f"client events without an action (or vice versa): {missing}"
+
+    # --- the transport-facing API -----------------------------------------------------------
+
+    async def handle(self, room: str, claims: Claims, raw: bytes) -> list[bytes]:
+        cid = ""
+        try:
+            if claims.room not in (room, "*"):
+                raise EventError("forbidden", f"token is for room {claims.room!r}")
+            spec, data = schema.parse(raw)
+            cid = str(data.get("cid", ""))
+            self._authorize(spec, claims, cid)
+            replies = await self._actions[spec.type](room, claims, data)
+        except EventError as exc:
+            self.refused += 1
+            return [pack(schema.error(exc.code, exc.message, exc.cid or cid))]
+        except LiveError as exc:
+            self.refused += 1
+            return [pack(schema.error(exc.code, exc.message, cid))]
+        except Exception:  # a bug here must not take the client's connection down with it
+            logger.exception("handling a client event failed in room %s", room)
+            return [pack(schema.error("internal", "the server failed to handle that", cid))]
+        return [pack(reply) for reply in replies]
+
+    async def snapshot(self, room: str) -> bytes:
+        return pack(await self.state(room))
+
+    async def state(self, room: str) -> dict[str, Any]:
+        """The ``state`` event: read ``seq`` first, so nothing it misses is older than it."""
+        seq = await self.bus.last_seq(room)
+        pinned = await self.catalog.pinned(room)
+        return event(
+            "state", seq=seq, pinned=pinned.to_json() if pinned else None,
+            sale=await self.sales.current(room), likes=await self.likes.total(room),
+            viewers=await self.viewer_count(room), leaderboard=await self.gifts.leaderboard(room),
+            chat=await self.chat.history(room, seq), gifts=self.gifts.catalog(),
+            server_ms=int(time.time() * 1000),
+        )
+
+    async def viewers_changed(self, room: str, count: int) -> None:
+        """The transport's viewer count; broadcast at most once per interval."""
+        await self.store.put(room, "viewers", str(max(count, 0)).encode())
+        self.viewers.mark(room)
+
+    async def viewer_count(self, room: str) -> int:
+        raw = await self.store.get(room, "viewers")
+        if raw is not None:
+            return int(raw)
+        return (await self.store.room_counts(room)).viewers
+
+    async def is_banned(self, room: str, identity: str) -> bool:
+        return await self.moderation.is_banned(room, identity)
+
+    async def close(self) -> None:
+        await self.likes.close()
+        await self.sales.close()
+        await self.viewers.close()
+
+    # --- actions ----------------------------------------------------------------------------
+
+    def _authorize(self, spec: EventSpec, claims: Claims, cid: str) -> None:
+        if spec.grant is not None and not allowed(claims, spec.grant):
+            raise EventError("forbidden", f"{spec.type} needs the {spec.grant.value!r} grant",
+                             cid)
+
+    @staticmethod
+    def _ack(data: dict[str, Any], result: Any = None) -> list[Reply]:
+        return [event("ack", re=data["type"], cid=data.get("cid"), result=result)]
+
+    async def _chat(self, room: str, claims: Claims, data: dict[str, Any]) -> list[Reply]:
+        await self.chat.send(room, claims, data["text"])
+        return []
+
+    async def _like(self, room: str, claims: Claims, data: dict[str, Any]) -> list[Reply]:
+        self.likes.tap(room, int(data.get("count", 1)))
+        return []
+
+    async def _gift(self, room: str, claims: Claims, data: dict[str, Any]) -> list[Reply]:
+        await self.gifts.send(room, claims, data["gift"], int(data.get("count", 1)))
+        return []
+
+    async def _purchase(self, room: str, claims: Claims, data: dict[str, Any]) -> list[Reply]:
+        key = str(data.get("key") or "ch-" + uuid.uuid4().hex)
+        order, duplicate = await self.sales.purchase(
+            room, claims.identity, data["sku"], int(data.get("qty", 1)), key
+        )
+        return [event("order", order=order, duplicate=duplicate, cid=data.get("cid"))]
+
+    async def _resume(self, room: str, claims: Claims, data: dict[str, Any]) -> list[Reply]:
+        """The missed events themselves, each as it was sent live (clients drop any seq they
+        already have); a fresh ``state`` when history no longer reaches back that far."""
+        after = int(data["after_seq"])
+        if after >= await self.bus.last_seq(room):
+            return []
+        missed = await self.bus.history(room, after, RESUME_LIMIT)
+        if not missed or missed[0].seq != after + 1 or len(missed) == RESUME_LIMIT:
+            return [await self.state(room)]
+        return [dict(e.data) for e in missed]
+
+    async def _pin(self, room: str, claims: Claims, data: dict[str, Any]) -> list[Reply]:
+        product = await self.catalog.pin(room, data.get("sku"))
+        return self._ack(data, product.to_json() if product else None)
+
+    async def _start_sale(self, room: str, claims: Claims, data: dict[str, Any]) -> list[Reply]:
+        sale = await self.sales.start(room, data["sku"], int(data["stock"]),
+                                      int(data.get("per_user_limit", 0)), int(data["duration_s"]))
+        return self._ack(data, sale)
+
+    async def _delete_chat(self, room: str, claims: Claims, data: dict[str, Any]) -> list[Reply]:
+        await self.chat.delete(room, data["id"])
+        return self._ack(data)
+
+    async def _mute(self, room: str, claims: Claims, data: dict[str, Any]) -> list[Reply]:
+        await self.moderation.mute(room, data["identity"], bool(data.get("muted", True)),
+                                   int(data.get("duration_s", 0)))
+        return self._ack(data)
+
+    async def _ban(self, room: str, claims: Claims, data: dict[str, Any]) -> list[Reply]:
+        await self.moderation.ban(room, data["identity"], bool(data.get("banned", True)))
+        return self._ack(data)
+
+    async def _set_filter(self, room: str, claims: Claims, data: dict[str, Any]) -> list[Reply]:
+        return self._ack(data, await self.moderation.set_filter(room, list(data["words"])))
+
+    async def _flush_viewers(self, room: str) -> None:
+        await self.bus.publish(room, event("viewers", count=await self.viewer_count(room)))

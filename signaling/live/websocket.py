@@ -1,0 +1,137 @@
+"""``GET /ws/events/{room}?token=...&after_seq=N``: room events over a WebSocket.
+
+For clients without a WebRTC data channel (FLV viewers, tools): the same msgpack maps in binary
+frames, through the same ``EventGateway`` as the data channel. On connect the client gets
+``state``, then every room event from ``state.seq + 1`` in ``seq`` order. A client that
+reconnects with ``after_seq`` (the last ``seq`` it saw) gets exactly the events after it and no
+``state``; if history no longer reaches back that far, it gets a fresh ``state`` instead.
+
+The token (query ``token`` or ``Authorization: Bearer``) needs ``subscribe``, ``chat`` or
+``admin`` for the room; a banned identity is refused with 403 and disconnected (close code
+4003) when banned while connected. Frames larger than the schema's cap are answered with an
+``error`` rather than a dropped connection, so one bad message costs a client nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from aiohttp import WSMsgType, web
+
+from signaling.bus import Subscription
+from signaling.errors import bad_request, forbidden
+from signaling.live.gateway import EventGateway, allowed
+from signaling.live.schema import MAX_EVENT_BYTES, error, pack
+from signaling.service import SIGNALING_KEY
+from signaling.tokens import Claims, Grant, bearer, verify
+
+logger = logging.getLogger("shopcast.signaling.live.ws")
+
+PATH = "/ws/events/{room}"
+CLOSE_BANNED = 4003
+MAX_FRAME = 4 * MAX_EVENT_BYTES  # larger frames close the socket; up to this, an error reply
+JOIN_GRANTS = (Grant.SUBSCRIBE, Grant.CHAT, Grant.ADMIN)
+
+
+def _claims(request: web.Request, room: str) -> Claims:
+    secret = request.app[SIGNALING_KEY].settings.secret
+    claims = verify(secret, bearer(request.headers.get("Authorization"),
+                                   request.query.get("token")))
+    if claims.room not in (room, "*"):
+        raise forbidden(f"token is for room {claims.room!r}, not {room!r}", "wrong_room")
+    if not any(allowed(claims, grant) for grant in JOIN_GRANTS):
+        raise forbidden("token needs the subscribe, chat or admin grant", "missing_grant")
+    return claims
+
+
+def _after_seq(request: web.Request) -> int | None:
+    raw = request.query.get("after_seq")
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit():
+        raise bad_request("after_seq must be a non-negative integer", "bad_after_seq")
+    return int(raw)
+
+
+async def resumable(gateway: EventGateway, room: str, after_seq: int) -> bool:
+    """True when history still holds every event after ``after_seq``."""
+    last = await gateway.bus.last_seq(room)
+    if after_seq >= last:
+        return after_seq == last
+    kept = await gateway.bus.history(room, after_seq, 1)
+    return bool(kept) and kept[0].seq == after_seq + 1
+
+
+class _Socket:
+    """One client: a sender of bus events and a reader of client messages, one send lock."""
+
+    def __init__(self, ws: web.WebSocketResponse, gateway: EventGateway, room: str,
+                 claims: Claims) -> None:
+        self.ws = ws
+        self.gateway = gateway
+        self.room = room
+        self.claims = claims
+        self._lock = asyncio.Lock()
+
+    async def send(self, data: bytes) -> None:
+        async with self._lock:
+            await self.ws.send_bytes(data)
+
+    async def forward(self, sub: Subscription) -> bool:
+        """Send the room's events until this client is kicked (then True)."""
+        async for event in sub:
+            await self.send(event.packed)
+            if event.type == "kicked" and event.data.get("identity") == self.claims.identity:
+                return True
+        return False
+
+    async def read(self) -> None:
+        async for message in self.ws:
+            if message.type == WSMsgType.BINARY:
+                for reply in await self.gateway.handle(self.room, self.claims, message.data):
+                    await self.send(reply)
+            elif message.type == WSMsgType.TEXT:
+                await self.send(pack(error("bad_frame", "send binary msgpack frames")))
+            else:
+                break
+
+
+async def events_socket(request: web.Request) -> web.StreamResponse:
+    room = request.match_info["room"]
+    claims = _claims(request, room)
+    after_seq = _after_seq(request)
+    gateway = request.app[SIGNALING_KEY].live
+    if await gateway.is_banned(room, claims.identity):
+        raise forbidden("you are banned from this room", "banned")
+    ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, heartbeat=30.0)
+    await ws.prepare(request)
+    socket = _Socket(ws, gateway, room, claims)
+    if after_seq is not None and await resumable(gateway, room, after_seq):
+        start = after_seq
+    else:
+        state = await gateway.state(room)
+        await socket.send(pack(state))
+        start = int(state["seq"])
+    async with gateway.bus.subscribe(room, after_seq=start) as sub:
+        sender = asyncio.create_task(socket.forward(sub))
+        reader = asyncio.create_task(socket.read())
+        try:
+            await asyncio.wait({sender, reader}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (reader, sender):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                    await task
+    kicked = sender.done() and not sender.cancelled() and sender.exception() is None \
+        and sender.result()
+    if kicked:
+        await ws.close(code=CLOSE_BANNED, message=b"banned")
+    else:
+        await ws.close()
+    return ws
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get(PATH, events_socket)

@@ -1,0 +1,214 @@
+"""Multi-node routing: which SFU node serves a room, and the signaling front door that sends
+WHIP, WHEP and HTTP-FLV clients there with a ``307``.
+
+A room is assigned on its first publish (``RoomRouter.owner``: the least-loaded live node that
+is not draining, claimed atomically) and stays on that node while it lives. Viewers never
+assign: a room without a live owner is simply not live. When an owner dies its sessions are
+gone with it, so ``RoomPlacement.forget_node`` reports them as left (reason ``node_failed``)
+and clears the claim; ``NodeReaper`` does that for every room once a second, and ``assign``
+does it on the spot, so a re-publish never waits for the reaper.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from aiohttp import web
+
+from signaling.errors import ApiError, bad_request, not_found
+from signaling.nodes import NoNodeAvailable, RoomRouter
+from signaling.rooms import RoomService, valid_room_name
+from signaling.store import NodeRecord, Store
+from signaling.tokens import Grant, authorize
+
+logger = logging.getLogger("shopcast.signaling.routing")
+
+REAP_INTERVAL_S = 1.0
+RETRY_AFTER_S = 2
+
+
+class RoomPlacement:
+    """Room -> node decisions over the store, shared by signaling processes and SFU nodes."""
+
+    def __init__(self, store: Store, rooms: RoomService) -> None:
+        self.store = store
+        self.rooms = rooms
+        self.router = RoomRouter(store, auto_create=rooms.auto_create)
+
+    async def nodes(self) -> dict[str, NodeRecord]:
+        return {n.id: n for n in await self.store.list_nodes()}
+
+    async def live_owner(self, room: str) -> NodeRecord | None:
+        """The live node serving ``room``, or None (no such room, never published, or its
+        node died). Never assigns: only a publisher brings a room to a node."""
+        record = await self.store.get_room(room)
+        if record is None or not record.node:
+            return None
+        return (await self.nodes()).get(record.node)
+
+    async def assign(self, room: str) -> NodeRecord:
+        """The node a publisher of ``room`` must use, assigning one when the room has none,
+        its owner died, or its owner is draining and holds none of the room's sessions (a
+        room created over REST outlives its sessions; a drained node takes no new ones)."""
+        record = await self.store.get_room(room)
+        if record is not None and record.node:
+            owner = (await self.nodes()).get(record.node)
+            if owner is None:
+                await self.forget_node(room, record.node)
+            elif owner.draining and not await self._sessions_on(room, owner.id):
+                await self.store.release_room_node(room, owner.id)
+        return await self.router.owner(room)
+
+    async def forget_node(self, room: str, node_id: str) -> int:
+        """``node_id`` is dead: its sessions in ``room`` left, and the room is free to claim."""
+        gone = 0
+        for participant in await self.store.list_participants(room):
+            if participant.node == node_id:
+                if await self.rooms.session_left(room, participant.sid, reason="node_failed"):
+                    gone += 1
+        await self.store.release_room_node(room, node_id)
+        if gone:
+            logger.warning("node %s is gone: %d sessions of room %s ended", node_id, gone, room)
+        return gone
+
+    async def _sessions_on(self, room: str, node_id: str) -> bool:
+        return any(p.node == node_id for p in await self.store.list_participants(room))
+
+
+class NodeReaper:
+    """Once a second, frees the rooms of nodes that stopped heartbeating (see module doc).
+
+    Every signaling process may run one: the store's removals are atomic, so each departure
+    is still announced once."""
+
+    def __init__(self, placement: RoomPlacement, interval_s: float = REAP_INTERVAL_S) -> None:
+        self.placement = placement
+        self.interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def reap(self) -> int:
+        """One pass; returns how many rooms were freed."""
+        alive = await self.placement.nodes()
+        freed = 0
+        for room in await self.placement.store.list_rooms():
+            if room.node and room.node not in alive:
+                await self.placement.forget_node(room.name, room.node)
+                freed += 1
+        return freed
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self.reap()
+            except Exception:  # Redis briefly away: the next pass catches up
+                logger.exception("reaping dead nodes failed")
+
+
+class NodePlacement:
+    """An SFU node's view: serve a room here, or name the node that should (the node's WHIP,
+    WHEP and FLV handlers redirect too, so a stale or direct URL still ends up right)."""
+
+    def __init__(self, placement: RoomPlacement, node_id: str) -> None:
+        self.placement = placement
+        self.node_id = node_id
+
+    async def publish_elsewhere(self, room: str) -> str | None:
+        try:
+            owner = await self.placement.assign(room)
+        except NoNodeAvailable as exc:
+            raise ApiError(503, "no_node", str(exc)) from exc
+        return None if owner.id == self.node_id else owner.url
+
+    async def play_elsewhere(self, room: str) -> str | None:
+        owner = await self.placement.live_owner(room)
+        return None if owner is None or owner.id == self.node_id else owner.url
+
+
+# --- the signaling process's front door ------------------------------------------------------
+
+FRONT_DOOR_KEY = web.AppKey("room_placement", RoomPlacement)
+SECRET = web.AppKey("front_door_secret", str)
+
+
+def redirect(base_url: str, request: web.Request) -> web.Response:
+    """``307`` keeps the method and body; the query (an FLV ``?token=``) goes along."""
+    return web.Response(
+        status=307,
+        headers={"Location": base_url.rstrip("/") + request.path_qs, "Cache-Control": "no-store"},
+    )
+
+
+def _room(request: web.Request) -> str:
+    room = request.match_info["room"]
+    if not valid_room_name(room):
+        raise bad_request("room names are 1-64 letters, digits, '.', '_' or '-'", "bad_room")
+    return room
+
+
+async def _whip(request: web.Request) -> web.StreamResponse:
+    room = _room(request)
+    authorize(request.app[SECRET], request.headers.get("Authorization"), grant=Grant.PUBLISH,
+              room=room)  # before assigning: an anonymous request must not place a room
+    try:
+        owner = await request.app[FRONT_DOOR_KEY].assign(room)
+    except NoNodeAvailable as exc:
+        raise ApiError(503, "no_node", str(exc)) from exc
+    return redirect(owner.url, request)
+
+
+async def _whep(request: web.Request) -> web.StreamResponse:
+    room = _room(request)
+    authorize(request.app[SECRET], request.headers.get("Authorization"), grant=Grant.SUBSCRIBE,
+              room=room)
+    owner = await request.app[FRONT_DOOR_KEY].live_owner(room)
+    if owner is None:
+        raise not_found(f"room {room!r} is not live", "not_live")
+    return redirect(owner.url, request)
+
+
+async def _flv(request: web.Request) -> web.StreamResponse:
+    room = _room(request)
+    authorize(request.app[SECRET], request.headers.get("Authorization"), grant=Grant.SUBSCRIBE,
+              room=room, query_token=request.query.get("token"))
+    placement = request.app[FRONT_DOOR_KEY]
+    owner = await placement.live_owner(room)
+    if owner is not None:
+        return redirect(owner.url, request)
+    if await placement.store.get_room(room) is None:
+        raise not_found(f"room {room!r} does not exist", "not_found")
+    response = ApiError(503, "not_live", f"room {room!r} is not live").to_response()
+    response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return response
+
+
+async def _resource(request: web.Request) -> web.StreamResponse:
+    """DELETE/PATCH of a WHIP/WHEP resource lives on the node that made it."""
+    room = _room(request)
+    owner = await request.app[FRONT_DOOR_KEY].live_owner(room)
+    if owner is None:
+        raise not_found(f"no session {request.match_info['id']!r} in room {room!r}")
+    return redirect(owner.url, request)
+
+
+def add_front_door(app: web.Application, placement: RoomPlacement, secret: str) -> None:
+    """WHIP, WHEP and FLV on a signaling process: the same URLs as a node's, answered 307."""
+    app[FRONT_DOOR_KEY] = placement
+    app[SECRET] = secret
+    app.router.add_post("/whip/{room}", _whip)
+    app.router.add_post("/whep/{room}", _whep)
+    app.router.add_get("/live/{room}.flv", _flv)
+    for kind in ("whip", "whep"):
+        app.router.add_delete(f"/{kind}/{{room}}/{{id}}", _resource)
+        app.router.add_patch(f"/{kind}/{{room}}/{{id}}", _resource)
