@@ -256,6 +256,7 @@ class Viewer(_Peer):
         self.latencies_ms: list[int] = []
         self.latency_at: list[float] = []  # monotonic time of each latency sample
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._last_no: int | None = None
 
     @property
@@ -301,7 +302,7 @@ class Viewer(_Peer):
         self, track: MediaStreamTrack, on_frame: Callable[[av.VideoFrame], Any] | None
     ) -> None:
         deadline = time.monotonic() + MAX_CLIENT_SECONDS
-        while (left := deadline - time.monotonic()) > 0:
+        while (left := deadline - time.monotonic()) > 0 and not self._stopping:
             try:
                 frame = await asyncio.wait_for(track.recv(), left)
             except (MediaStreamError, TimeoutError):
@@ -313,10 +314,16 @@ class Viewer(_Peer):
                 on_frame(frame)
 
     async def _stop_tasks(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """Stop the frame reader. Python 3.11's wait_for can swallow a cancel that lands as a
+        frame arrives, so the reader also checks a flag, and the cancel is repeated (bounded)
+        instead of awaited blindly: a swallowed cancel once kept close() waiting forever."""
+        self._stopping = True
+        task = self._task
+        for _ in range(50):
+            if task is None or task.done():
+                break
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.1)
         self._drop_decoder_backlog()
 
     def _drop_decoder_backlog(self) -> None:

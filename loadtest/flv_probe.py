@@ -24,12 +24,15 @@ from typing import Any
 import aiohttp
 import av
 
-from loadtest.media import latency_ms, now_ms, read_painted
+from loadtest.media import TIME_MOD, latency_ms, now_ms, read_painted
 from loadtest.webrtc_probe import CpuWindow, mint_token, percentiles
 
 TAG_AUDIO = 8
 TAG_VIDEO = 9
 DISCONTINUITY_MS = 1000
+# A live stream has no end: aiohttp's default total timeout (300 s) would cut every reader at
+# 5 minutes. Only a stalled socket counts.
+STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=30)
 
 
 @dataclass
@@ -72,7 +75,7 @@ class FlvClient:
 
     async def run(self) -> FlvStats:
         own = self._session is None
-        session = self._session or aiohttp.ClientSession()
+        session = self._session or aiohttp.ClientSession(timeout=STREAM_TIMEOUT)
         try:
             async with session.get(self.url) as resp:
                 self.stats.status = resp.status
@@ -180,7 +183,10 @@ class FlvClient:
             due = arrived
         if self._offset is not None:
             wall_ms = now_ms() + round((due - time.monotonic()) * 1000)
-            self.stats.latencies.append((due, float(latency_ms(ts + self._offset, wall_ms))))
+            ms = latency_ms(ts + self._offset, wall_ms)
+            if ms > TIME_MOD // 2:  # slightly negative (timestamp jitter), not 35 years
+                ms -= TIME_MOD
+            self.stats.latencies.append((due, float(ms)))
         if self.paced:
             ahead = due - time.monotonic() - self.buffer_s
             if ahead > 0:  # read no further ahead of playback than the player's buffer
@@ -216,7 +222,8 @@ async def run_flv_probe(cfg: FlvProbeConfig) -> dict[str, Any]:
         base = CpuWindow(cfg.server_pids)
         await asyncio.sleep(cfg.baseline)
         baseline = base.result()
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                         timeout=STREAM_TIMEOUT) as session:
             clients = [FlvClient(url, session=session) for _ in range(cfg.readers)]
             tasks = []
             for client in clients:
@@ -256,6 +263,13 @@ def summarize(cfg: FlvProbeConfig, clients: list[FlvClient], baseline: dict[str,
         "latency_ms": percentiles([ms for _, ms in samples]),
         "latency_first_minute_ms": percentiles(first),
         "latency_last_minute_ms": percentiles(last),
+        # p50/p95 per minute of the run: drift shows as a trend, a one-off stall as a step
+        "latency_per_minute_ms": [
+            {"minute": m + 1, **{k: v for k, v in percentiles(
+                [ms for t, ms in samples if started + 60 * m <= t < started + 60 * (m + 1)]
+            ).items() if k in ("p50", "p95", "n")}}
+            for m in range(int((end - started) // 60) + 1)
+        ],
         "first_frame_s": percentiles([c.stats.first_frame_s for c in clients
                                       if c.stats.first_frame_s is not None]),
         "discontinuities": sum(c.stats.discontinuities for c in clients),

@@ -84,7 +84,74 @@ async def _receive(ws: aiohttp.ClientWebSocketResponse, rx: Receiver, tag: str) 
             rx.received += 1
 
 
+def _datachannel_latencies(viewers: list[Any], tag: str) -> tuple[list[float], int]:
+    """Latency of each tagged chat at each data-channel viewer, and the out-of-order count."""
+    latencies: list[float] = []
+    out_of_order = 0
+    for viewer in viewers:
+        last = None
+        for data, arrived in zip(viewer.events.received, viewer.events.arrivals, strict=True):
+            seq = data.get("seq")
+            if data.get("type") != "state" and isinstance(seq, int):
+                out_of_order += last is not None and seq != last + 1
+                last = seq
+            elif data.get("type") == "state":
+                last = int(data["seq"])
+            text = data.get("text", "")
+            if data.get("type") == "chat" and text.startswith(tag):
+                latencies.append((arrived * 1e9 - int(text[len(tag):])) / 1e6)
+    return latencies, out_of_order
+
+
+async def run_events_datachannel(args: argparse.Namespace) -> dict[str, Any]:
+    """The same chat load, delivered over WebRTC ``events`` data channels: a painted anchor
+    publishes, N aiortc viewers (packet counting, no decoding) open their channel."""
+    from loadtest.clients import play, publish
+    from loadtest.media import PaintedVideoTrack, ToneAudioTrack
+
+    tag = f"lt{random.randrange(1 << 30)}:"
+    anchor = await publish(args.url, args.room, mint_token(args.secret, args.room, "lt-anchor-pub",
+                           ["publish"], TTL), PaintedVideoTrack(), ToneAudioTrack())
+    viewers: list[Any] = []
+    try:
+        await asyncio.sleep(1.0)  # the anchor is live
+        for i in range(args.clients):
+            viewers.append(await play(args.url, args.room, mint_token(
+                args.secret, args.room, f"lt-dc-{i}", ["subscribe"], TTL),
+                decode=False, events=True))
+        base = args.url.rstrip("/").replace("http", "ws", 1)
+        token = mint_token(args.secret, args.room, "lt-anchor", ["admin"], TTL)
+        async with aiohttp.ClientSession() as http, http.ws_connect(
+            f"{base}/ws/events/{args.room}?token={token}"
+        ) as sender:
+            await asyncio.sleep(args.settle)  # every channel has its state
+            total = int(args.rate * args.duration)
+            start = time.monotonic()
+            for i in range(total):
+                delay = start + i / args.rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                text = f"{tag}{time.monotonic_ns()}"
+                await sender.send_bytes(msgpack.packb({"type": "chat", "text": text}))
+            await asyncio.sleep(args.settle)
+    finally:
+        for viewer in viewers:
+            await viewer.close()
+        await anchor.close()
+    latencies, out_of_order = _datachannel_latencies(viewers, tag)
+    return {
+        "scenario": "events", "transport": "datachannel", "url": args.url,
+        "clients": args.clients, "rate": args.rate, "duration_s": args.duration,
+        "messages": total, "deliveries_expected": total * args.clients,
+        "deliveries": len(latencies), "out_of_order": out_of_order,
+        "fanout_per_s": round(len(latencies) / max(args.duration, 1e-9), 1),
+        "latency_ms": summary_ms(latencies),
+    }
+
+
 async def run_events(args: argparse.Namespace) -> dict[str, Any]:
+    if getattr(args, "transport", "ws") == "datachannel":
+        return await run_events_datachannel(args)
     base = args.url.rstrip("/").replace("http", "ws", 1)
     tag = f"lt{random.randrange(1 << 30)}:"
     timeout = aiohttp.ClientTimeout(total=30)
@@ -118,7 +185,8 @@ async def run_events(args: argparse.Namespace) -> dict[str, Any]:
     latencies = [v for rx in receivers for v in rx.latencies]
     expected = total * args.clients
     return {
-        "scenario": "events", "url": args.url, "clients": args.clients, "rate": args.rate,
+        "scenario": "events", "transport": "ws", "url": args.url, "clients": args.clients,
+        "rate": args.rate,
         "duration_s": args.duration, "messages": total, "deliveries_expected": expected,
         "deliveries": len(latencies), "out_of_order": sum(rx.out_of_order for rx in receivers),
         "fanout_per_s": round(len(latencies) / max(args.duration, 1e-9), 1),
@@ -213,6 +281,8 @@ def add_parsers(sub: Any) -> None:
     e.add_argument("--rate", type=float, default=20.0, help="chat messages per second")
     e.add_argument("--duration", type=float, default=10.0)
     e.add_argument("--settle", type=float, default=2.0)
+    e.add_argument("--transport", choices=["ws", "datachannel"], default="ws",
+                   help="deliver to WebSocket clients or to WebRTC events data channels")
     f = sub.add_parser("flashsale", parents=[common], help="flash-sale orders per second")
     f.add_argument("--room", default="lt-sale")
     f.add_argument("--buyers", type=int, default=500)

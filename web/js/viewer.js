@@ -1,7 +1,16 @@
-// Viewer: WHEP playback into #stage (one tile per remote stream; the first is #video), with retries.
+// Viewer: WHEP playback into #stage (one tile per remote stream; the first is #video), with retries,
+// and HTTP-FLV (mpegts.js, see flv.js) into #video when WebRTC cannot play:
+//   - the page URL says ?transport=flv (?transport=webrtc: WebRTC only, never FLV);
+//   - the browser has no RTCPeerConnection;
+//   - the room's playback plan says flv (its node is full of WebRTC viewers);
+//   - WHEP answered but nothing played within WEBRTC_START_MS, the connection failed before
+//     playing, or the server refused the WebRTC session (4xx other than auth, 5xx).
+// Once on FLV the page stays on FLV. #transport shows which one plays ("webrtc" or "flv").
 import { negotiate, teardown, pageParams } from "./whip.js";
+import { flvSupported, loadMpegts, playFlv, withToken } from "./flv.js";
 
-const RETRY_MS = 2000;
+const RETRY_MS = 2000; // also the FLV endpoint's Retry-After for a room that is not live
+const WEBRTC_START_MS = 5000; // after a live answer, WebRTC must be playing by then
 const STATES = {
   connecting: "connecting",
   waiting: "waiting for the anchor",
@@ -13,7 +22,7 @@ const STATES = {
 
 const $ = (id) => document.getElementById(id);
 const els = { stage: $("stage"), video: $("video"), state: $("state"), error: $("error"),
-  unmute: $("unmute"), room: $("room"), overlay: $("overlay") };
+  unmute: $("unmute"), room: $("room"), overlay: $("overlay"), transport: $("transport") };
 
 let params;
 let pc = null;
@@ -21,12 +30,25 @@ let resource = null;
 let retryTimer = null;
 let state = "connecting";
 let muted = true;
+let transport = null; // "webrtc" | "flv" once chosen
+let fallback = true; // may WebRTC trouble switch this page to FLV?
+let flv = null; // the FLV session (flv.js playFlv) while on FLV
+let flvUrl = "";
+let flvReason = "";
+let startTimer = null; // WEBRTC_START_MS watchdog of the current WHEP attempt
+let playedPc = null; // the RTCPeerConnection whose media reached "playing"
+let planMissing = false; // this server has no playback-plan endpoint: stop asking
 const media = new Map(); // remote stream id -> <video> (tile) or <audio> (audio-only stream)
-const synthetic = new MediaStream(); // tracks that arrive without a stream id
+// tracks that arrive without a stream id (no MediaStream at all: a browser without WebRTC)
+const synthetic = typeof MediaStream === "function" ? new MediaStream() : null;
 
 window.shopcast = {
   get pc() { return pc; },
   get state() { return state; },
+  get transport() { return transport; },
+  get flvReason() { return flvReason; },
+  // FLV playback stats (decodedFrames, currentTime, bufferedAhead, ...), null unless on FLV.
+  get flv() { return flv ? flv.stats() : null; },
   stats,
 };
 
@@ -36,6 +58,15 @@ function setState(key) {
   els.state.dataset.state = key;
   els.overlay.textContent = STATES[key] || key;
   els.overlay.hidden = key === "playing";
+}
+
+function setTransport(name, why = "") {
+  transport = name;
+  if (!els.transport) return;
+  els.transport.textContent = name;
+  els.transport.title = why ? `${name}: ${why}` : name;
+  els.transport.dataset.transport = name;
+  els.transport.hidden = false;
 }
 
 function showError(err) {
@@ -92,7 +123,7 @@ function clearMedia() {
     (el.tagName === "VIDEO" ? el.closest(".tile") : el).remove();
   }
   media.clear();
-  for (const t of synthetic.getTracks()) synthetic.removeTrack(t);
+  if (synthetic) for (const t of synthetic.getTracks()) synthetic.removeTrack(t);
   layout();
 }
 
@@ -109,6 +140,8 @@ function toggleMute() {
 
 function dropConnection() {
   const old = pc, res = resource;
+  clearTimeout(startTimer);
+  startTimer = null;
   pc = null;
   resource = null;
   if (old) old.close();
@@ -121,8 +154,40 @@ function scheduleRetry() {
   retryTimer = setTimeout(connect, RETRY_MS);
 }
 
+// The room's playback plan (GET /api/v1/rooms/{room}/playback): {transport: "whep"|"flv",
+// whep_url, flv_url}. null means "no plan, WHEP first": the server has no such endpoint, the
+// room is not live yet, or the request failed. Kept apart so the policy lives in one place.
+async function playbackPlan() {
+  if (planMissing) return null;
+  try {
+    const resp = await fetch(`/api/v1/rooms/${encodeURIComponent(params.room)}/playback`, {
+      headers: { Authorization: "Bearer " + params.token },
+      cache: "no-store",
+    });
+    if (resp.status === 404 || resp.status === 405) {
+      const body = await resp.json().catch(() => null);
+      const code = body && body.error && body.error.code;
+      if (code !== "not_live" && code !== "room_not_found") planMissing = true;
+      return null;
+    }
+    if (!resp.ok) return null;
+    const plan = await resp.json();
+    return plan && (plan.transport === "whep" || plan.transport === "flv") ? plan : null;
+  } catch {
+    return null;
+  }
+}
+
 async function connect() {
   retryTimer = null;
+  const plan = fallback ? await playbackPlan() : null;
+  if (transport === "flv") return; // switched while the plan was on its way
+  if (plan && plan.transport === "flv") {
+    useFlv("the playback plan says flv (WebRTC viewers are at capacity)", plan.flv_url);
+    return;
+  }
+  const whepUrl = (plan && plan.whep_url) || "/whep/" + encodeURIComponent(params.room);
+  setTransport("webrtc");
   const mine = new RTCPeerConnection({ iceServers: params.iceServers });
   pc = mine;
   mine.addTransceiver("video", { direction: "recvonly" });
@@ -130,6 +195,10 @@ async function connect() {
   mine.addEventListener("track", (ev) => { if (pc === mine) attach(ev); });
   const lost = () => {
     if (pc !== mine) return;
+    if (fallback && playedPc !== mine) {
+      useFlv(`WebRTC ${mine.connectionState} before playing`);
+      return;
+    }
     dropConnection();
     setState(state === "playing" ? "left" : "retrying");
     scheduleRetry();
@@ -140,10 +209,11 @@ async function connect() {
   });
   if (state !== "waiting" && state !== "left" && state !== "retrying") setState("connecting");
   try {
-    const res = await negotiate("/whep/" + encodeURIComponent(params.room), params.token, mine);
+    const res = await negotiate(whepUrl, params.token, mine);
     if (pc !== mine) { teardown(res.resource, params.token); return; }
     resource = res.resource;
     showError(null);
+    if (fallback) startTimer = setTimeout(() => checkStarted(mine), WEBRTC_START_MS);
     // The server's DTLS close_notify shows here at once; connectionState lags by ICE consent (~5 s).
     const dtls = mine.getReceivers()[0] && mine.getReceivers()[0].transport;
     if (dtls) dtls.addEventListener("statechange", () => { if (dtls.state === "closed") lost(); });
@@ -153,8 +223,15 @@ async function connect() {
     if (e.status === 404 && e.code === "not_live") {
       showError(null);
       if (state !== "left") setState("waiting"); // after a leave, keep saying so until playing again
-    } else if (e.status === 400 || e.status === 401 || e.status === 403) {
-      showError(e); // retrying cannot fix a bad token or a rejected offer
+    } else if (e.status === 401 || e.status === 403) {
+      showError(e); // retrying cannot fix a bad token
+      setState("error");
+      return;
+    } else if (fallback && e.status >= 400) {
+      useFlv(`WHEP answered ${e.status} ${e.code}`); // the server cannot give us WebRTC
+      return;
+    } else if (e.status === 400) {
+      showError(e); // retrying cannot fix a rejected offer
       setState("error");
       return;
     } else {
@@ -165,9 +242,107 @@ async function connect() {
   }
 }
 
+// WEBRTC_START_MS after a live answer: playing, or at least decoding? Else go to FLV.
+async function checkStarted(mine) {
+  startTimer = null;
+  if (pc !== mine || playedPc === mine) return;
+  const s = await stats().catch(() => ({ framesDecoded: 0 }));
+  if (pc !== mine || playedPc === mine) return;
+  if (s.framesDecoded > 0) {
+    playedPc = mine; // decoding: the element may just be slow to report "playing"
+    return;
+  }
+  useFlv(`WebRTC did not play within ${WEBRTC_START_MS / 1000} s`);
+}
+
+// ---- HTTP-FLV ------------------------------------------------------------------------------
+
+// Switch this page to FLV for good (url: the plan's FLV URL, else this server's).
+function useFlv(why, url) {
+  clearTimeout(retryTimer);
+  retryTimer = null;
+  dropConnection();
+  flvReason = why;
+  flvUrl = url || `/live/${encodeURIComponent(params.room)}.flv`;
+  setTransport("flv", why);
+  startFlv();
+}
+
+function stopFlv() {
+  const old = flv;
+  flv = null;
+  if (old) old.stop();
+  els.video.removeAttribute("src");
+  els.video.load();
+}
+
+async function startFlv() {
+  retryTimer = null;
+  let mpegts;
+  try {
+    mpegts = await loadMpegts();
+  } catch (e) {
+    showError(e);
+    setState("error");
+    return;
+  }
+  if (!flvSupported(mpegts)) {
+    showError(new Error("this browser can play neither WebRTC nor HTTP-FLV (no Media Source Extensions)"));
+    setState("error");
+    return;
+  }
+  if (state !== "waiting" && state !== "left" && state !== "retrying") setState("connecting");
+  const url = withToken(flvUrl, params.token);
+  const mine = playFlv(mpegts, els.video, url, (err) => flvEnded(mine, err));
+  flv = mine;
+  els.video.muted = muted;
+}
+
+// The FLV session ended: err null = the stream ended (anchor left, or this reader was dropped).
+async function flvEnded(mine, err) {
+  if (flv !== mine) return;
+  stopFlv();
+  const status = err && err.status;
+  if (!err) {
+    setState(state === "playing" ? "left" : "retrying");
+  } else if (status === 503 || status === 404) {
+    // 503 not_live (Retry-After: 2): the room exists but its anchor is not live or has not sent
+    // a keyframe yet; 404: no such room on this node yet. Either way the anchor may still come.
+    showError(null);
+    if (state !== "left") setState("waiting");
+  } else if (status === 400 || status === 401 || status === 403) {
+    showError(await flvRefusal(mine.url, status)); // retrying cannot fix a bad token
+    setState("error");
+    return;
+  } else {
+    if (err.kind === "MediaError") showError(new Error(`HTTP-FLV: ${err.detail}: ${err.message}`));
+    setState(state === "playing" ? "left" : "retrying");
+  }
+  retryTimer = setTimeout(startFlv, RETRY_MS);
+}
+
+// mpegts.js reports only the status of a refused request: ask again for the JSON error body.
+async function flvRefusal(url, status) {
+  const err = new Error(`HTTP-FLV refused: HTTP ${status}`);
+  err.code = "http_" + status;
+  try {
+    const resp = await fetch(url, { cache: "no-store" });
+    const body = await resp.json();
+    if (body && body.error) {
+      err.message = body.error.message || err.message;
+      err.code = body.error.code || err.code;
+    }
+  } catch { /* keep the status */ }
+  return err;
+}
+
 // Video stats of the main tile (#video), for tests and the debug overlay.
 async function stats() {
   const out = { framesDecoded: 0, packetsLost: 0, frameWidth: 0, frameHeight: 0 };
+  if (flv) {
+    const s = flv.stats();
+    return { ...out, framesDecoded: s.decodedFrames, frameWidth: s.width, frameHeight: s.height };
+  }
   if (!pc) return out;
   const src = els.video.srcObject;
   const mainTrack = src && src.getVideoTracks()[0];
@@ -192,14 +367,30 @@ function main() {
   }
   els.room.textContent = params.room || "–";
   els.unmute.addEventListener("click", toggleMute);
-  els.video.addEventListener("playing", () => { if (pc) setState("playing"); });
-  window.addEventListener("pagehide", () => { if (resource) teardown(resource, params.token); });
+  els.video.addEventListener("playing", () => {
+    if (pc) playedPc = pc;
+    if (flv) showError(null);
+    if (pc || flv) setState("playing");
+  });
+  window.addEventListener("pagehide", () => {
+    if (resource) teardown(resource, params.token);
+    if (flv) flv.stop();
+  });
   if (!params.room || !params.token) {
     showError(new Error("missing ?room=…&token=… in the page URL"));
     setState("error");
     return;
   }
-  connect();
+  const forced = (params.query.get("transport") || "").toLowerCase();
+  if (forced === "flv") {
+    fallback = false;
+    useFlv("?transport=flv");
+  } else if (typeof window.RTCPeerConnection !== "function") {
+    useFlv("this browser has no WebRTC");
+  } else {
+    fallback = forced !== "webrtc" && forced !== "whep";
+    connect();
+  }
 }
 
 main();
