@@ -46,13 +46,24 @@ class StreamCounter:
         return max(0, self.expected - self.unique)
 
     def add(self, packet: RtpPacket, now: float, keyframe: bool | None) -> None:
+        """Count a parsed packet (the decoding path, after RTX unwrap)."""
+        if self.add_seq(packet.sequence_number, len(packet.payload), packet.marker, now):
+            if self.starts_with_keyframe is None:
+                self.starts_with_keyframe = keyframe
+            if keyframe and self.first_keyframe_at is None:
+                self.first_keyframe_at = now
+
+    def add_seq(self, seq: int, size: int, marker: bool | int, now: float) -> bool:
+        """Count one packet from its header fields alone; False for a duplicate.
+
+        The one sequence-accounting routine: the decoding path calls it via `add`, the cheap
+        raw-datagram path (loadtest.rawcount) calls it straight from the cleartext RTP header.
+        """
         self.packets += 1
-        self.bytes += len(packet.payload)
-        seq = packet.sequence_number
+        self.bytes += size
         if self._highest is None or self._first is None:
             ext = self._highest = self._first = seq
             self.first_at = now
-            self.starts_with_keyframe = keyframe
         else:
             ext = self._highest + ((seq - self._highest + 0x8000) & 0xFFFF) - 0x8000
             if ext > self._highest:
@@ -61,7 +72,7 @@ class StreamCounter:
                 self._highest = ext
             elif ext in self._recent:
                 self.duplicates += 1
-                return
+                return False
             else:
                 self.late += 1
                 self._first = min(self._first, ext)
@@ -69,10 +80,13 @@ class StreamCounter:
         if len(self._recent) > 4096:  # bounded memory: keep only a recent window
             floor = self._highest - 2048
             self._recent = {s for s in self._recent if s > floor}
-        if packet.marker:
+        if marker:
             self.frames += 1
-        if keyframe and self.first_keyframe_at is None:
-            self.first_keyframe_at = now
+        return True
+
+    def snapshot(self) -> tuple[int, int, int]:
+        """(packets, unique, expected): window deltas of these give rate and loss."""
+        return self.packets, self.unique, self.expected
 
 
 def h264_keyframe(payload: bytes) -> bool:
