@@ -113,3 +113,16 @@ def test_resolve_secret_from_env_secret_file(tmp_path: Path) -> None:
     path = tmp_path / "secret"
     path.write_text("kept-secret\n")
     assert _load([], {"SHOPCAST_SECRET_FILE": str(path)}).resolve_secret() == "kept-secret"
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    """The README's configuration table is the operator's reference: no setting may be missing."""
+    from dataclasses import fields as dataclass_fields
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    missing = [
+        f.name for f in dataclass_fields(Config)
+        if f"`--{f.name.replace('_', '-')}`" not in readme
+        or f"`SHOPCAST_{f.name.upper()}`" not in readme
+    ]
+    assert missing == []
