@@ -40,7 +40,7 @@ class Offer:
 def parse_offer(text: str, *, want: str) -> Offer:
     """Parse and check an offer; ``want`` is ``"send"`` (WHIP) or ``"recv"`` (WHEP) from the
     client's point of view. Raises a 400 ApiError that says what is wrong."""
-    if len(text.encode()) > MAX_SDP_BYTES:
+    if len(bytes(text, "utf-8")) > MAX_SDP_BYTES:
         raise ApiError(413, "sdp_too_large", f"SDP offer larger than {MAX_SDP_BYTES} bytes")
     if not text.strip().startswith("v=0"):
         raise bad_request("body is not an SDP offer (must start with v=0)", "malformed_sdp")

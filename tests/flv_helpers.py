@@ -179,3 +179,18 @@ def tags(body: bytes) -> Iterator[tuple[int, int, bytes]]:
         ts = int.from_bytes(body[pos + 4:pos + 7], "big") | (body[pos + 7] << 24)
         yield body[pos], ts, body[pos + 11:pos + 11 + size]
         pos += 11 + size + 4
+
+
+async def start_anchor(server: Any, room: str) -> Any:
+    """A painted aiortc anchor, live once the room's FLV output has its first keyframe."""
+    from waiting import wait_for
+
+    from loadtest.clients import publish
+    from loadtest.media import PaintedVideoTrack, ToneAudioTrack
+    from sfu.flv.manager import FLV_KEY
+
+    anchor = await publish(server.url, room, server.token(room, "anchor", "publish"),
+                           PaintedVideoTrack(), ToneAudioTrack())
+    outputs = server.app[FLV_KEY].outputs
+    await wait_for(lambda: room in outputs and outputs[room].live, 10, "FLV output live")
+    return anchor

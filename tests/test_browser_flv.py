@@ -15,9 +15,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
 import pytest
+from flv_helpers import start_anchor
 
-from loadtest.clients import publish
-from loadtest.media import PaintedVideoTrack, ToneAudioTrack
 from sfu.flv.manager import FLV_KEY
 
 if TYPE_CHECKING:
@@ -33,21 +32,6 @@ FALLBACK_TIMEOUT_S = 5.0 + TIMEOUT_S
 NO_WEBRTC = "delete window.RTCPeerConnection; delete window.webkitRTCPeerConnection;"
 
 
-async def wait_for(predicate: Any, limit_s: float, what: str) -> None:
-    deadline = time.monotonic() + limit_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {limit_s}s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-async def start_anchor(server: Server, room: str) -> Any:
-    """A painted aiortc anchor, live once the room's FLV output has its first keyframe."""
-    anchor = await publish(server.url, room, server.token(room, "anchor", "publish"),
-                           PaintedVideoTrack(), ToneAudioTrack())
-    outputs = server.app[FLV_KEY].outputs
-    await wait_for(lambda: room in outputs and outputs[room].live, 10, "FLV output live")
-    return anchor
 
 
 def viewer_url(server: Server, room: str, **extra: str) -> str:

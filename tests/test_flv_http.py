@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 from typing import Any
 
 import aiohttp
 import pytest
-from flv_helpers import ffprobe
+from flv_helpers import ffprobe, start_anchor
+from waiting import wait_for
 
-from loadtest.clients import publish
 from loadtest.flv_probe import FlvClient
-from loadtest.media import PaintedVideoTrack, ToneAudioTrack
 from sfu.flv.manager import FLV_KEY
 from sfu.node import NODE_KEY
 from sfu.room import Room
@@ -29,20 +27,6 @@ def config(config: Config) -> Config:
     return config
 
 
-async def wait_for(predicate: Any, limit_s: float, what: str) -> None:
-    deadline = time.monotonic() + limit_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {limit_s}s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-async def start_anchor(server: Any, room: str) -> Any:
-    anchor = await publish(server.url, room, server.token(room, "anchor", "publish"),
-                           PaintedVideoTrack(), ToneAudioTrack())
-    outputs = server.app[FLV_KEY].outputs
-    await wait_for(lambda: room in outputs and outputs[room].live, 10, "FLV output live")
-    return anchor
 
 
 def flv_url(server: Any, room: str, token: str | None = None) -> str:
