@@ -8,7 +8,7 @@ between FLV timestamps and the capture clock; every video tag's latency is then
 presentation wall time - (its timestamp + that offset). A timestamp jump (the server skipped
 the reader ahead) restarts the playback clock, as players do on a discontinuity.
 
-Server CPU comes from /proc (see webrtc_probe): a baseline window with the publisher only,
+Server CPU comes from /proc (see loadtest.procstat): a baseline window with the publisher only,
 then a window with N readers; readers per core = N / (extra CPU in cores). Latency is
 reported for the first and the last minute of the run, so drift shows as a difference.
 """
@@ -25,7 +25,8 @@ import aiohttp
 import av
 
 from loadtest.media import TIME_MOD, latency_ms, now_ms, read_painted
-from loadtest.webrtc_probe import CpuWindow, mint_token, percentiles
+from loadtest.procstat import CpuWindow
+from loadtest.stats import mint_token, percentiles
 
 TAG_AUDIO = 8
 TAG_VIDEO = 9
@@ -284,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     import json
     import os
 
-    from loadtest.webrtc_probe import resolve_server_pids, write_report
+    from loadtest.procstat import resolve_server_pids
+    from loadtest.stats import write_report
 
     p = argparse.ArgumentParser(prog="python -m loadtest.flv_probe", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -17,17 +17,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import json
 import os
 import random
 import time
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import msgpack
 
-from loadtest.webrtc_probe import mint_token
+from loadtest.stats import mint_token, write_report
 
 TTL = 3600
 
@@ -43,14 +41,6 @@ def summary_ms(values: list[float]) -> dict[str, float]:
     return {"p50": round(pct(values, 50), 2), "p95": round(pct(values, 95), 2),
             "p99": round(pct(values, 99), 2), "max": round(max(values, default=0.0), 2),
             "samples": len(values)}
-
-
-def write_report(report: dict[str, Any], path: str, name: str) -> str:
-    target = Path(path) if path else Path(__file__).parent / "reports" / (
-        f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(report, indent=2))
-    return str(target)
 
 
 # --- events ----------------------------------------------------------------------------------

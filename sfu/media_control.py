@@ -88,26 +88,6 @@ class SessionBridge:
             self.reporter.track_unpublished(room.name, publisher.id, sid)
 
 
-def _drop(data: bytes, keyframe: bool) -> None:
-    """A muted producer's relay: the packet goes nowhere (not even to the NACK history)."""
-
-
-def set_muted(producer: Producer, muted: bool) -> None:
-    """Stop or resume forwarding one producer to every sink (WebRTC viewers, workers, FLV).
-
-    Muting shadows ``relay`` on the instance with a no-op instead of adding a flag that every
-    packet would test: an unmuted producer's per-packet path stays exactly as it was. The
-    publisher's process drops the packet before the worker feed, so viewers in workers stop
-    too. Unmuting asks for a keyframe, since viewers' decoders lost the muted stretch.
-    """
-    if muted:
-        setattr(producer, "relay", _drop)  # noqa: B010 - an instance attribute, on purpose
-        return
-    if "relay" in vars(producer):
-        delattr(producer, "relay")
-        producer.request_keyframe()
-
-
 class NodeMediaControl:
     """``MediaControl`` for the legs of one node; sids are leg ids, track sids as above."""
 
@@ -134,7 +114,7 @@ class NodeMediaControl:
             return False
         for candidate, producer in track_sids(leg):
             if candidate == track_sid:
-                set_muted(producer, muted)
+                producer.set_muted(muted)
                 logger.info("track %s %s", track_sid, "muted" if muted else "unmuted")
                 return True
         return False

@@ -96,6 +96,7 @@ class Producer:
         self.retransmits = 0
         self.last_timestamp = 0
         self.closed = False
+        self.muted = False
         self._is_keyframe = keyframe_detector(codec.name)
         self._request_keyframe = request_keyframe
         self._keyframe_interval_s = keyframe_interval_s
@@ -130,8 +131,11 @@ class Producer:
         """Store a canonical packet for NACKs and hand it to every sink.
 
         A worker process's mirror of a producer is fed here directly with the packets the
-        publisher's process built, so both sides share one fan-out.
+        publisher's process built, so both sides share one fan-out. A muted track goes
+        nowhere, not even to the NACK history.
         """
+        if self.muted:
+            return
         self.last_seq = seq = (data[2] << 8) | data[3]
         self.history.put(seq, data)
         self.last_timestamp = (data[4] << 24) | (data[5] << 16) | (data[6] << 8) | data[7]
@@ -175,6 +179,15 @@ class Producer:
     def _send_deferred(self) -> None:
         self._deferred = None
         self.request_keyframe()
+
+    def set_muted(self, muted: bool) -> None:
+        """Stop or resume forwarding to every sink (WebRTC viewers, workers, FLV). Muting in the
+        publisher's process stops the worker feeds too. On unmute viewers' decoders lost the
+        muted stretch, so ask for a keyframe."""
+        if self.muted and not muted:
+            self.muted = False
+            self.request_keyframe()
+        self.muted = muted
 
     def _new_source(self, packet: RtpPacket) -> None:
         """First packet, or the publisher changed SSRC: continue the slot's sequence numbers and
