@@ -68,7 +68,7 @@ class SessionBridge:
     def session_started(self, leg: Leg, name: str = "") -> None:
         self._joined.add(leg.id)
         self.reporter.joined(leg.room, leg.id, leg.identity, _transport(leg), role=leg.role,
-                             name=name)
+                             name=name, slot=getattr(leg, "slot", -1))
 
     def session_ended(self, leg: Leg) -> None:
         """Only legs that were reported: a failed negotiation never joined, so never leaves."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from aiohttp import web
@@ -20,12 +20,15 @@ from sfu.room import Room, ViewerLeg
 from sfu.settings import NodeSettings
 from sfu.viewer import Viewer
 from sfu.worker_pool import RemoteViewer, WorkerPool
-from signaling.errors import conflict, not_found
+from signaling.errors import conflict, forbidden, not_found
 from signaling.tokens import Claims, Grant
 
 logger = logging.getLogger("shopcast.sfu.node")
 
 SENDER_REPORT_INTERVAL_S = 1.0
+
+CohostAdmission = Callable[[str, str], Awaitable[bool]]
+"""(room, identity) -> may this identity co-host now (an invitation stands)?"""
 
 
 class RoomObserver(Protocol):
@@ -60,6 +63,7 @@ class SfuNode:
         self.observers: list[RoomObserver] = []
         self.sessions: list[SessionObserver] = []
         self.events: EventBridge | None = None
+        self.cohost_admission: CohostAdmission | None = None  # the control plane's invitations
         self.workers = WorkerPool(settings, self._leg_closed) if settings.workers > 0 else None
         use_host_addresses(settings.ice_hosts, add_loopback=settings.ice_loopback)
 
@@ -83,9 +87,14 @@ class SfuNode:
         self, room_name: str, identity: str, offer: Offer, claims: Claims | None = None
     ) -> tuple[Publisher, str]:
         """Start a WHIP session. The first publisher is the anchor (slot 0); a further one needs
-        the ``cohost`` grant and a free slot, and must send the room's codecs; else 409."""
+        the ``cohost`` grant, an invitation (403 ``not_invited``) and a free slot, and must send
+        the room's codecs; else 409. An ``admin`` token needs no invitation."""
         room = self.rooms.get(room_name) or Room(room_name, self.settings.max_publishers)
         slot = self._publisher_slot(room, room_name, claims)
+        if slot > 0:
+            await self._check_invitation(room_name, identity, claims)
+            room = self.rooms.get(room_name) or room
+            slot = self._publisher_slot(room, room_name, claims)  # taken while we asked?
         publisher = Publisher(
             room_name,
             identity,
@@ -141,6 +150,8 @@ class SfuNode:
     def _publisher_slot(self, room: Room, room_name: str, claims: Claims | None) -> int:
         active = [p for p in room.publishers.values() if not p.closed]
         if not active:
+            if claims is not None and not ({Grant.PUBLISH, Grant.ADMIN} & claims.grants):
+                raise forbidden(f"room {room_name!r} has no anchor to co-host with", "no_anchor")
             return 0
         if claims is None or not ({Grant.COHOST, Grant.ADMIN} & claims.grants):
             raise conflict(f"room {room_name!r} already has a publisher", "publisher_exists")
@@ -150,6 +161,17 @@ class SfuNode:
                 f"room {room_name!r} has its {room.max_publishers} publishers", "room_full"
             )
         return slot
+
+    async def _check_invitation(self, room_name: str, identity: str, claims: Claims | None
+                                ) -> None:
+        if self.cohost_admission is None or (claims is not None and Grant.ADMIN in claims.grants):
+            return
+        if not await self.cohost_admission(room_name, identity):
+            raise forbidden(
+                f"{identity!r} has no invitation to co-host room {room_name!r}: the anchor "
+                f"invites with POST /api/v1/rooms/{room_name}/cohosts or `cohost_invite`",
+                "not_invited",
+            )
 
     async def _negotiate(self, leg: PeerLeg, offer: Offer, prepare: Callable[[], None]) -> str:
         self.legs[leg.id] = leg

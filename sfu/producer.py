@@ -72,8 +72,10 @@ class Producer:
         mirror: bool = False,
         slot: TrackSlot | None = None,
         slot_index: int = 0,
+        identity: str = "",
     ) -> None:
         self.kind = kind
+        self.identity = identity  # the publisher's: nobody receives their own tracks back
         self.codec = codec
         self.publisher_id = publisher_id
         self.key = next(_keys) if key is None else key

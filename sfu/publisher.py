@@ -83,6 +83,7 @@ class Publisher(PeerLeg):
                 keyframe_interval_s=self.keyframe_interval_s,
                 slot=self.track_slots.get(transceiver.kind),
                 slot_index=self.slot,
+                identity=self.identity,
             )
             tap_receiver(transceiver.receiver, producer)
             self.producers.append(producer)

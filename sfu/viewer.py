@@ -39,6 +39,7 @@ class Viewer(PeerLeg):
         self.consumers: list[Consumer] = []
         self._slots: dict[tuple[int, str], RTCRtpTransceiver] = {}
         self._waiting: dict[tuple[int, str], Producer] = {}
+        self._own: set[Producer] = set()  # an anchor's own tracks: not sent back, still live
 
     def prepare(self, offer: Offer, layout: RoomLayout, producers: list[Producer]) -> None:
         """Match the offer's media sections, in order per kind, to the room's publisher slots.
@@ -74,13 +75,19 @@ class Viewer(PeerLeg):
         for producer in list(self._waiting.values()):
             self._consume(producer)
         self._waiting.clear()
-        if not self.consumers:
+        if not self.consumers and not self._own:
             self.close_soon()
 
     def on_producer_added(self, producer: Producer) -> None:
-        """A publisher went live on a slot this viewer negotiated: start forwarding it."""
+        """A publisher went live on a slot this viewer negotiated: start forwarding it.
+
+        A publisher watching its own room (an anchor waiting for co-hosts) is not sent its own
+        tracks back; they still keep the session open."""
         key = (producer.slot_index, producer.kind)
         if key not in self._slots or producer.closed:
+            return
+        if producer.identity and producer.identity == self.identity:
+            self._own.add(producer)
             return
         if self.connected_at is None:
             self._waiting[key] = producer
@@ -100,7 +107,8 @@ class Viewer(PeerLeg):
         """A publisher left: drop its consumers; with nothing left to watch the session ends."""
         self.consumers = [c for c in self.consumers if c.producer is not producer]
         self._waiting = {k: p for k, p in self._waiting.items() if p is not producer}
-        if not self.consumers and not self._waiting:
+        self._own.discard(producer)
+        if not self.consumers and not self._waiting and not self._own:
             self.close_soon()
 
     def refresh_sender_reports(self) -> None:

@@ -22,7 +22,7 @@ from sfu.room import ViewerLeg
 from sfu.worker_pool import RemoteViewer
 from signaling.errors import ApiError, Handler, bad_request
 from signaling.routing import redirect
-from signaling.tokens import Grant, authorize
+from signaling.tokens import Claims, Grant, bearer, verify
 
 ROOM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SECRET_KEY = web.AppKey("token_secret", str)
@@ -79,14 +79,22 @@ async def _read_offer(request: web.Request) -> str:
         raise bad_request("SDP must be UTF-8 text", "malformed_sdp") from exc
 
 
+def _claims(request: web.Request, grant: Grant, room: str) -> Claims:
+    """The token, holding ``grant`` for ``room``; a ``cohost`` token may publish too (the node
+    then wants a live anchor and an invitation)."""
+    claims = verify(request.app[SECRET_KEY], bearer(request.headers.get("Authorization")))
+    if grant is Grant.PUBLISH and Grant.COHOST in claims.grants:
+        grant = Grant.COHOST
+    claims.require(grant, room)
+    return claims
+
+
 def _post(kind: str) -> Handler:
     grant, want, _ = _KINDS[kind]
 
     async def handler(request: web.Request) -> web.StreamResponse:
         room = _room(request)
-        claims = authorize(
-            request.app[SECRET_KEY], request.headers.get("Authorization"), grant=grant, room=room
-        )
+        claims = _claims(request, grant, room)
         target = await elsewhere(request, room, publish=kind == "whip")
         if target is not None:
             return redirect(target, request)
@@ -113,9 +121,7 @@ def _delete(kind: str) -> Handler:
 
     async def handler(request: web.Request) -> web.StreamResponse:
         room = _room(request)
-        authorize(
-            request.app[SECRET_KEY], request.headers.get("Authorization"), grant=grant, room=room
-        )
+        _claims(request, grant, room)
         leg = request.app[NODE_KEY].leg(room, request.match_info["id"], role)
         await leg.close()
         return web.Response(status=204)

@@ -127,6 +127,7 @@ class Worker:
             key=key,
             mirror=True,
             slot_index=message["slot"],
+            identity=message.get("identity", ""),
         )
 
     def _close_producer(self, key: int) -> None:

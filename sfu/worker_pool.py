@@ -202,7 +202,8 @@ class WorkerPool:
         worker.control.send(
             {"op": "producer", "key": producer.key, "kind": producer.kind,
              "codec": codec_to_dict(producer.codec), "ssrc": producer.ssrc,
-             "publisher": producer.publisher_id, "slot": producer.slot_index}
+             "publisher": producer.publisher_id, "slot": producer.slot_index,
+             "identity": producer.identity}
         )
         feed = WorkerFeed(producer.key, worker.media)
         worker.feeds[producer.key] = feed

@@ -91,6 +91,7 @@ def add_media_plane(app: web.Application, config: Config, signaling: Signaling) 
     ))
     node.observers.append(app[FLV_KEY])
     node.attach_events(EventBridge(signaling.bus, signaling.live))  # the events data channels
+    node.cohost_admission = signaling.live.cohosts.admits  # co-hosts need an invitation
     bridge = SessionBridge(signaling.reporter)
     node.sessions.append(bridge)
     node.observers.append(bridge)

@@ -16,6 +16,8 @@ from typing import Any
 
 from signaling.bus import Bus
 from signaling.events import RoomEvent, Webhook
+from signaling.live import cohosts
+from signaling.live.schema import event
 from signaling.media import MediaControl, NoMedia
 from signaling.store import (
     JsonObject,
@@ -102,6 +104,7 @@ class RoomService:
         if removed is None:
             return True  # its last session's departure (or another close) finished it first
         room, participants = removed
+        await cohosts.clear(self.store, name)
         logger.info("room %s closed (%d sessions ended)", name, ended)
         for participant in participants:
             self._left_webhooks(room, participant)
@@ -184,6 +187,8 @@ class RoomService:
                 if participant.role != "viewer":  # see _viewers: viewers are a count
                     await self._event(room, RoomEvent.PARTICIPANT_JOINED,
                                       participant=participant.to_json())
+                if participant.slot >= 0:
+                    await self._stage_joined(room, participant)
                 await self._viewers(room)
             return added
         return False
@@ -200,10 +205,13 @@ class RoomService:
         if participant.role != "viewer":
             await self._event(room, RoomEvent.PARTICIPANT_LEFT,
                               participant=participant.to_json(), reason=reason)
+        if participant.slot >= 0:
+            await self._stage_left(room, participant)
         await self._viewers(room)
         if record is not None and record.auto:
             finished = await self.store.delete_room(room, if_empty=True)
             if finished is not None:
+                await cohosts.clear(self.store, room)
                 await self._event(room, RoomEvent.ROOM_CLOSED, room=finished[0].to_json())
                 self.webhooks.emit(Webhook.ROOM_FINISHED, room=finished[0].to_json())
         return participant
@@ -226,6 +234,20 @@ class RoomService:
         return True
 
     # --- helpers ---------------------------------------------------------------------------
+
+    async def _stage_joined(self, room: str, participant: ParticipantRecord) -> None:
+        """A publisher session: on the room's stage; a co-host's arrival is a ``cohost`` event."""
+        await cohosts.stage_joined(self.store, room, participant.sid, participant.identity,
+                                   participant.name, participant.slot)
+        if participant.slot > 0:
+            await self.bus.publish(room, event("cohost", identity=participant.identity,
+                                               action="joined", slot=participant.slot))
+
+    async def _stage_left(self, room: str, participant: ParticipantRecord) -> None:
+        await cohosts.stage_left(self.store, room, participant.sid)
+        if participant.slot > 0:
+            await self.bus.publish(room, event("cohost", identity=participant.identity,
+                                               action="left", slot=participant.slot))
 
     async def _viewers(self, room: str) -> None:
         """Announce the audience as a count, at most once per VIEWERS_INTERVAL_S per room.

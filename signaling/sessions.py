@@ -38,11 +38,12 @@ class SessionReporter:
         role: str = "viewer",
         name: str = "",
         metadata: JsonObject | None = None,
+        slot: int = -1,
     ) -> None:
         """A session started (WHIP publisher connected, WHEP/FLV/WS viewer joined)."""
         participant = ParticipantRecord(
             sid=sid, identity=identity, transport=Transport(transport), role=role, name=name,
-            node=self.node_id, joined_at=time.time(), metadata=dict(metadata or {}),
+            node=self.node_id, slot=slot, joined_at=time.time(), metadata=dict(metadata or {}),
         )
         self._queue.put_nowait(lambda: self.rooms.session_joined(room, participant))
 

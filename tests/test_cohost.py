@@ -15,7 +15,7 @@ from aiortc.mediastreams import MediaStreamError
 from conftest import loopback_config
 from waiting import wait_for
 
-from loadtest.clients import _negotiate, publish
+from loadtest.clients import SignalingError, _negotiate, publish
 from loadtest.media import PaintedVideoTrack, ToneAudioTrack, dominant_colour
 from sfu.node import NODE_KEY
 from shopcast.config import Config
@@ -68,6 +68,15 @@ class SlotViewer:
         await self.pc.close()
 
 
+async def invite(server: Any, room: str, identity: str) -> None:
+    """The anchor's invitation over REST (a co-host without one is refused)."""
+    async with aiohttp.ClientSession() as http, http.post(
+        f"{server.url}/api/v1/rooms/{room}/cohosts", json={"identity": identity},
+        headers={"Authorization": f"Bearer {server.token(room, 'anchor', 'publish')}"},
+    ) as response:
+        assert response.status == 201, await response.text()
+
+
 async def start_publisher(server: Any, room: str, identity: str, colour: str, *grants: str
                           ) -> Any:
     return await publish(
@@ -99,13 +108,19 @@ async def test_anchor_and_cohost_see_each_other_and_viewers_see_both(server: Any
                 assert (await response.json())["error"]["code"] == "publisher_exists"
             await offer_pc.close()
 
-        cohost = await start_publisher(server, "duo", "guest", "blue", "publish", "cohost")
+        with pytest.raises(SignalingError) as refused:  # not invited yet
+            await start_publisher(server, "duo", "guest", "blue", "cohost")
+        assert (refused.value.status, refused.value.code) == (403, "not_invited")
+        await invite(server, "duo", "guest")
+        cohost = await start_publisher(server, "duo", "guest", "blue", "cohost")
         await wait_for(lambda: len(node.rooms["duo"].producers()) == 4, 10, "co-host live")
         anchor_view, cohost_view = SlotViewer(), SlotViewer()
         await anchor_view.start(server.url, "duo", server.token("duo", "anchor", "subscribe"))
         await cohost_view.start(server.url, "duo", server.token("duo", "guest", "subscribe"))
         await wait_for(lambda: anchor_view.sees(1, "blue"), 15, "anchor sees the co-host")
         await wait_for(lambda: cohost_view.sees(0, "red"), 15, "co-host sees the anchor")
+        assert not anchor_view.colours[0] and not cohost_view.colours[1], "own tracks echoed"
+
         await wait_for(
             lambda: all(v.sees(0, "red") and v.sees(1, "blue") for v in viewers), 15,
             "viewers see both",

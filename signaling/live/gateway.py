@@ -25,6 +25,7 @@ from signaling.bus import Bus
 from signaling.live import schema
 from signaling.live.catalog import Catalog
 from signaling.live.chat import Chat
+from signaling.live.cohosts import Cohosts, stage
 from signaling.live.errors import LiveError
 from signaling.live.gifts import Gifts
 from signaling.live.likes import Likes
@@ -54,11 +55,13 @@ async def _no_kick(room: str, identity: str) -> None:
 class EventGateway:
     def __init__(
         self, store: Store, bus: Bus, webhooks: Webhooks, kick: Kick = _no_kick,
-        *, interval_ms: int = 250,
+        *, interval_ms: int = 250, layout: str = "side_by_side",
     ) -> None:
         self.store = store
         self.bus = bus
+        self.layout = layout
         self.moderation = Moderation(store, bus, kick)
+        self.cohosts = Cohosts(store, bus, kick)
         self.chat = Chat(store, bus, self.moderation)
         self.likes = Likes(store, bus, interval_ms)
         self.gifts = Gifts(store, bus)
@@ -71,6 +74,8 @@ class EventGateway:
             "purchase": self._purchase, "resume": self._resume, "pin": self._pin,
             "start_sale": self._start_sale, "delete_chat": self._delete_chat,
             "mute": self._mute, "ban": self._ban, "set_filter": self._set_filter,
+            "cohost_invite": self._cohost_invite, "cohost_remove": self._cohost_remove,
+            "cohost_accept": self._cohost_accept, "cohost_decline": self._cohost_decline,
         }
         missing = set(schema.CLIENT_EVENTS) ^ set(self._actions)
         assert not missing, f"client events without an action (or vice versa): {missing}"
@@ -109,7 +114,8 @@ class EventGateway:
             sale=await self.sales.current(room), likes=await self.likes.total(room),
             viewers=await self.viewer_count(room), leaderboard=await self.gifts.leaderboard(room),
             chat=await self.chat.history(room, seq), gifts=self.gifts.catalog(),
-            server_ms=int(time.time() * 1000),
+            server_ms=int(time.time() * 1000), publishers=await stage(self.store, room),
+            cohosts=[i.to_json() for i in await self.cohosts.list(room)], layout=self.layout,
         )
 
     async def viewers_changed(self, room: str, count: int) -> None:
@@ -196,6 +202,24 @@ class EventGateway:
 
     async def _set_filter(self, room: str, claims: Claims, data: dict[str, Any]) -> list[Reply]:
         return self._ack(data, await self.moderation.set_filter(room, list(data["words"])))
+
+    async def _cohost_invite(self, room: str, claims: Claims, data: dict[str, Any]
+                             ) -> list[Reply]:
+        invitation = await self.cohosts.invite(room, data["identity"], claims.identity)
+        return self._ack(data, invitation.to_json())
+
+    async def _cohost_remove(self, room: str, claims: Claims, data: dict[str, Any]
+                             ) -> list[Reply]:
+        return self._ack(data, await self.cohosts.remove(room, data["identity"], claims.identity))
+
+    async def _cohost_accept(self, room: str, claims: Claims, data: dict[str, Any]
+                             ) -> list[Reply]:
+        return self._ack(data, (await self.cohosts.accept(room, claims.identity)).to_json())
+
+    async def _cohost_decline(self, room: str, claims: Claims, data: dict[str, Any]
+                              ) -> list[Reply]:
+        await self.cohosts.decline(room, claims.identity)
+        return self._ack(data)
 
     async def _flush_viewers(self, room: str) -> None:
         await self.bus.publish(room, event("viewers", count=await self.viewer_count(room)))

@@ -122,6 +122,13 @@ CLIENT_EVENTS: dict[str, EventSpec] = {s.type: s for s in [
     _client("set_filter", "Admin: replace the room's chat keyword filter.",
             Field("words", "list", "blocked words (case-insensitive substrings)", max=200),
             grant=Grant.ADMIN),
+    _client("cohost_invite", "Anchor: invite `identity` to co-host (broadcast as `cohost`).",
+            IDENTITY, grant=Grant.PUBLISH),
+    _client("cohost_remove", "Anchor: withdraw an invitation and end the co-host's sessions.",
+            IDENTITY, grant=Grant.PUBLISH),
+    _client("cohost_accept", "Guest: accept this identity's invitation, then publish (WHIP).",
+            grant=Grant.COHOST),
+    _client("cohost_decline", "Guest: decline this identity's invitation.", grant=Grant.COHOST),
 ]}
 
 
@@ -141,7 +148,13 @@ SERVER_EVENTS: dict[str, EventSpec] = {s.type: s for s in [
             Field("likes", "int", "likes total"), Field("viewers", "int", "viewer count"),
             LEADERBOARD, Field("chat", "list", "the last 50 `chat` events, oldest first"),
             Field("gifts", "list", "gift catalog: [{id, title, value}]"),
-            Field("server_ms", "int", "server clock, unix ms (for countdowns)"), reply=True),
+            Field("server_ms", "int", "server clock, unix ms (for countdowns)"),
+            Field("publishers", "list", "live publishers by slot (0 = the anchor): "
+                  "[{identity, name, sid, slot}]"),
+            Field("cohosts", "list", "co-host invitations: [{identity, invited_by, "
+                  "invited_at_ms, status: invited | accepted}]"),
+            Field("layout", "str", "how pages and the FLV mix place publishers: "
+                  "side_by_side | pip"), reply=True),
     _server("chat", "A chat message. Render `text` as text, never as HTML.",
             Field("id", "str", "message id (for `delete_chat`)"), IDENTITY,
             Field("name", "str", "display name"), Field("text", "str", "the message"),
@@ -176,8 +189,11 @@ SERVER_EVENTS: dict[str, EventSpec] = {s.type: s for s in [
             reply=True),
     _server("viewers", "The live viewer count.", Field("count", "int", "viewers"),
             Field("by_transport", "map", "{whip, whep, flv, ws}", required=False)),
-    _server("cohost", "A co-host joined or left the anchor's call.", IDENTITY,
-            Field("action", "str", "joined | left")),
+    _server("cohost", "The anchor's call changed: an invitation, its answer, a co-host "
+            "joining or leaving the stage.", IDENTITY,
+            Field("action", "str", "invited | accepted | declined | removed | joined | left"),
+            Field("by", "str", "who invited or removed", required=False),
+            Field("slot", "int", "the co-host's publisher slot (joined, left)", required=False)),
     _server("kicked", "A participant was removed (banned); that client disconnects.",
             IDENTITY, Field("reason", "str", "why, e.g. banned")),
     _server("ack", "Reply to an admin action that succeeded.",

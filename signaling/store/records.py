@@ -88,6 +88,7 @@ class ParticipantRecord:
     role: str = "viewer"
     name: str = ""
     node: str = ""
+    slot: int = -1  # a publisher's place in the room: 0 the anchor, 1.. co-hosts; -1 viewers
     joined_at: float = 0.0
     metadata: JsonObject = field(default_factory=dict)
     tracks: tuple[TrackRecord, ...] = ()
@@ -113,6 +114,7 @@ class ParticipantRecord:
             role=str(data.get("role", "viewer")),
             name=str(data.get("name", "")),
             node=str(data.get("node", "")),
+            slot=int(data.get("slot", -1)),
             joined_at=float(data.get("joined_at", 0.0)),
             metadata=dict(data.get("metadata") or {}),
             tracks=tuple(TrackRecord.from_json(t) for t in data.get("tracks") or ()),
