@@ -44,9 +44,9 @@ class Viewer(PeerLeg):
     def prepare(self, offer: Offer, layout: RoomLayout, producers: list[Producer]) -> None:
         """Match the offer's media sections, in order per kind, to the room's publisher slots.
 
-        Each sender takes its slot's SSRC, so every viewer receives the same canonical packets
-        and a co-host who goes live later plays on a section negotiated now. Sections beyond
-        the room's slots, or of a kind the room does not carry, are answered inactive.
+        Each sender takes its slot's SSRC and stream, so every viewer receives the same canonical
+        packets and a co-host who goes live later plays on a section negotiated now. Beyond
+        the room's slots, or of a kind the room does not carry, sections are answered inactive.
         """
         seen = {"audio": 0, "video": 0}
         for media in offer.media:
@@ -65,6 +65,9 @@ class Viewer(PeerLeg):
                     "unsupported_codec",
                 )
             transceiver.sender._ssrc = layout.ssrcs[slot][media.kind]
+            # one MediaStream per publisher (aiortc puts every sender in one): a page shows a
+            # tile per stream and keeps each publisher's audio and video in sync
+            transceiver.sender._stream_id = f"{self.room}-slot{slot}"
             transceiver.sender.replaceTrack(SilentTrack(media.kind))
             transceiver.setCodecPreferences(viewer_preferences(codec))
             self._slots[(slot, media.kind)] = transceiver

@@ -80,9 +80,12 @@ def demo_urls(cfg: config_module.Config, room: str) -> dict[str, str]:
                   name="Anchor", ttl=DEMO_TTL)
     viewer = mint(secret, room=room, identity="viewer", grants=[Grant.SUBSCRIBE, Grant.CHAT],
                   name="Viewer", ttl=DEMO_TTL)
+    guest = mint(secret, room=room, identity="guest",
+                 grants=[Grant.COHOST, Grant.SUBSCRIBE, Grant.CHAT], name="Guest", ttl=DEMO_TTL)
     base = cfg.base_url
     return {
         "anchor": f"{base}/anchor?room={room}&token={anchor}",
+        "cohost": f"{base}/cohost?room={room}&token={guest}",
         "viewer": f"{base}/viewer?room={room}&token={viewer}",
     }
 
@@ -104,6 +107,7 @@ async def serve_forever(cfg: config_module.Config, role: str, demo_room: str) ->
         print(f"ShopCast {'signaling ' if role == 'signaling' else ''}is serving on "
               f"{cfg.base_url}", flush=True)
         print(f"  anchor page: {urls['anchor']}", flush=True)
+        print(f"  co-host page: {urls['cohost']}  (the anchor invites 'guest')", flush=True)
         print(f"  viewer page: {urls['viewer']}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

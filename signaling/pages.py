@@ -1,4 +1,4 @@
-"""The browser pages (anchor console, viewer) and their static files, with no build step."""
+"""The browser pages (anchor console, co-host, viewer) and their static files, no build step."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from aiohttp import web
 
 from signaling.errors import Handler, not_found
 
-PAGES = {"/": "index.html", "/anchor": "anchor.html", "/viewer": "viewer.html"}
+PAGES = {"/": "index.html", "/anchor": "anchor.html", "/cohost": "cohost.html",
+         "/viewer": "viewer.html"}
 # Browser libraries from npm (web/package.json, installed by ./dev setup into web/node_modules),
 # served from here and never from a CDN: URL under /vendor/ -> file under the web directory.
 VENDOR = {

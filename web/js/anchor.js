@@ -1,14 +1,20 @@
-// Anchor console: camera + mic preview, publish over WHIP (H.264 preferred, Opus), stop.
-import { negotiate, teardown, pageParams } from "./whip.js";
+// Anchor console: camera + mic preview, publish over WHIP (H.264 preferred, Opus), stop;
+// invite co-hosts and see them beside the preview once they join.
+import { pageParams } from "./whip.js";
+import { openCamera, publish, teardown } from "./publish.js";
+import { CallStage } from "./stage.js";
 
 const $ = (id) => document.getElementById(id);
 const els = {
   preview: $("preview"), golive: $("golive"), stop: $("stop"), state: $("state"),
   error: $("error"), info: $("info"), room: $("room"), badge: $("live-badge"),
+  stage: $("stage"), cohostId: $("cohost-id"), invite: $("invite"), remove: $("remove"),
+  cohostInfo: $("cohost-info"),
 };
 
 let params;
-let stream = null;      // local camera + mic
+let camera = null;      // {stream, maxBitrate}: local camera + mic
+let cohosts = null;     // CallStage: the co-hosts' tiles while live
 let pc = null;          // publishing peer connection
 let resource = null;    // WHIP resource URL for DELETE
 let state = "new";      // what #state shows; the pc's connectionState while publishing
@@ -17,6 +23,7 @@ window.shopcast = {
   get pc() { return pc; },
   get state() { return state; },
   get resource() { return resource; },
+  get cohosts() { return cohosts ? cohosts.playing() : []; },
 };
 
 function setState(s) {
@@ -31,71 +38,6 @@ function showError(err) {
   els.error.textContent = text;
   els.error.hidden = !text;
   if (err) console.error("shopcast:", err);
-}
-
-function intParam(name, dflt) {
-  const v = parseInt(params.query.get(name), 10);
-  return Number.isFinite(v) && v > 0 ? v : dflt;
-}
-
-async function startPreview() {
-  const video = {
-    width: { ideal: intParam("width", 640) },
-    height: { ideal: intParam("height", 360) },
-    frameRate: { ideal: intParam("fps", 30) },
-  };
-  stream = await navigator.mediaDevices.getUserMedia({ video, audio: true });
-  const [vt] = stream.getVideoTracks();
-  if (vt) vt.contentHint = "detail"; // products up close: keep resolution, drop frames if needed
-  els.preview.srcObject = stream;
-  const s = vt && vt.getSettings();
-  if (s) els.info.textContent = `Camera ${s.width}×${s.height} @ ${Math.round(s.frameRate || 0)} fps`;
-}
-
-// H.264 first (Constrained Baseline 42e01f, packetization-mode=1 best), then everything else as fallback.
-function h264Rank(c) {
-  if (c.mimeType.toLowerCase() !== "video/h264") return 9;
-  const fmtp = (c.sdpFmtpLine || "").toLowerCase();
-  const pm1 = fmtp.includes("packetization-mode=1");
-  if (fmtp.includes("profile-level-id=42e01f") && pm1) return 0;
-  if (/profile-level-id=42[0-9a-f]{2}1f/.test(fmtp) && pm1) return 1; // other baseline level 3.1
-  if (pm1) return 2;
-  return 3;
-}
-
-function preferCodecs(transceiver, kind) {
-  if (!transceiver.setCodecPreferences || !RTCRtpSender.getCapabilities) return;
-  const caps = RTCRtpSender.getCapabilities(kind);
-  if (!caps) return;
-  let codecs = caps.codecs.slice();
-  if (kind === "video") {
-    codecs = codecs.map((c, i) => [h264Rank(c), i, c]).sort((a, b) => a[0] - b[0] || a[1] - b[1])
-      .map((x) => x[2]);
-  } else {
-    const opus = (c) => c.mimeType.toLowerCase() === "audio/opus";
-    codecs = codecs.filter(opus).concat(codecs.filter((c) => !opus(c)));
-  }
-  try {
-    transceiver.setCodecPreferences(codecs);
-  } catch (e) {
-    console.warn("setCodecPreferences failed; using browser defaults", e);
-  }
-}
-
-const maxBitrate = () => intParam("kbps", 800) * 1000;
-
-async function tuneVideoSender(sender) {
-  const p = sender.getParameters();
-  if (!p.encodings || !p.encodings.length) p.encodings = [{}];
-  p.encodings[0].maxBitrate = maxBitrate();
-  p.degradationPreference = "maintain-resolution";
-  try {
-    await sender.setParameters(p);
-  } catch (e) {
-    // Older browsers reject degradationPreference; keep the bitrate cap at least.
-    delete p.degradationPreference;
-    try { await sender.setParameters(p); } catch (e2) { console.warn("setParameters failed", e2); }
-  }
 }
 
 async function goLive() {
@@ -114,28 +56,16 @@ async function goLive() {
     }
   });
   try {
-    let video = null;
-    for (const track of [...stream.getVideoTracks(), ...stream.getAudioTracks()]) {
-      const init = { direction: "sendonly", streams: [stream] };
-      if (track.kind === "video") init.sendEncodings = [{ maxBitrate: maxBitrate() }];
-      const t = mine.addTransceiver(track, init);
-      preferCodecs(t, track.kind);
-      if (track.kind === "video") video = t;
-    }
-    const url = "/whip/" + encodeURIComponent(params.room);
-    const res = await negotiate(url, params.token, mine);
-    if (pc !== mine) { teardown(res.resource, params.token); return; } // stopped meanwhile
-    resource = res.resource;
-    if (video) await tuneVideoSender(video.sender);
-    // The server ending the session (kick, room closed) arrives as DTLS close_notify.
-    const dtls = mine.getSenders()[0] && mine.getSenders()[0].transport;
-    if (dtls) {
-      dtls.addEventListener("statechange", () => {
-        if (pc !== mine || dtls.state !== "closed") return;
-        showError(new Error("the server ended the broadcast"));
-        stop("closed");
-      });
-    }
+    const res = await publish(mine, params.room, params.token, camera, () => {
+      if (pc !== mine) return;
+      showError(new Error("the server ended the broadcast"));
+      stop("closed");
+    });
+    if (pc !== mine) { teardown(res, params.token); return; } // stopped meanwhile
+    resource = res;
+    cohosts = new CallStage(els.stage, params.room, params.token, params.iceServers);
+    cohosts.start().catch(showError); // co-hosts appear beside the preview as they join
+    els.invite.disabled = els.remove.disabled = false;
   } catch (e) {
     if (pc === mine) {
       showError(e);
@@ -144,14 +74,38 @@ async function goLive() {
   }
 }
 
+// Invite (or remove) a co-host by identity: REST with this page's token (publish grant).
+async function cohostCall(method, identity) {
+  showError(null);
+  const base = `/api/v1/rooms/${encodeURIComponent(params.room)}/cohosts`;
+  const url = method === "POST" ? base : `${base}/${encodeURIComponent(identity)}`;
+  const resp = await fetch(url, {
+    method,
+    headers: { Authorization: "Bearer " + params.token, "Content-Type": "application/json" },
+    body: method === "POST" ? JSON.stringify({ identity }) : undefined,
+  });
+  const body = await resp.json().catch(() => ({}));
+  if (!resp.ok) {
+    const err = new Error((body.error && body.error.message) || `HTTP ${resp.status}`);
+    err.code = body.error && body.error.code;
+    showError(err);
+    return;
+  }
+  els.cohostInfo.textContent = method === "POST"
+    ? `Invited ${identity}: they join from their co-host page.` : `Removed ${identity}.`;
+}
+
 async function stop(finalState = "closed") {
   const old = pc, res = resource;
   pc = null;
   resource = null;
   els.stop.disabled = true;
+  els.invite.disabled = els.remove.disabled = true;
+  if (cohosts) cohosts.stop();
+  cohosts = null;
   if (old) old.close();
   setState(finalState);
-  els.golive.disabled = !stream;
+  els.golive.disabled = !camera;
   if (res) await teardown(res, params.token);
 }
 
@@ -168,9 +122,21 @@ async function main() {
   }
   els.golive.addEventListener("click", goLive);
   els.stop.addEventListener("click", () => stop());
+  els.invite.addEventListener("click", () => {
+    const id = els.cohostId.value.trim();
+    if (id) cohostCall("POST", id);
+  });
+  els.remove.addEventListener("click", () => {
+    const id = els.cohostId.value.trim();
+    if (id) cohostCall("DELETE", id);
+  });
   window.addEventListener("pagehide", () => { if (resource) teardown(resource, params.token); });
   try {
-    await startPreview();
+    camera = await openCamera(params.query);
+    els.preview.srcObject = camera.stream;
+    const [vt] = camera.stream.getVideoTracks();
+    const s = vt && vt.getSettings();
+    if (s) els.info.textContent = `Camera ${s.width}×${s.height} @ ${Math.round(s.frameRate || 0)} fps`;
   } catch (e) {
     showError(new Error("camera/microphone unavailable: " + (e.message || e.name)));
     return;

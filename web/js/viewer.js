@@ -8,6 +8,7 @@
 // Once on FLV the page stays on FLV. #transport shows which one plays ("webrtc" or "flv").
 import { negotiate, teardown, pageParams } from "./whip.js";
 import { flvSupported, loadMpegts, playFlv, withToken } from "./flv.js";
+import { SLOTS, TileWatch } from "./stage.js";
 
 const RETRY_MS = 2000; // also the FLV endpoint's Retry-After for a room that is not live
 const WEBRTC_START_MS = 5000; // after a live answer, WebRTC must be playing by then
@@ -39,6 +40,8 @@ let startTimer = null; // WEBRTC_START_MS watchdog of the current WHEP attempt
 let playedPc = null; // the RTCPeerConnection whose media reached "playing"
 let planMissing = false; // this server has no playback-plan endpoint: stop asking
 const media = new Map(); // remote stream id -> <video> (tile) or <audio> (audio-only stream)
+let watch = new TileWatch(); // co-host tiles show while their video decodes
+let watchTimer = null;
 // tracks that arrive without a stream id (no MediaStream at all: a browser without WebRTC)
 const synthetic = typeof MediaStream === "function" ? new MediaStream() : null;
 
@@ -90,7 +93,8 @@ function newTile() {
 }
 
 function layout() {
-  els.stage.dataset.tiles = String(Math.max(1, els.stage.querySelectorAll(".tile").length));
+  const visible = els.stage.querySelectorAll(".tile:not([hidden])").length;
+  els.stage.dataset.tiles = String(Math.max(1, visible));
 }
 
 function attach(ev) {
@@ -102,7 +106,8 @@ function attach(ev) {
   if (!el) {
     if (hasVideo) {
       const used = [...media.values()].includes(els.video);
-      el = used ? newTile() : els.video;
+      el = used ? newTile() : els.video; // the anchor's slot comes first and takes #video
+      if (used) watch.add(ev.track.id, el.closest(".tile"));
     } else {
       el = document.createElement("audio");
       el.autoplay = true;
@@ -123,6 +128,7 @@ function clearMedia() {
     (el.tagName === "VIDEO" ? el.closest(".tile") : el).remove();
   }
   media.clear();
+  watch = new TileWatch();
   if (synthetic) for (const t of synthetic.getTracks()) synthetic.removeTrack(t);
   layout();
 }
@@ -190,8 +196,10 @@ async function connect() {
   setTransport("webrtc");
   const mine = new RTCPeerConnection({ iceServers: params.iceServers });
   pc = mine;
-  mine.addTransceiver("video", { direction: "recvonly" });
-  mine.addTransceiver("audio", { direction: "recvonly" });
+  for (let i = 0; i < SLOTS; i++) { // one pair per publisher slot: the anchor, then co-hosts
+    mine.addTransceiver("video", { direction: "recvonly" });
+    mine.addTransceiver("audio", { direction: "recvonly" });
+  }
   mine.addEventListener("track", (ev) => { if (pc === mine) attach(ev); });
   const lost = () => {
     if (pc !== mine) return;
@@ -208,6 +216,10 @@ async function connect() {
     if (s === "closed" || s === "failed" || s === "disconnected") lost();
   });
   if (state !== "waiting" && state !== "left" && state !== "retrying") setState("connecting");
+  clearInterval(watchTimer);
+  watchTimer = setInterval(async () => {
+    if (pc === mine && await watch.check(mine)) layout();
+  }, 500);
   try {
     const res = await negotiate(whepUrl, params.token, mine);
     if (pc !== mine) { teardown(res.resource, params.token); return; }
@@ -366,6 +378,8 @@ function main() {
     return;
   }
   els.room.textContent = params.room || "–";
+  // co-hosts beside the anchor (side_by_side) or inset over it (pip)
+  els.stage.dataset.layout = params.query.get("layout") === "pip" ? "pip" : "side_by_side";
   els.unmute.addEventListener("click", toggleMute);
   els.video.addEventListener("playing", () => {
     if (pc) playedPc = pc;

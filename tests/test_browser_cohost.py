@@ -1,0 +1,80 @@
+"""Co-hosting in real Chromium: the anchor page invites, the co-host page (watching the anchor
+while it waits) accepts and goes on stage, each page shows the other's video, the viewer page
+shows both, and removing the co-host takes it off every page."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from test_browser import collect_errors, go_live, page_url, wait_state
+
+if TYPE_CHECKING:
+    from playwright.async_api import BrowserContext, Page
+
+    from tests.conftest import Server
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+async def wait_page(page: Page, check: Callable[[Any], bool], script: str, what: str,
+                    timeout_s: float = 20.0) -> Any:
+    """Poll ``script`` in the page until ``check`` accepts its value."""
+    deadline = time.monotonic() + timeout_s
+    value = None
+    while time.monotonic() < deadline:
+        value = await page.evaluate(script)
+        if check(value):
+            return value
+        await asyncio.sleep(0.25)
+    error = await page.text_content("#error")
+    pytest.fail(f"{what}: not within {timeout_s}s; last {value!r}, #error={error!r}")
+
+
+def decoding(minimum: int) -> Callable[[Any], bool]:
+    return lambda tiles: len(tiles) == 1 and tiles[0]["frames"] > minimum and tiles[0]["width"] > 0
+
+
+async def growing(page: Page, script: str, what: str) -> None:
+    first = await wait_page(page, decoding(10), script, what)
+    await wait_page(page, decoding(first[0]["frames"] + 15), script, what + " (still playing)")
+
+
+async def test_anchor_and_cohost_pages_show_each_other(
+    server: Server, chromium: BrowserContext
+) -> None:
+    errors: list[str] = []
+    anchor = await go_live(server, chromium, "lianmai", errors)
+    cohost: Page = await chromium.new_page()
+    collect_errors(cohost, "cohost", errors)
+    guest = server.token("lianmai", "guest", "cohost", "subscribe")
+    await cohost.goto(page_url(server, "cohost", "lianmai", guest, autojoin="1"))
+    await wait_state(cohost, "waiting for an invitation")
+    # waiting: the guest already watches the anchor; the anchor sees nobody yet
+    await growing(cohost, "window.shopcast.others", "co-host page shows the anchor")
+    assert await anchor.evaluate("window.shopcast.cohosts") == []
+
+    await anchor.fill("#cohost-id", "guest")
+    await anchor.click("#invite")
+    await wait_state(cohost, "on stage")
+    await growing(anchor, "window.shopcast.cohosts", "anchor page shows the co-host")
+    await growing(cohost, "window.shopcast.others", "co-host page still shows the anchor")
+
+    viewer = await chromium.new_page()
+    collect_errors(viewer, "viewer", errors)
+    await viewer.goto(page_url(server, "viewer", "lianmai",
+                               server.token("lianmai", "v", "subscribe"), transport="webrtc"))
+    visible = "document.querySelectorAll('#stage .tile:not([hidden]) video').length"
+    await wait_page(viewer, lambda n: n == 2, visible, "viewer shows anchor and co-host")
+
+    await anchor.click("#remove")
+    await wait_state(cohost, "removed by the anchor")
+    await wait_page(anchor, lambda tiles: tiles == [], "window.shopcast.cohosts",
+                    "the co-host's tile leaves the anchor page")
+    await wait_page(viewer, lambda n: n == 1, visible, "the viewer is back to the anchor alone")
+    assert not errors, errors
+
+
