@@ -380,11 +380,13 @@ async def play(
     prefer: str = "H264",
     session: aiohttp.ClientSession | None = None,
     events: bool = False,
+    slot: int = 0,
 ) -> Viewer:
     """Watch over WHEP: recvonly audio+video; decode video (latency) or just count packets.
 
     Audio is never decoded (counted only): the probe measures video, and an unread decoded
-    track would queue without bound.
+    track would queue without bound. ``slot`` picks the publisher (0 the anchor, 1.. co-hosts):
+    the sections before it are offered and left unread.
     """
     if _is_loopback(base_url):
         loopback_only()
@@ -392,6 +394,10 @@ async def play(
     viewer = Viewer(pc, token, session)
     viewer.decode = decode
     try:
+        for _ in range(slot):
+            pc.addTransceiver("video", direction="recvonly").setCodecPreferences(
+                _codec_preferences("video", prefer, only=False))
+            pc.addTransceiver("audio", direction="recvonly")
         video: RTCRtpTransceiver = pc.addTransceiver("video", direction="recvonly")
         video.setCodecPreferences(_codec_preferences("video", prefer, only=False))
         audio = pc.addTransceiver("audio", direction="recvonly")

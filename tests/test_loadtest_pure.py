@@ -133,3 +133,12 @@ def test_parsed_packet_path_marks_keyframe_start() -> None:
     c.add(RtpPacket(payload_type=96, sequence_number=8, marker=1, payload=b"x"), 2.1, False)
     assert (c.starts_with_keyframe, c.first_keyframe_at, c.first_at) == (True, 2.0, 2.0)
     assert (c.frames, c.bytes, c.unique) == (1, 11, 2)
+
+
+def test_cohost_reads_the_mixer_metric_of_its_room() -> None:
+    from loadtest.cohost import MIXER_METRIC
+
+    text = ('shopcast_flv_mixer_cpu_seconds_total{room="other"} 9.5\n'
+            'shopcast_flv_mixer_cpu_seconds_total{room="bench"} 1.25\n')
+    found = {m["room"]: float(m["v"]) for m in MIXER_METRIC.finditer(text)}
+    assert found == {"other": 9.5, "bench": 1.25}
