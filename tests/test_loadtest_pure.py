@@ -142,3 +142,12 @@ def test_cohost_reads_the_mixer_metric_of_its_room() -> None:
             'shopcast_flv_mixer_cpu_seconds_total{room="bench"} 1.25\n')
     found = {m["room"]: float(m["v"]) for m in MIXER_METRIC.finditer(text)}
     assert found == {"other": 9.5, "bench": 1.25}
+
+
+async def test_path_bench_measures_floor_and_forwarding_path() -> None:
+    """Smoke run (tiny, untimed): both measurements happen and every datagram is accounted."""
+    from loadtest.path_bench import run
+
+    report = await run(viewers=4, packets=64, size=300)
+    assert report["floor_us"] > 0 and report["path_us"] > 0
+    assert len(report["runs"]["floor"]) == len(report["runs"]["path"]) == 3
