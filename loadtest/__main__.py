@@ -4,7 +4,8 @@ Scenarios: ``webrtc`` (one painted publisher, N viewers over K processes, floor 
 the same run), ``floor`` (SRTP protect + sendto per packet per viewer, nothing else), ``events``
 and ``flashsale`` (loadtest.live_bench), ``cohost`` (anchor <-> co-host latency, FLV mixer CPU;
 loadtest.cohost), ``path`` (the SFU's per-packet path in-process vs the floor; white-box,
-loadtest.path_bench). The FLV probe is ``python -m loadtest.flv_probe``.
+loadtest.path_bench), ``split`` (a viewer's server CPU: per packet vs fixed; loadtest.split).
+The FLV probe is ``python -m loadtest.flv_probe``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from loadtest import cohost, live_bench, path_bench
+from loadtest import cohost, live_bench, path_bench, split
 from loadtest.floor import print_floor, run_floor
 from loadtest.procstat import resolve_server_pids
 from loadtest.stats import write_report
@@ -72,16 +73,17 @@ def main(argv: list[str] | None = None) -> int:
     live_bench.add_parsers(sub)
     cohost.add_parser(sub)
     path_bench.add_parser(sub)
+    split.add_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper())
     if args.command in ("events", "flashsale"):
         return live_bench.run(args)
     if args.command == "path":
         return path_bench.main(args)
-    if args.command == "cohost":
+    if args.command in ("cohost", "split"):
         if not args.url.startswith(("http://127.0.0.1", "http://localhost")):
             parser.error("loopback only: --url must be http://127.0.0.1:PORT")
-        return cohost.main(args)
+        return cohost.main(args) if args.command == "cohost" else split.main(args)
 
     if args.command == "report":
         report = refit(json.loads(Path(args.path).read_text()))
