@@ -136,18 +136,6 @@ class Consumer:
         self.producer.retransmits += 1
         self.forward(data, True)
 
-    def refresh_sender_report(self) -> None:
-        """Feed aiortc's RTCP loop the publisher's NTP/RTP mapping and our counters (timer, not
-        per packet), so the viewer's SR keeps audio and video in sync."""
-        sender = self.sender
-        if sender is None:
-            return
-        ntp, rtp = self.producer.sender_report()
-        sender._RTCRtpSender__ntp_timestamp = ntp  # type: ignore[attr-defined]
-        sender._RTCRtpSender__rtp_timestamp = rtp  # type: ignore[attr-defined]
-        sender._RTCRtpSender__packet_count = self.packets  # type: ignore[attr-defined]
-        sender._RTCRtpSender__octet_count = self.octets  # type: ignore[attr-defined]
-
     def close(self) -> None:
         self.producer.detach(self)
         self._send = _closed_send

@@ -255,7 +255,7 @@ class SfuNode:
             for room in list(self.rooms.values()):
                 for viewer in list(room.viewers.values()):
                     if isinstance(viewer, Viewer):
-                        viewer.refresh_sender_reports()
+                        viewer.send_sender_reports()
             if self.workers is not None:
                 self.workers.send_sender_reports()
 

@@ -8,17 +8,18 @@ from typing import Any
 from aiortc import MediaStreamTrack, RTCRtpTransceiver
 
 from sfu.codecs import viewer_preferences
-from sfu.consumer import Consumer, release_socket
+from sfu.consumer import Consumer, release_socket, udp_sender
 from sfu.offer import Offer
 from sfu.peer import PeerLeg
 from sfu.producer import Producer
 from sfu.room_layout import RoomLayout
+from sfu.sender_reports import SenderReports, quiet_aiortc_rtcp
 from signaling.errors import bad_request
 
 
 class SilentTrack(MediaStreamTrack):
-    """A track that never yields a frame: aiortc's sender then runs no encoder at all, while
-    its RTCP loop (sender reports, BYE) keeps working."""
+    """A track that never yields a frame: aiortc's sender then runs no encoder at all (its
+    RTCP is replaced by the viewer's batched sender reports)."""
 
     def __init__(self, kind: str) -> None:
         super().__init__()
@@ -40,6 +41,8 @@ class Viewer(PeerLeg):
         self._slots: dict[tuple[int, str], RTCRtpTransceiver] = {}
         self._waiting: dict[tuple[int, str], Producer] = {}
         self._own: set[Producer] = set()  # an anchor's own tracks: not sent back, still live
+        self._reports: SenderReports | None = None
+        self._loud: list[RTCRtpTransceiver] = []  # senders whose aiortc RTCP loop still runs
 
     def prepare(self, offer: Offer, layout: RoomLayout, producers: list[Producer]) -> None:
         """Match the offer's media sections, in order per kind, to the room's publisher slots.
@@ -75,6 +78,7 @@ class Viewer(PeerLeg):
             self.on_producer_added(producer)
 
     def on_connected(self) -> None:
+        self._take_over_rtcp()
         for producer in list(self._waiting.values()):
             self._consume(producer)
         self._waiting.clear()
@@ -114,9 +118,28 @@ class Viewer(PeerLeg):
         if not self.consumers and not self._waiting and not self._own:
             self.close_soon()
 
-    def refresh_sender_reports(self) -> None:
-        for consumer in self.consumers:
-            consumer.refresh_sender_report()
+    def _take_over_rtcp(self) -> None:
+        """Sender reports come from ``send_sender_reports`` (see sfu/sender_reports.py)."""
+        transceivers = list(self._slots.values())
+        if not transceivers:
+            return
+        dtls = transceivers[0].sender.transport
+        try:
+            send = udp_sender(dtls)
+        except ConnectionError:
+            return  # no nominated pair: aiortc's own reports carry on
+        self._reports = SenderReports(
+            dtls._tx_srtp.protect_rtcp, send, self.pc._RTCPeerConnection__cname  # type: ignore[attr-defined]
+        )
+        self._loud = [t for t in transceivers if not quiet_aiortc_rtcp(t.sender)]
+
+    def send_sender_reports(self) -> None:
+        """Once a second (the node's tick): this viewer's SRs, in one packet."""
+        if self._reports is None or self.closed:
+            return
+        if self._loud:  # aiortc starts a sender's RTCP loop just after connecting: end it
+            self._loud = [t for t in self._loud if not quiet_aiortc_rtcp(t.sender)]
+        self._reports.send(self.consumers)
 
     def on_closing(self) -> None:
         for consumer in self.consumers:

@@ -201,7 +201,7 @@ class Worker:
         while True:
             await asyncio.sleep(STATS_INTERVAL_S)
             for viewer in self.viewers.values():
-                viewer.refresh_sender_reports()
+                viewer.send_sender_reports()
             self.control.send(
                 {
                     "op": "stats",

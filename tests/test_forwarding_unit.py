@@ -166,3 +166,36 @@ def test_a_slot_taken_over_by_a_new_publisher_continues_sequence_and_timestamp()
     assert seqs == [500, 501, 502, 503]
     assert stamps[2] > stamps[1] and stamps[3] - stamps[2] == 3_000
     assert {header(p)[4] for p in wire.sent} == {first.ssrc}  # one SSRC for the slot
+
+
+def test_a_viewers_sender_reports_go_out_as_one_compound_packet() -> None:
+    """One SR per consumer that sent something (publisher's NTP/RTP mapping, our counts), then
+    one SDES with a CNAME per source; a consumer that sent nothing is left out."""
+    from aiortc.rtp import RtcpPacket, RtcpSdesPacket, RtcpSrPacket
+
+    from sfu.sender_reports import SenderReports
+
+    video, _ = make_producer()
+    audio, _ = make_producer(OPUS)
+    idle, _ = make_producer()
+    video.on_sender_report(0x1234_5678_0000_0000, 90_000)
+    wire, rtcp = Wire(), Wire()
+    consumers = [Consumer(p, p.payload_type, "v", wire.protect, wire.send)
+                 for p in (video, audio, idle)]
+    for producer, consumer in zip((video, audio), consumers, strict=False):
+        producer.attach(consumer)
+        producer.ingest(rtp(1, SPS + SLICE, marker=1))
+    reports = SenderReports(rtcp.protect, rtcp.send, "cname-1")
+    reports.send(consumers)
+    [packet] = rtcp.sent
+    parsed = RtcpPacket.parse(packet)
+    assert [type(p) for p in parsed] == [RtcpSrPacket, RtcpSrPacket, RtcpSdesPacket]
+    sr_video, sr_audio, sdes = parsed
+    assert (sr_video.ssrc, sr_audio.ssrc) == (video.ssrc, audio.ssrc)
+    assert sr_video.sender_info.ntp_timestamp == 0x1234_5678_0000_0000
+    assert sr_video.sender_info.rtp_timestamp == 90_000
+    assert sr_video.sender_info.packet_count == consumers[0].packets == 1
+    assert [c.ssrc for c in sdes.chunks] == [video.ssrc, audio.ssrc]
+    assert sdes.chunks[0].items == [(1, b"cname-1")]
+    reports.send([consumers[2]])  # nothing sent yet: no report
+    assert len(rtcp.sent) == 1
