@@ -25,6 +25,7 @@ from loadtest.stats import mint_token, write_report
 TTL = 3600
 HZ = 100
 MAX_VIEWERS = 300
+MIN_RATE = 110  # packets/s per viewer below this: the load generator, not the server, is full
 
 
 def add_parser(sub: Any) -> None:
@@ -92,6 +93,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "fixed_per_viewer_pct": round((muted - alone) / n, 4),
         "per_packet_per_viewer_pct": round(per_packet_pct, 4),
         "us_per_forwarded_packet": round(per_packet_pct / 100 / rate * 1e6, 2) if rate else None,
+        "valid": rate >= MIN_RATE,
     }
 
 
@@ -107,4 +109,7 @@ def main(args: argparse.Namespace) -> int:
           f"+ media {report['per_packet_per_viewer_pct']} % "
           f"({report['us_per_forwarded_packet']} us per forwarded packet)")
     print(f"report: {write_report(report, args.report, 'split')}")
-    return 0 if report["packets_while_muted"] == 0 else 1
+    if not report["valid"]:
+        print(f"! under {MIN_RATE} packets/s per viewer: this load generator is saturated; "
+              "use fewer viewers", flush=True)
+    return 0 if report["packets_while_muted"] == 0 and report["valid"] else 1
