@@ -88,10 +88,12 @@ def add_media_plane(app: web.Application, config: Config, signaling: Signaling) 
         latency_budget_ms=config.flv_latency_budget_ms,
         stuck_timeout_ms=config.flv_stuck_timeout_ms,
         keyframe_interval_ms=config.flv_keyframe_interval_ms,
+        layout=config.flv_layout,
     ))
     node.observers.append(app[FLV_KEY])
     node.attach_events(EventBridge(signaling.bus, signaling.live))  # the events data channels
     node.cohost_admission = signaling.live.cohosts.admits  # co-hosts need an invitation
+    signaling.live.layout = config.flv_layout  # what `state` tells pages about the layout
     bridge = SessionBridge(signaling.reporter)
     node.sessions.append(bridge)
     node.observers.append(bridge)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "SHOPCAST_"
+FLV_LAYOUTS = ("side_by_side", "pip")
 
 
 @dataclass
@@ -87,6 +88,10 @@ class Config:
     flv_keyframe_interval_ms: int = field(
         default=2000,
         metadata={"help": "HTTP-FLV: ask the anchor for a keyframe this often (0: never)"},
+    )
+    flv_layout: str = field(
+        default="side_by_side",
+        metadata={"help": "HTTP-FLV with co-hosts: side_by_side or pip (picture-in-picture)"},
     )
     webrtc_viewer_cap: int = field(
         default=500,
@@ -163,4 +168,7 @@ def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = No
         elif not isinstance(value, bool):
             value = _parse(f.type, value)
         setattr(config, f.name, value)
+    if config.flv_layout not in FLV_LAYOUTS:
+        raise SystemExit(f"--flv-layout must be one of {', '.join(FLV_LAYOUTS)}, "
+                         f"not {config.flv_layout!r}")
     return config

@@ -1,7 +1,8 @@
 """Keeps one FLV output per live room, following the node's publishers (a RoomObserver).
 
-Every live room gets its output when its publisher connects, not when the first FLV reader
-arrives: the GOP cache is then already warm and a joiner starts at once.
+Every live room gets its output when its anchor connects, not when the first FLV reader
+arrives: the GOP cache is then already warm and a joiner starts at once. Co-hosts coming and
+going change what the output mixes in (``RoomFlvOutput.set_cohosts``), never the output itself.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ class FlvManager:
 
     def publisher_live(self, room: Room, publisher: Publisher) -> None:
         if publisher.slot != 0:
-            return  # FLV carries the anchor; co-hosts reach FLV viewers through the mixer
+            self._cohosts_changed(room)  # co-hosts reach FLV viewers through the mix
+            return
         producers = [p for p in publisher.producers if not p.closed]
         if not producers:
             return
@@ -35,6 +37,7 @@ class FlvManager:
             old.close()
         self.outputs[room.name] = RoomFlvOutput(room.name, producers, self.settings)
         logger.info("FLV output up room=%s publisher=%s", room.name, publisher.id)
+        self._cohosts_changed(room)
 
     def publisher_left(self, room: Room, publisher: Publisher) -> None:
         output = self.outputs.get(room.name)
@@ -42,6 +45,18 @@ class FlvManager:
             del self.outputs[room.name]
             output.close()
             logger.info("FLV output down room=%s", room.name)
+        elif publisher.slot != 0:
+            self._cohosts_changed(room)
+
+    def _cohosts_changed(self, room: Room) -> None:
+        output = self.outputs.get(room.name)
+        if output is None:
+            return
+        output.set_cohosts({
+            p.slot: [producer for producer in p.producers if not producer.closed]
+            for p in room.publishers.values()
+            if p.slot != 0 and p.live and not p.closed
+        })
 
     def close(self) -> None:
         for output in self.outputs.values():

@@ -32,6 +32,12 @@ METRICS: dict[str, tuple[str, str]] = {
         "counter",
         "Time spent transcoding for FLV (Opus->AAC, VP8->H.264), once per room.",
     ),
+    "shopcast_flv_mixing": ("gauge", "1 while the room's FLV stream is the co-host mix."),
+    "shopcast_flv_mixer_cpu_seconds_total": (
+        "counter",
+        "CPU (thread time) of the co-host mix: decoding each publisher, composing, encoding "
+        "H.264, decoding and mixing co-host audio.",
+    ),
 }
 
 
@@ -61,6 +67,8 @@ def render(manager: FlvManager) -> list[str]:
         if stats["gop_age_ms"] is not None:
             add("shopcast_flv_gop_age_ms", stats["gop_age_ms"])
         add("shopcast_flv_codec_busy_seconds_total", round(stats["codec_busy_s"], 3))
+        add("shopcast_flv_mixing", int(stats["mixing"]))
+        add("shopcast_flv_mixer_cpu_seconds_total", round(stats["mixer_cpu_s"], 3))
     lines: list[str] = []
     for name, (kind, text) in METRICS.items():
         lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", *samples[name]]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import time
 from collections.abc import Callable
@@ -25,8 +26,9 @@ from typing import Any
 import av
 
 from sfu.flv.audio import SAMPLES_PER_MS, AacPacket, OpusPacket, OpusToAac
-from sfu.flv.depacketizer import H264Depacketizer, Vp8Depacketizer, parse_rtp
+from sfu.flv.depacketizer import START_CODE, H264Depacketizer, Vp8Depacketizer, parse_rtp
 from sfu.flv.gop_cache import Entry, TagLog
+from sfu.flv.mixer import MixFrame, VideoMixer
 from sfu.flv.muxer import StreamMuxer, Tag, file_header, retime
 from sfu.flv.timeline import Timeline, TrackClock
 from sfu.flv.transcode import H264Frame, Vp8Frame, Vp8ToH264
@@ -48,6 +50,7 @@ class FlvSettings:
     keyframe_interval_ms: int = 2000
     flush_interval_ms: int = 50
     send_buffer_bytes: int = 65536
+    layout: str = "side_by_side"  # the co-host mix: side_by_side | pip
 
 
 class _Sink:
@@ -58,6 +61,54 @@ class _Sink:
 
     def close(self) -> None:
         pass
+
+
+class _Mix(enum.Enum):
+    """Where the room's FLV video comes from while co-hosts come and go."""
+
+    OFF = "off"  # the anchor's own stream (remuxed, or transcoded from VP8)
+    STARTING = "starting"  # mixer warming up; the anchor's stream still goes out
+    MIXING = "mixing"  # the mixer's stream (its first keyframe brought new headers)
+    STOPPING = "stopping"  # no co-host left: the mix goes on until the anchor's next keyframe
+
+
+class _Cohost:
+    """One co-host's tracks feeding the room's mix: video frames to the mixer, audio packets
+    to the Opus->AAC mixer, on the codec threads."""
+
+    def __init__(self, output: RoomFlvOutput, slot: int, producers: list[Producer]) -> None:
+        self.slot = slot
+        self.output = output
+        self._sinks: list[tuple[Producer, _Sink]] = []
+        for producer in producers:
+            if producer.kind == "video":
+                self._video = producer
+                name = producer.codec.name.lower()
+                on_loss = producer.request_keyframe
+                self._depacketizer: H264Depacketizer | Vp8Depacketizer = (
+                    Vp8Depacketizer(on_loss) if name == "vp8" else H264Depacketizer(on_loss))
+                self._add(producer, self._on_video)
+            elif producer.kind == "audio":
+                self._add(producer, self._on_audio)
+
+    def _add(self, producer: Producer, forward: Any) -> None:
+        sink = _Sink(forward)
+        self._sinks.append((producer, sink))
+        producer.attach(sink)  # a new video sink asks its publisher for a keyframe
+
+    def _on_video(self, packet: bytes, keyframe: bool) -> None:
+        for frame in self._depacketizer.push(packet):
+            self.output._to_mixer(self.slot, frame.data, 0, frame.keyframe, frame.sps, frame.pps)
+
+    def _on_audio(self, packet: bytes, keyframe: bool) -> None:
+        rtp = parse_rtp(packet)
+        if rtp is not None and self.output._aac is not None:
+            self.output._aac.submit(OpusPacket(rtp.payload, 0, self.slot))
+
+    def detach(self) -> None:
+        for producer, sink in self._sinks:
+            producer.detach(sink)
+        self._sinks = []
 
 
 def _picture_size(access_unit: bytes) -> tuple[int, int]:
@@ -99,6 +150,13 @@ class RoomFlvOutput:
         self._vp8: Vp8Depacketizer | None = None
         self._transcoder: OrderedWorker[Vp8Frame, H264Frame] | None = None
         self._aac: OrderedWorker[OpusPacket, AacPacket] | None = None
+        self._opus_to_aac = OpusToAac()
+        self._last_video_ms = -1
+        self._mix = _Mix.OFF
+        self._mixer: VideoMixer | None = None
+        self._mix_worker: OrderedWorker[MixFrame, H264Frame] | None = None
+        self._cohosts: dict[int, _Cohost] = {}
+        self._past_mixer_cpu = 0.0
         if self.video is not None:
             self._video_clock = self._clock(self.video)
             if self.video.codec.name.lower() == "vp8":
@@ -113,7 +171,7 @@ class RoomFlvOutput:
         if self.audio is not None:
             self._audio_clock = self._clock(self.audio)
             self._audio_muxer = StreamMuxer.audio()
-            self._aac = OrderedWorker(f"flv-aac-{room}", OpusToAac().process, self._on_aac)
+            self._aac = OrderedWorker(f"flv-aac-{room}", self._opus_to_aac.process, self._on_aac)
             self._attach(self.audio, self._on_audio_packet)
         self._task = asyncio.get_running_loop().create_task(self._tick())
 
@@ -142,11 +200,15 @@ class RoomFlvOutput:
         if self._h264 is not None:
             for frame in self._h264.push(packet):
                 ms = self._video_clock.ms(frame.timestamp)
-                self._video_frame(frame.data, ms, frame.keyframe, frame.sps, frame.pps, None)
+                self._to_mixer(0, frame.data, ms, frame.keyframe, frame.sps, frame.pps)
+                self._remuxed(frame.data, ms, frame.keyframe, frame.sps, frame.pps, None)
         elif self._vp8 is not None and self._transcoder is not None:
             for frame in self._vp8.push(packet):
-                force, self._force_keyframe = self._force_keyframe, False
                 ms = self._video_clock.ms(frame.timestamp)
+                self._to_mixer(0, frame.data, ms, frame.keyframe, b"", b"")
+                if self._mix is _Mix.MIXING:
+                    continue  # the mix replaces the transcoded anchor: spare the encoder
+                force, self._force_keyframe = self._force_keyframe, False
                 self._transcoder.submit(Vp8Frame(frame.data, ms, force))
 
     def _on_audio_packet(self, packet: bytes, keyframe: bool) -> None:
@@ -155,11 +217,91 @@ class RoomFlvOutput:
             pts = self._audio_clock.ms(rtp.timestamp) * SAMPLES_PER_MS
             self._aac.submit(OpusPacket(rtp.payload, pts))
 
+    # --- co-hosts: the mix (see sfu/flv/mixer.py) --------------------------------------------
+
+    def set_cohosts(self, cohosts: dict[int, list[Producer]]) -> None:
+        """The room's co-hosts by slot, whenever one comes or goes: FLV mixes them in while
+        there are any and returns to the anchor's own stream when none is left."""
+        for slot in [s for s in self._cohosts if s not in cohosts]:
+            self._cohosts.pop(slot).detach()
+        for slot, producers in cohosts.items():
+            if slot not in self._cohosts and self.video is not None:
+                self._cohosts[slot] = _Cohost(self, slot, producers)
+        slots = [0, *sorted(self._cohosts)]
+        self._opus_to_aac.active = frozenset(slots)
+        if self._cohosts and self._mix in (_Mix.OFF, _Mix.STOPPING):
+            self._start_mix()
+        elif not self._cohosts and self._mix in (_Mix.STARTING, _Mix.MIXING):
+            self._stop_mix()
+        if self._mixer is not None:
+            self._mixer.slots = slots
+
+    def _start_mix(self) -> None:
+        assert self.video is not None
+        if self._mixer is None:
+            self._mixer = VideoMixer(self.video.codec.name, self.settings.layout,
+                                     keyframe_interval_s=self.settings.keyframe_interval_ms / 1000)
+            self._mix_worker = OrderedWorker(f"flv-mix-{self.room}", self._mixer.process,
+                                             self._on_mixed)
+        self._mix = _Mix.MIXING if self._mix is _Mix.STOPPING else _Mix.STARTING
+        self.video.request_keyframe()  # the mixer's anchor decoder starts at a keyframe
+        logger.info("FLV room=%s mixing %d co-host(s)", self.room, len(self._cohosts))
+
+    def _stop_mix(self) -> None:
+        """Keep mixing until the anchor's next keyframe, then remux it again (new headers)."""
+        if self._mix is _Mix.STARTING:
+            self._close_mixer()
+            return
+        self._mix = _Mix.STOPPING
+        self.request_keyframe()
+        logger.info("FLV room=%s back to the anchor at its next keyframe", self.room)
+
+    def _close_mixer(self) -> None:
+        self._mix = _Mix.OFF
+        if self._mix_worker is not None:
+            self._mix_worker.close()
+        if self._mixer is not None:
+            self._past_mixer_cpu += self._mixer.cpu_s
+        self._mixer, self._mix_worker = None, None
+
+    def _to_mixer(self, slot: int, data: bytes, ms: int, keyframe: bool, sps: bytes, pps: bytes
+                  ) -> None:
+        if self._mix_worker is None:
+            return
+        if keyframe and sps and START_CODE + sps not in data:  # decoders need them in-band
+            data = START_CODE + sps + START_CODE + pps + data
+        self._mix_worker.submit(MixFrame(slot, data, ms))
+
+    def _on_mixed(self, frames: list[H264Frame]) -> None:
+        for f in frames:
+            if self._mix is _Mix.STARTING:
+                if not f.keyframe:
+                    continue
+                self._mix = _Mix.MIXING  # the switch: a mixer keyframe with its own headers
+            if self._mix in (_Mix.MIXING, _Mix.STOPPING):
+                self._video_frame(f.data, f.timestamp_ms, f.keyframe, f.sps, f.pps,
+                                  (f.width, f.height))
+
     # --- muxing ------------------------------------------------------------------------------
 
     def _on_transcoded(self, frames: list[H264Frame]) -> None:
         for f in frames:
-            self._video_frame(f.data, f.timestamp_ms, f.keyframe, f.sps, f.pps, (f.width, f.height))
+            self._remuxed(f.data, f.timestamp_ms, f.keyframe, f.sps, f.pps, (f.width, f.height))
+
+    def _remuxed(
+        self, data: bytes, ms: int, keyframe: bool, sps: bytes, pps: bytes,
+        size: tuple[int, int] | None,
+    ) -> None:
+        """The anchor's own stream: out unless the mix replaces it; a keyframe ends a mix that
+        is stopping."""
+        if self._mix is _Mix.MIXING:
+            return
+        if self._mix is _Mix.STOPPING:
+            if not keyframe:
+                return
+            self._close_mixer()
+            self._params = (b"", b"")  # the anchor's headers again, even if they match
+        self._video_frame(data, ms, keyframe, sps, pps, size)
 
     def _video_frame(
         self, data: bytes, ms: int, keyframe: bool, sps: bytes, pps: bytes,
@@ -167,6 +309,7 @@ class RoomFlvOutput:
     ) -> None:
         if self.closed:
             return
+        ms = max(ms, self._last_video_ms + 1)  # a switch of source never steps back in time
         if keyframe and (sps, pps) != self._params and self._new_video_muxer(
             data, ms, sps, pps, size
         ):
@@ -202,6 +345,7 @@ class RoomFlvOutput:
 
     def _append_video(self, tags: list[Tag], glue: bytes) -> None:
         for tag in tags:
+            self._last_video_ms = max(self._last_video_ms, tag.timestamp)
             if tag.keyframe:
                 self.keyframes += 1
                 self._last_keyframe = time.monotonic()
@@ -295,6 +439,10 @@ class RoomFlvOutput:
         self._task.cancel()
         for producer, sink in self._sinks:
             producer.detach(sink)
+        for cohost in self._cohosts.values():
+            cohost.detach()
+        self._cohosts.clear()
+        self._close_mixer()
         for worker in (self._transcoder, self._aac):
             if worker is not None:
                 worker.close()
@@ -319,6 +467,9 @@ class RoomFlvOutput:
             "skips_total": self._past_skips + sum(r.skips for r in readers),
             "bytes_sent_total": self._past_bytes + sum(r.bytes_sent for r in readers),
             "codec_busy_s": sum(
-                w.busy_s for w in (self._transcoder, self._aac) if w is not None
+                w.busy_s for w in (self._transcoder, self._aac, self._mix_worker) if w is not None
             ),
+            "mixing": self._mix is not _Mix.OFF,
+            "mixer_cpu_s": self._past_mixer_cpu + self._opus_to_aac.mix_cpu_s
+            + (self._mixer.cpu_s if self._mixer is not None else 0.0),
         }

@@ -38,11 +38,12 @@ class H264Frame:
     height: int
 
 
-class Vp8ToH264:
-    """Stateful decoder + encoder; call ``process`` from one thread only."""
+class H264Encoder:
+    """libx264 for FLV (Constrained Baseline, ``ultrafast``, ``zerolatency``: one frame in, one
+    frame out), reopened when the picture size changes; shared by the VP8 transcoder and the
+    co-host mixer. Call from one thread only."""
 
     def __init__(self, bitrate: int = 1_200_000, keyframe_interval_s: float = 2.0) -> None:
-        self._decoder = av.CodecContext.create("vp8", "r")
         self._encoder: av.VideoCodecContext | None = None
         self._bitrate = bitrate
         self._gop_s = keyframe_interval_s
@@ -69,28 +70,16 @@ class Vp8ToH264:
         self._size = (width, height)
         return encoder
 
-    def process(self, frame: Vp8Frame) -> list[H264Frame]:
-        packet = av.Packet(frame.data)
-        packet.pts = frame.timestamp_ms
-        packet.time_base = _MS
-        try:
-            pictures = self._decoder.decode(packet)
-        except av.FFmpegError:
-            return []
-        out: list[H264Frame] = []
-        for picture in pictures:
-            assert isinstance(picture, av.VideoFrame)
-            force = frame.force_keyframe
-            if self._encoder is None or (picture.width, picture.height) != self._size:
-                self._encoder = self._open(picture.width, picture.height)
-                force = True
-            picture.pts = frame.timestamp_ms
-            picture.time_base = _MS
-            picture.pict_type = av.video.frame.PictureType.I if force else \
-                av.video.frame.PictureType.NONE
-            for encoded in self._encoder.encode(picture):
-                out.append(self._wrap(bytes(encoded), frame.timestamp_ms))
-        return out
+    def encode(self, picture: av.VideoFrame, timestamp_ms: int, force_keyframe: bool
+               ) -> list[H264Frame]:
+        if self._encoder is None or (picture.width, picture.height) != self._size:
+            self._encoder = self._open(picture.width, picture.height)
+            force_keyframe = True
+        picture.pts = timestamp_ms
+        picture.time_base = _MS
+        picture.pict_type = av.video.frame.PictureType.I if force_keyframe else \
+            av.video.frame.PictureType.NONE
+        return [self._wrap(bytes(p), timestamp_ms) for p in self._encoder.encode(picture)]
 
     def _wrap(self, data: bytes, timestamp_ms: int) -> H264Frame:
         keyframe = False
@@ -104,3 +93,25 @@ class Vp8ToH264:
                 keyframe = True
         width, height = self._size
         return H264Frame(data, timestamp_ms, keyframe, self._sps, self._pps, width, height)
+
+
+class Vp8ToH264:
+    """Stateful decoder + encoder; call ``process`` from one thread only."""
+
+    def __init__(self, bitrate: int = 1_200_000, keyframe_interval_s: float = 2.0) -> None:
+        self._decoder = av.CodecContext.create("vp8", "r")
+        self._encoder = H264Encoder(bitrate, keyframe_interval_s)
+
+    def process(self, frame: Vp8Frame) -> list[H264Frame]:
+        packet = av.Packet(frame.data)
+        packet.pts = frame.timestamp_ms
+        packet.time_base = _MS
+        try:
+            pictures = self._decoder.decode(packet)
+        except av.FFmpegError:
+            return []
+        out: list[H264Frame] = []
+        for picture in pictures:
+            assert isinstance(picture, av.VideoFrame)
+            out += self._encoder.encode(picture, frame.timestamp_ms, frame.force_keyframe)
+        return out
