@@ -80,15 +80,19 @@ async def _read_offer(request: web.Request) -> str:
 
 
 def _claims(request: web.Request, grant: Grant, room: str) -> Claims:
-    """The token, holding ``grant`` for ``room``. A ``cohost`` token may publish too (the node
-    then wants a live anchor and an invitation), and whoever may publish may watch the room (an
-    anchor sees its co-hosts; nobody is sent their own tracks)."""
     claims = verify(request.app[SECRET_KEY], bearer(request.headers.get("Authorization")))
+    require_media_grant(claims, grant, room)
+    return claims
+
+
+def require_media_grant(claims: Claims, grant: Grant, room: str) -> None:
+    """``grant`` for ``room`` (403 otherwise). A ``cohost`` token may publish too (the node then
+    wants a live anchor and an invitation), and whoever may publish may watch the room (an
+    anchor sees its co-hosts; nobody is sent their own tracks)."""
     publishers = {Grant.PUBLISH, Grant.COHOST}
     if grant in publishers | {Grant.SUBSCRIBE} and publishers & claims.grants:
         grant = Grant.COHOST if Grant.COHOST in claims.grants else Grant.PUBLISH
     claims.require(grant, room)
-    return claims
 
 
 def _post(kind: str) -> Handler:

@@ -18,12 +18,14 @@ from sfu.flv.output import FlvSettings
 from sfu.media_control import LoadMeter, NodeMediaControl, SessionBridge
 from sfu.node import NODE_KEY, SfuNode
 from sfu.settings import NodeSettings
+from sfu.ws_negotiator import NodeNegotiator
 from shopcast.config import Config
 from shopcast.control_plane import add_control_plane, metrics_lines
-from signaling import pages
+from signaling import pages, ws_signaling
 from signaling.cors import cors_middleware
 from signaling.errors import error_middleware
 from signaling.service import Signaling
+from signaling.ws_signaling import WsSignaling
 
 CONFIG_KEY = web.AppKey("config", Config)
 
@@ -100,6 +102,8 @@ def add_media_plane(app: web.Application, config: Config, signaling: Signaling) 
     app.cleanup_ctx.append(node_lifetime)
     whip_whep.add_routes(app)
     app.router.add_get("/live/{room}.flv", flv_http.play_flv)
+    ws_signaling.add_routes(app, WsSignaling(
+        NodeNegotiator(node, app.get(whip_whep.PLACEMENT_KEY)), config.ws_resume_s))
     return node
 
 

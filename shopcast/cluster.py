@@ -22,10 +22,17 @@ from sfu.media_control import LoadMeter, NodeMediaControl
 from shopcast.app import add_media_plane, base_app, healthz, metrics
 from shopcast.config import Config
 from shopcast.control_plane import add_control_plane, metrics_lines
-from signaling import pages
+from signaling import pages, ws_signaling
 from signaling.nodes import NodeAgent
 from signaling.remote_media import BusMediaControl, MediaCommands
-from signaling.routing import NodePlacement, NodeReaper, RoomPlacement, add_front_door
+from signaling.routing import (
+    FrontDoorNegotiator,
+    NodePlacement,
+    NodeReaper,
+    RoomPlacement,
+    add_front_door,
+)
+from signaling.ws_signaling import WsSignaling
 
 
 def create_signaling_app(config: Config) -> web.Application:
@@ -34,6 +41,7 @@ def create_signaling_app(config: Config) -> web.Application:
     signaling.rooms.media = BusMediaControl(signaling.bus)
     placement = RoomPlacement(signaling.store, signaling.rooms)
     add_front_door(app, placement, signaling.settings.secret)
+    ws_signaling.add_routes(app, WsSignaling(FrontDoorNegotiator(placement), config.ws_resume_s))
     reaper = NodeReaper(placement)
 
     async def reaper_lifetime(app: web.Application) -> AsyncIterator[None]:
@@ -51,10 +59,10 @@ def create_signaling_app(config: Config) -> web.Application:
 def create_sfu_app(config: Config) -> web.Application:
     app = base_app(config)
     signaling = add_control_plane(app, config, rest=False)
-    node = add_media_plane(app, config, signaling)
     node_id = signaling.settings.node_id
     placement = RoomPlacement(signaling.store, signaling.rooms)
-    app[whip_whep.PLACEMENT_KEY] = NodePlacement(placement, node_id)
+    app[whip_whep.PLACEMENT_KEY] = NodePlacement(placement, node_id)  # before the media plane
+    node = add_media_plane(app, config, signaling)
     commands = MediaCommands(signaling.bus, NodeMediaControl(node))
     agent = NodeAgent(
         signaling.store, LoadMeter(node, node_id, config.base_url, config.webrtc_viewer_cap),

@@ -89,6 +89,11 @@ class Config:
         default=2000,
         metadata={"help": "HTTP-FLV: ask the anchor for a keyframe this often (0: never)"},
     )
+    ws_resume_s: int = field(
+        default=15,
+        metadata={"help": "WebSocket signaling: how long a dropped socket's media legs wait "
+                          "for the page to resume"},
+    )
     flv_layout: str = field(
         default="side_by_side",
         metadata={"help": "HTTP-FLV with co-hosts: side_by_side or pip (picture-in-picture)"},

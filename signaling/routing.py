@@ -18,10 +18,11 @@ import logging
 from aiohttp import web
 
 from signaling.errors import ApiError, bad_request, not_found
+from signaling.negotiation import Elsewhere
 from signaling.nodes import NoNodeAvailable, RoomRouter
 from signaling.rooms import RoomService, valid_room_name
 from signaling.store import NodeRecord, Store
-from signaling.tokens import Grant, authorize
+from signaling.tokens import Claims, Grant, authorize
 
 logger = logging.getLogger("shopcast.signaling.routing")
 
@@ -137,6 +138,37 @@ class NodePlacement:
 
 
 # --- the signaling process's front door ------------------------------------------------------
+
+
+class FrontDoorNegotiator:
+    """WebSocket signaling on a signaling process (``signaling/ws_signaling.py``): it has no
+    media, so a publish assigns the room and a play finds its node; both answer ``Elsewhere``
+    (the socket's ``redirect``), like WHIP/WHEP's 307."""
+
+    def __init__(self, placement: RoomPlacement) -> None:
+        self.placement = placement
+
+    async def publish(self, room: str, claims: Claims, offer_sdp: str) -> tuple[str, str]:
+        if not valid_room_name(room):
+            raise bad_request("room names are 1-64 letters, digits, '.', '_' or '-'", "bad_room")
+        claims.require(Grant.COHOST if Grant.COHOST in claims.grants else Grant.PUBLISH, room)
+        try:
+            owner = await self.placement.assign(room)
+        except NoNodeAvailable as exc:
+            raise ApiError(503, "no_node", str(exc)) from exc
+        raise Elsewhere(owner.url)
+
+    async def play(self, room: str, claims: Claims, offer_sdp: str) -> tuple[str, str]:
+        if not ({Grant.SUBSCRIBE, Grant.PUBLISH, Grant.COHOST, Grant.ADMIN} & claims.grants):
+            claims.require(Grant.SUBSCRIBE, room)
+        owner = await self.placement.live_owner(room)
+        if owner is None:
+            raise not_found(f"room {room!r} is not live", "not_live")
+        raise Elsewhere(owner.url)
+
+    async def close(self, room: str, leg: str) -> bool:
+        return False  # legs live on nodes; this process never made one
+
 
 FRONT_DOOR_KEY = web.AppKey("room_placement", RoomPlacement)
 SECRET = web.AppKey("front_door_secret", str)

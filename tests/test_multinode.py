@@ -241,3 +241,70 @@ async def test_two_signaling_two_sfu_processes(cluster: dict[str, Proc]) -> None
         for client in reversed(clients):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(client.close(), 5)
+
+
+async def test_websocket_signaling_is_redirected_to_the_rooms_node(
+    cluster: dict[str, Proc]
+) -> None:
+    """/ws on a signaling process has no media: publish and subscribe answer ``redirect`` to the
+    room's node, where the same messages get answers; the viewer decodes the anchor."""
+    from test_ws_signaling import PaintedViewer, Socket, negotiate, publisher_pc
+
+    room, sig_a, sig_b = "wsmn", cluster["sig-a"], cluster["sig-b"]
+    anchor_token, viewer_token = token(room, "anchor", "publish"), token(room, "v", "subscribe")
+    sockets: list[Socket] = []
+    publisher, viewer = publisher_pc(), PaintedViewer()
+    try:
+        front = await Socket.open(sig_a.url, anchor_token)
+        sockets.append(front)
+        assert (await front.request(type="join", room=room))["type"] == "joined"
+        probe = publisher_pc()
+        moved = await negotiate(front, probe, "publish")
+        await probe.close()  # a redirect answers no SDP: this offer goes nowhere
+        assert moved["type"] == "redirect", moved
+        node = next(p for p in cluster.values() if p.url == moved["url"])
+        say(f"/ws publish on sig-a: redirect to {node.name}")
+        on_node = await Socket.open(node.url, anchor_token)
+        sockets.append(on_node)
+        await on_node.request(type="join", room=room)
+        answer = await negotiate(on_node, publisher, "publish")
+        assert answer["type"] == "answer", answer
+
+        async def redirected() -> Any:
+            front_b = await Socket.open(sig_b.url, viewer_token)
+            sockets.append(front_b)
+            await front_b.request(type="join", room=room)
+            probe = PaintedViewer()
+            reply = await negotiate(front_b, probe.pc, "subscribe")
+            await probe.close()
+            return reply if reply["type"] == "redirect" else None
+
+        moved_b = await eventually(redirected, 15, "subscribe redirect from sig-b", every_s=0.5)
+        assert moved_b["url"] == node.url
+        watch = await Socket.open(node.url, viewer_token)
+        sockets.append(watch)
+        await watch.request(type="join", room=room)
+
+        async def answered() -> bool:  # not_live until the anchor's leg has connected
+            nonlocal viewer
+            reply = await negotiate(watch, viewer.pc, "subscribe")
+            if reply["type"] == "answer":
+                return True
+            assert reply.get("code") == "not_live", reply
+            await viewer.close()
+            viewer = PaintedViewer()
+            return False
+
+        await eventually(answered, 15, "subscribe answered on the room's node", every_s=0.3)
+        viewer.start()
+
+        async def playing() -> bool:
+            return viewer.painted >= 20
+
+        await eventually(playing, 20, "frames decoded through /ws on the room's node")
+        say(f"/ws subscribe on sig-b: redirect to {node.name}; {viewer.painted} frames decoded")
+    finally:
+        await viewer.close()
+        await publisher.close()
+        for socket in sockets:
+            await socket.close()

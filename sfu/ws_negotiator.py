@@ -1,0 +1,52 @@
+"""The node's side of WebSocket signaling (``signaling/ws_signaling.py``): WHIP's and WHEP's
+offer/answer with the same rules, reached over the socket instead of HTTP."""
+
+from __future__ import annotations
+
+from sfu.node import SfuNode
+from sfu.offer import parse_offer
+from sfu.whip_whep import ROOM_NAME, Placement, require_media_grant
+from signaling.errors import bad_request
+from signaling.negotiation import Elsewhere
+from signaling.tokens import Claims, Grant
+
+
+def _check(room: str, claims: Claims, grant: Grant) -> None:
+    if not ROOM_NAME.match(room):
+        raise bad_request("room names are 1-64 letters, digits, '.', '_' or '-'", "bad_room")
+    require_media_grant(claims, grant, room)
+
+
+class NodeNegotiator:
+    """A ``Negotiator`` over this node; with a ``Placement`` (``shopcast sfu``), a room served by
+    another node raises ``Elsewhere`` with that node's URL."""
+
+    def __init__(self, node: SfuNode, placement: Placement | None = None) -> None:
+        self.node = node
+        self.placement = placement
+
+    async def publish(self, room: str, claims: Claims, offer_sdp: str) -> tuple[str, str]:
+        _check(room, claims, Grant.PUBLISH)
+        if self.placement is not None and (url := await self.placement.publish_elsewhere(room)):
+            raise Elsewhere(url)
+        leg, answer = await self.node.publish(room, claims.identity,
+                                              parse_offer(offer_sdp, want="send"), claims)
+        return leg.id, answer
+
+    async def play(self, room: str, claims: Claims, offer_sdp: str) -> tuple[str, str]:
+        _check(room, claims, Grant.SUBSCRIBE)
+        local = self.node.rooms.get(room)
+        if self.placement is not None and (local is None or not local.live) and (
+            url := await self.placement.play_elsewhere(room)
+        ):
+            raise Elsewhere(url)
+        leg, answer = await self.node.play(room, claims.identity,
+                                           parse_offer(offer_sdp, want="recv"), claims)
+        return leg.id, answer
+
+    async def close(self, room: str, leg: str) -> bool:
+        found = self.node.legs.get(leg)
+        if found is None or found.room != room:
+            return False
+        await found.close()
+        return True
