@@ -3,6 +3,7 @@ offer/answer with the same rules, reached over the socket instead of HTTP."""
 
 from __future__ import annotations
 
+from sfu.media_control import NodeMediaControl
 from sfu.node import SfuNode
 from sfu.offer import parse_offer
 from sfu.whip_whep import ROOM_NAME, Placement, require_media_grant
@@ -45,8 +46,4 @@ class NodeNegotiator:
         return leg.id, answer
 
     async def close(self, room: str, leg: str) -> bool:
-        found = self.node.legs.get(leg)
-        if found is None or found.room != room:
-            return False
-        await found.close()
-        return True
+        return await NodeMediaControl(self.node).end_session(room, leg)

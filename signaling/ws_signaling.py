@@ -39,7 +39,7 @@ from aiohttp import WSMsgType, web
 from signaling.errors import ApiError, forbidden
 from signaling.live.gateway import EventGateway, allowed
 from signaling.live.schema import MAX_EVENT_BYTES
-from signaling.live.websocket import resumable
+from signaling.live.websocket import stream_room
 from signaling.negotiation import Elsewhere, Negotiator
 from signaling.service import SIGNALING_KEY
 from signaling.tokens import Claims, Grant, bearer, verify
@@ -177,23 +177,8 @@ class _Connection:
             await self.ws.send_bytes(data)
 
     async def run(self, after_seq: int | None) -> None:
-        room = self.session.room
-        if after_seq is not None and await resumable(self.gateway, room, after_seq):
-            start = after_seq
-        else:
-            state = await self.gateway.state(room)
-            await self.send(pack(state))
-            start = int(state["seq"])
-        async with self.gateway.bus.subscribe(room, after_seq=start) as sub:
-            sender = asyncio.create_task(self._forward(sub))
-            reader = asyncio.create_task(self._read())
-            try:
-                await asyncio.wait({sender, reader}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for task in (reader, sender):
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-                        await task
+        await stream_room(self.gateway, self.session.room, after_seq, self.send, self._forward,
+                          self._read)
 
     async def _forward(self, sub: Any) -> None:
         async for event in sub:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from aiohttp import WSMsgType, web
 
@@ -64,6 +66,34 @@ async def resumable(gateway: EventGateway, room: str, after_seq: int) -> bool:
     return bool(kept) and kept[0].seq == after_seq + 1
 
 
+async def stream_room(
+    gateway: EventGateway, room: str, after_seq: int | None,
+    send: Callable[[bytes], Awaitable[None]],
+    forward: Callable[[Subscription], Coroutine[Any, Any, Any]],
+    read: Callable[[], Coroutine[Any, Any, None]],
+) -> asyncio.Task[Any]:
+    """A room to one socket: ``state`` (or nothing, when ``after_seq`` can resume), then the
+    room's events through ``forward`` while ``read`` takes the client's messages, until either
+    ends. Returns the forwarding task (done, or cancelled), for its result."""
+    if after_seq is not None and await resumable(gateway, room, after_seq):
+        start = after_seq
+    else:
+        state = await gateway.state(room)
+        await send(pack(state))
+        start = int(state["seq"])
+    async with gateway.bus.subscribe(room, after_seq=start) as sub:
+        sender: asyncio.Task[Any] = asyncio.create_task(forward(sub))
+        reader: asyncio.Task[None] = asyncio.create_task(read())
+        try:
+            await asyncio.wait({sender, reader}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (reader, sender):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                    await task
+    return sender
+
+
 class _Socket:
     """One client: a sender of bus events and a reader of client messages, one send lock."""
 
@@ -108,22 +138,7 @@ async def events_socket(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, heartbeat=30.0)
     await ws.prepare(request)
     socket = _Socket(ws, gateway, room, claims)
-    if after_seq is not None and await resumable(gateway, room, after_seq):
-        start = after_seq
-    else:
-        state = await gateway.state(room)
-        await socket.send(pack(state))
-        start = int(state["seq"])
-    async with gateway.bus.subscribe(room, after_seq=start) as sub:
-        sender = asyncio.create_task(socket.forward(sub))
-        reader = asyncio.create_task(socket.read())
-        try:
-            await asyncio.wait({sender, reader}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (reader, sender):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-                    await task
+    sender = await stream_room(gateway, room, after_seq, socket.send, socket.forward, socket.read)
     kicked = sender.done() and not sender.cancelled() and sender.exception() is None \
         and sender.result()
     if kicked:
