@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from test_browser import collect_errors, go_live, page_url, wait_state
 
+from sfu.node import NODE_KEY
+
 if TYPE_CHECKING:
     from playwright.async_api import BrowserContext, Page
 
@@ -78,3 +80,40 @@ async def test_anchor_and_cohost_pages_show_each_other(
     assert not errors, errors
 
 
+
+
+async def test_pages_can_signal_over_the_websocket(
+    server: Server, chromium: BrowserContext
+) -> None:
+    """?signaling=ws: the anchor publishes and the viewer plays with offers and answers over
+    /ws (no WHIP/WHEP request at all), then stopping closes the legs over the same socket."""
+    from signaling.ws_signaling import WS_KEY
+
+    errors: list[str] = []
+    http_signaling: list[str] = []
+    anchor: Page = await chromium.new_page()
+    viewer: Page = await chromium.new_page()
+    for page, name in ((anchor, "anchor"), (viewer, "viewer")):
+        collect_errors(page, name, errors)
+        page.on("request", lambda r: http_signaling.append(r.url)
+                if "/whip/" in r.url or "/whep/" in r.url else None)
+    await anchor.goto(page_url(server, "anchor", "wsroom", server.token("wsroom", "anchor",
+                                                                          "publish"),
+                               autostart="1", signaling="ws"))
+    await wait_state(anchor, "connected")
+    await viewer.goto(page_url(server, "viewer", "wsroom", server.token("wsroom", "v",
+                                                                          "subscribe"),
+                               transport="webrtc", signaling="ws"))
+    await wait_state(viewer, "playing")
+    await wait_page(viewer, lambda s: s["framesDecoded"] > 30, "window.shopcast.stats()",
+                    "viewer decodes over /ws signaling")
+    sessions = server.app[WS_KEY].sessions
+    assert len(sessions) == 2 and all(s.legs for s in sessions.values())
+    await anchor.click("#stop")
+    await wait_page(anchor, lambda n: n == 0,
+                    "window.shopcast.resource === null ? 0 : 1", "anchor stopped")
+    node_legs = server.app[NODE_KEY].legs
+    await wait_page(viewer, lambda _: not any(leg.role == "publisher" for leg in
+                                              node_legs.values()), "1", "publisher leg closed")
+    assert http_signaling == [], http_signaling
+    assert not errors, errors

@@ -1,7 +1,11 @@
 // WHIP / WHEP client exchange (RFC 9725 and the WHEP draft), shared by the anchor and viewer pages.
 // The server does not trickle ICE: we send one complete offer and get one complete answer.
 
+import { WsSignal } from "./ws_signal.js";
+
 const ICE_GATHERING_CAP_MS = 3000;
+let signal = null; // WsSignal when the page says ?signaling=ws (docs/api.md: /ws)
+const wsLegs = new Map(); // "ws:<leg>" resource -> the WsSignal that opened it
 
 // Read page options from the query string. `ice` is optional JSON for RTCPeerConnection.iceServers;
 // without it we use no ICE servers at all (never a default public STUN server).
@@ -16,7 +20,11 @@ export function pageParams() {
       throw new Error("bad ice= parameter (expected JSON): " + e.message);
     }
   }
-  return { room: q.get("room") || "", token: q.get("token") || "", iceServers, query: q };
+  const params = { room: q.get("room") || "", token: q.get("token") || "", iceServers, query: q };
+  if (q.get("signaling") === "ws" && params.room && params.token && !signal) {
+    signal = new WsSignal(params.room, params.token);
+  }
+  return params;
 }
 
 function iceGatheringComplete(pc, capMs = ICE_GATHERING_CAP_MS) {
@@ -55,6 +63,7 @@ export async function negotiate(url, token, pc) {
   const offer = await pc.createOffer();
   await pc.setLocalDescription(offer);
   await iceGatheringComplete(pc);
+  if (signal) return negotiateOverSocket(url, pc);
 
   const resp = await fetch(url, {
     method: "POST",
@@ -71,9 +80,25 @@ export async function negotiate(url, token, pc) {
   return { resource, answer };
 }
 
+// The same exchange over /ws: "/whip/..." publishes, "/whep/..." subscribes.
+async function negotiateOverSocket(url, pc) {
+  const kind = new URL(url, location.href).pathname.startsWith("/whip/") ? "publish" : "subscribe";
+  const res = await signal.negotiate(kind, pc.localDescription.sdp);
+  signal = res.signal; // after a redirect: the socket on the room's node
+  const resource = "ws:" + res.leg;
+  wsLegs.set(resource, res.signal);
+  await pc.setRemoteDescription({ type: "answer", sdp: res.answer });
+  return { resource, answer: res.answer };
+}
+
 // DELETE the session resource. Never throws: teardown is best effort (the server may be gone already).
 export async function teardown(resourceUrl, token) {
   if (!resourceUrl) return false;
+  if (wsLegs.has(resourceUrl)) {
+    const owner = wsLegs.get(resourceUrl);
+    wsLegs.delete(resourceUrl);
+    return owner.end(resourceUrl.slice(3));
+  }
   try {
     const resp = await fetch(resourceUrl, {
       method: "DELETE",
