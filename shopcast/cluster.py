@@ -6,7 +6,7 @@ REST close/kick/mute go to the nodes as bus commands. Each one also frees the ro
 that stopped heartbeating.
 
 ``shopcast sfu`` (``create_sfu_app``): one media node. It registers in Redis with its load
-every second (dead 5 s after its last heartbeat), serves WHIP/WHEP/FLV for the rooms assigned
+every second (dead 4.5 s after its last heartbeat), serves WHIP/WHEP/FLV for the rooms assigned
 to it (redirecting the others), reports its sessions, applies media commands and obeys drain.
 """
 

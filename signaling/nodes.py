@@ -1,7 +1,7 @@
 """Multi-node building blocks: a node's heartbeat, and which node a room lives on.
 
 An SFU node runs a ``NodeAgent`` that writes its load to the registry every second with a TTL
-(5 s by default), so a node that stops is dead within the TTL and its rooms can be claimed by
+(4.5 s by default), so a node that stops is dead within the TTL and its rooms can be claimed by
 another. ``RoomRouter.owner`` answers "which node serves this room?": the recorded owner while
 it lives, else the least-loaded live node that is not draining and is under its viewer cap,
 claimed atomically so two signaling processes routing the same new room agree.
@@ -21,7 +21,7 @@ from signaling.store import NodeRecord, RoomNotFound, Store
 logger = logging.getLogger("shopcast.signaling.nodes")
 
 HEARTBEAT_INTERVAL_S = 1.0
-HEARTBEAT_TTL_MS = 5000
+HEARTBEAT_TTL_MS = 4500  # < 5 s: a node that stops is dead within 5 s, even just after a beat
 DRAIN_TOPIC = "nodes"  # bus topic: {"op": "drain", "node": id, "draining": bool}
 
 

@@ -104,7 +104,7 @@ async def playback(call: Call) -> web.StreamResponse:
 ROUTES = [
     Route("GET", "/nodes", list_nodes, "List live SFU nodes with their load", "listNodes",
           "nodes", response=obj(["nodes"], nodes=array(NODE)), errors=(403,),
-          description="Needs an admin token for room '*'. Dead nodes (no heartbeat for 5 s) "
+          description="Needs an admin token for room '*'. Dead nodes (no heartbeat for 4.5 s) "
           "are not listed."),
     Route("POST", "/nodes/{node}/drain", drain_node, "Drain a node (no new rooms)",
           "drainNode", "nodes",
