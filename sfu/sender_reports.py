@@ -74,7 +74,7 @@ class SenderReports:
                  cname: str) -> None:
         self._protect = protect_rtcp
         self._send = send
-        self._cname = cname.encode()
+        self._cname = bytes(cname, "utf-8")
         self.sent = 0
 
     def send(self, consumers: Iterable[Consumer]) -> None:
