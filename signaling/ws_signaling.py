@@ -91,6 +91,7 @@ class WsSignaling:
         self.negotiator = negotiator
         self.resume_s = resume_s
         self.sessions: dict[str, Session] = {}
+        self._ending: set[asyncio.Task[None]] = set()
 
     def open(self, room: str, claims: Claims) -> Session:
         session = Session("W_" + uuid.uuid4().hex[:12], room, claims)
@@ -114,8 +115,13 @@ class WsSignaling:
         if not session.legs:
             self.sessions.pop(session.id, None)
             return
-        loop = asyncio.get_running_loop()
-        session.expiry = loop.call_later(self.resume_s, lambda: loop.create_task(self.end(session)))
+        session.expiry = asyncio.get_running_loop().call_later(
+            self.resume_s, self._end_later, session)
+
+    def _end_later(self, session: Session) -> None:
+        task = asyncio.create_task(self.end(session))
+        self._ending.add(task)
+        task.add_done_callback(self._ending.discard)
 
     async def end(self, session: Session) -> None:
         if session.socket is not None:
