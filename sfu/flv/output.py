@@ -98,12 +98,12 @@ class _Cohost:
 
     def _on_video(self, packet: bytes, keyframe: bool) -> None:
         for frame in self._depacketizer.push(packet):
-            self.output._to_mixer(self.slot, frame.data, 0, frame.keyframe, frame.sps, frame.pps)
+            self.output.mix_video(self.slot, frame.data, 0, frame.keyframe, frame.sps, frame.pps)
 
     def _on_audio(self, packet: bytes, keyframe: bool) -> None:
         rtp = parse_rtp(packet)
-        if rtp is not None and self.output._aac is not None:
-            self.output._aac.submit(OpusPacket(rtp.payload, 0, self.slot))
+        if rtp is not None:
+            self.output.mix_audio(self.slot, rtp.payload)
 
     def detach(self) -> None:
         for producer, sink in self._sinks:
@@ -200,12 +200,12 @@ class RoomFlvOutput:
         if self._h264 is not None:
             for frame in self._h264.push(packet):
                 ms = self._video_clock.ms(frame.timestamp)
-                self._to_mixer(0, frame.data, ms, frame.keyframe, frame.sps, frame.pps)
+                self.mix_video(0, frame.data, ms, frame.keyframe, frame.sps, frame.pps)
                 self._remuxed(frame.data, ms, frame.keyframe, frame.sps, frame.pps, None)
         elif self._vp8 is not None and self._transcoder is not None:
             for frame in self._vp8.push(packet):
                 ms = self._video_clock.ms(frame.timestamp)
-                self._to_mixer(0, frame.data, ms, frame.keyframe, b"", b"")
+                self.mix_video(0, frame.data, ms, frame.keyframe, b"", b"")
                 if self._mix is _Mix.MIXING:
                     continue  # the mix replaces the transcoded anchor: spare the encoder
                 force, self._force_keyframe = self._force_keyframe, False
@@ -264,8 +264,15 @@ class RoomFlvOutput:
             self._past_mixer_cpu += self._mixer.cpu_s
         self._mixer, self._mix_worker = None, None
 
-    def _to_mixer(self, slot: int, data: bytes, ms: int, keyframe: bool, sps: bytes, pps: bytes
+    def mix_audio(self, slot: int, opus: bytes) -> None:
+        """A co-host's Opus payload, for the AAC mix (on the codec thread)."""
+        if self._aac is not None:
+            self._aac.submit(OpusPacket(opus, 0, slot))
+
+    def mix_video(self, slot: int, data: bytes, ms: int, keyframe: bool, sps: bytes, pps: bytes
                   ) -> None:
+        """A publisher's reassembled frame, for the mixer while it runs (slot 0's ``ms`` times
+        the output)."""
         if self._mix_worker is None:
             return
         if keyframe and sps and START_CODE + sps not in data:  # decoders need them in-band
