@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from test_browser import collect_errors, go_live, page_url, wait_state
+from waiting import wait_for
 
 from sfu.node import NODE_KEY
 
@@ -117,3 +118,48 @@ async def test_pages_can_signal_over_the_websocket(
                                               node_legs.values()), "1", "publisher leg closed")
     assert http_signaling == [], http_signaling
     assert not errors, errors
+
+
+async def test_flv_viewer_page_keeps_playing_through_the_cohost_mix(
+    server: Server, chromium: BrowserContext
+) -> None:
+    """The real player (mpegts.js in Chromium): the FLV picture widens to the side-by-side mix
+    when a co-host joins and narrows back when it leaves, and playback never stops."""
+    from test_cohost import invite
+
+    from loadtest.clients import publish
+    from loadtest.media import PaintedVideoTrack, ToneAudioTrack
+    from sfu.flv.manager import FLV_KEY
+
+    errors: list[str] = []
+    room, outputs = "flvmix", server.app[FLV_KEY].outputs
+    anchor = await publish(server.url, room, server.token(room, "anchor", "publish"),
+                           PaintedVideoTrack(colour="red"), ToneAudioTrack())
+    cohost = None
+    try:
+        await wait_for(lambda: room in outputs and outputs[room].live, 10, "FLV live")
+        page: Page = await chromium.new_page()
+        collect_errors(page, "viewer", errors)
+        await page.goto(page_url(server, "viewer", room, server.token(room, "v", "subscribe"),
+                                 transport="flv"))
+        flv = "window.shopcast.flv"
+        first = await wait_page(page, lambda s: bool(s) and s["decodedFrames"] > 20
+                                and s["width"] == 640, flv, "FLV plays the anchor", 30)
+        await invite(server, room, "guest")
+        cohost = await publish(server.url, room, server.token(room, "guest", "cohost"),
+                               PaintedVideoTrack(colour="blue"), ToneAudioTrack())
+        mixed = await wait_page(page, lambda s: s["width"] == 1280, flv, "the mix plays", 30)
+        await wait_page(page, lambda s: s["decodedFrames"] > mixed["decodedFrames"] + 30, flv,
+                        "the mix keeps playing", 20)
+        await cohost.close()
+        cohost = None
+        back = await wait_page(page, lambda s: s["width"] == 640, flv, "back to the anchor", 30)
+        await wait_page(page, lambda s: s["decodedFrames"] > back["decodedFrames"] + 30, flv,
+                        "the anchor keeps playing", 20)
+        assert back["decodedFrames"] > first["decodedFrames"]
+        assert await page.text_content("#transport") == "flv"
+        assert not errors, errors
+    finally:
+        if cohost is not None:
+            await cohost.close()
+        await anchor.close()
