@@ -22,7 +22,7 @@ from sfu.room import ViewerLeg
 from sfu.worker_pool import RemoteViewer
 from signaling.errors import ApiError, Handler, bad_request
 from signaling.routing import redirect
-from signaling.tokens import Claims, Grant, bearer, verify
+from signaling.tokens import Claims, bearer, verify
 
 ROOM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SECRET_KEY = web.AppKey("token_secret", str)
@@ -58,7 +58,7 @@ async def elsewhere(request: web.Request, room: str, publish: bool) -> str | Non
     return await placement.play_elsewhere(room)
 
 
-_KINDS = {"whip": (Grant.PUBLISH, "send", "publisher"), "whep": (Grant.SUBSCRIBE, "recv", "viewer")}
+_KINDS = {"whip": ("send", "publisher"), "whep": ("recv", "viewer")}
 
 
 def _room(request: web.Request) -> str:
@@ -79,28 +79,18 @@ async def _read_offer(request: web.Request) -> str:
         raise bad_request("SDP must be UTF-8 text", "malformed_sdp") from exc
 
 
-def _claims(request: web.Request, grant: Grant, room: str) -> Claims:
+def _claims(request: web.Request, kind: str, room: str) -> Claims:
     claims = verify(request.app[SECRET_KEY], bearer(request.headers.get("Authorization")))
-    require_media_grant(claims, grant, room)
+    claims.require_media(kind == "whip", room)
     return claims
 
 
-def require_media_grant(claims: Claims, grant: Grant, room: str) -> None:
-    """``grant`` for ``room`` (403 otherwise). A ``cohost`` token may publish too (the node then
-    wants a live anchor and an invitation), and whoever may publish may watch the room (an
-    anchor sees its co-hosts; nobody is sent their own tracks)."""
-    publishers = {Grant.PUBLISH, Grant.COHOST}
-    if grant in publishers | {Grant.SUBSCRIBE} and publishers & claims.grants:
-        grant = Grant.COHOST if Grant.COHOST in claims.grants else Grant.PUBLISH
-    claims.require(grant, room)
-
-
 def _post(kind: str) -> Handler:
-    grant, want, _ = _KINDS[kind]
+    want, _ = _KINDS[kind]
 
     async def handler(request: web.Request) -> web.StreamResponse:
         room = _room(request)
-        claims = _claims(request, grant, room)
+        claims = _claims(request, kind, room)
         target = await elsewhere(request, room, publish=kind == "whip")
         if target is not None:
             return redirect(target, request)
@@ -123,11 +113,11 @@ def _post(kind: str) -> Handler:
 
 
 def _delete(kind: str) -> Handler:
-    grant, _, role = _KINDS[kind]
+    _, role = _KINDS[kind]
 
     async def handler(request: web.Request) -> web.StreamResponse:
         room = _room(request)
-        _claims(request, grant, room)
+        _claims(request, kind, room)
         leg = request.app[NODE_KEY].leg(room, request.match_info["id"], role)
         await leg.close()
         return web.Response(status=204)

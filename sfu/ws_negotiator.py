@@ -6,16 +6,16 @@ from __future__ import annotations
 from sfu.media_control import NodeMediaControl
 from sfu.node import SfuNode
 from sfu.offer import parse_offer
-from sfu.whip_whep import ROOM_NAME, Placement, require_media_grant
+from sfu.whip_whep import ROOM_NAME, Placement
 from signaling.errors import bad_request
 from signaling.negotiation import Elsewhere
-from signaling.tokens import Claims, Grant
+from signaling.tokens import Claims
 
 
-def _check(room: str, claims: Claims, grant: Grant) -> None:
+def _check(room: str, claims: Claims, publish: bool) -> None:
     if not ROOM_NAME.match(room):
         raise bad_request("room names are 1-64 letters, digits, '.', '_' or '-'", "bad_room")
-    require_media_grant(claims, grant, room)
+    claims.require_media(publish, room)
 
 
 class NodeNegotiator:
@@ -27,7 +27,7 @@ class NodeNegotiator:
         self.placement = placement
 
     async def publish(self, room: str, claims: Claims, offer_sdp: str) -> tuple[str, str]:
-        _check(room, claims, Grant.PUBLISH)
+        _check(room, claims, publish=True)
         if self.placement is not None and (url := await self.placement.publish_elsewhere(room)):
             raise Elsewhere(url)
         leg, answer = await self.node.publish(room, claims.identity,
@@ -35,7 +35,7 @@ class NodeNegotiator:
         return leg.id, answer
 
     async def play(self, room: str, claims: Claims, offer_sdp: str) -> tuple[str, str]:
-        _check(room, claims, Grant.SUBSCRIBE)
+        _check(room, claims, publish=False)
         local = self.node.rooms.get(room)
         if self.placement is not None and (local is None or not local.live) and (
             url := await self.placement.play_elsewhere(room)

@@ -22,7 +22,7 @@ from signaling.negotiation import Elsewhere
 from signaling.nodes import NoNodeAvailable, RoomRouter
 from signaling.rooms import RoomService, valid_room_name
 from signaling.store import NodeRecord, Store
-from signaling.tokens import Claims, Grant, authorize
+from signaling.tokens import Claims, Grant, authorize, bearer, verify
 
 logger = logging.getLogger("shopcast.signaling.routing")
 
@@ -151,7 +151,7 @@ class FrontDoorNegotiator:
     async def publish(self, room: str, claims: Claims, offer_sdp: str) -> tuple[str, str]:
         if not valid_room_name(room):
             raise bad_request("room names are 1-64 letters, digits, '.', '_' or '-'", "bad_room")
-        claims.require(Grant.COHOST if Grant.COHOST in claims.grants else Grant.PUBLISH, room)
+        claims.require_media(True, room)
         try:
             owner = await self.placement.assign(room)
         except NoNodeAvailable as exc:
@@ -159,8 +159,7 @@ class FrontDoorNegotiator:
         raise Elsewhere(owner.url)
 
     async def play(self, room: str, claims: Claims, offer_sdp: str) -> tuple[str, str]:
-        if not ({Grant.SUBSCRIBE, Grant.PUBLISH, Grant.COHOST, Grant.ADMIN} & claims.grants):
-            claims.require(Grant.SUBSCRIBE, room)
+        claims.require_media(False, room)
         owner = await self.placement.live_owner(room)
         if owner is None:
             raise not_found(f"room {room!r} is not live", "not_live")
@@ -191,8 +190,8 @@ def _room(request: web.Request) -> str:
 
 async def _whip(request: web.Request) -> web.StreamResponse:
     room = _room(request)
-    authorize(request.app[SECRET], request.headers.get("Authorization"), grant=Grant.PUBLISH,
-              room=room)  # before assigning: an anonymous request must not place a room
+    claims = verify(request.app[SECRET], bearer(request.headers.get("Authorization")))
+    claims.require_media(True, room)  # before assigning: an anonymous request must not place one
     try:
         owner = await request.app[FRONT_DOOR_KEY].assign(room)
     except NoNodeAvailable as exc:
@@ -202,8 +201,8 @@ async def _whip(request: web.Request) -> web.StreamResponse:
 
 async def _whep(request: web.Request) -> web.StreamResponse:
     room = _room(request)
-    authorize(request.app[SECRET], request.headers.get("Authorization"), grant=Grant.SUBSCRIBE,
-              room=room)
+    claims = verify(request.app[SECRET], bearer(request.headers.get("Authorization")))
+    claims.require_media(False, room)
     owner = await request.app[FRONT_DOOR_KEY].live_owner(room)
     if owner is None:
         raise not_found(f"room {room!r} is not live", "not_live")

@@ -24,6 +24,10 @@ class Grant(StrEnum):
     ADMIN = "admin"
 
 
+PUBLISHING = (Grant.PUBLISH, Grant.COHOST)
+WATCHING = (Grant.SUBSCRIBE, Grant.PUBLISH, Grant.COHOST)
+
+
 @dataclass(frozen=True)
 class Claims:
     identity: str
@@ -36,10 +40,21 @@ class Claims:
 
     def require(self, grant: Grant, room: str | None = None) -> None:
         """Raise 403 unless this token carries ``grant`` (admin carries all) for ``room``."""
+        self.require_any((grant,), room)
+
+    def require_any(self, grants: tuple[Grant, ...], room: str | None = None) -> None:
+        """Raise 403 unless this token carries one of ``grants`` (admin carries all)."""
         if room is not None and self.room not in (room, "*"):
             raise forbidden(f"token is for room {self.room!r}, not {room!r}", "wrong_room")
-        if grant not in self.grants and Grant.ADMIN not in self.grants:
-            raise forbidden(f"token lacks the {grant.value!r} grant", "missing_grant")
+        if Grant.ADMIN not in self.grants and not self.grants.intersection(grants):
+            wanted = " or ".join(repr(g.value) for g in grants)
+            raise forbidden(f"token lacks the {wanted} grant", "missing_grant")
+
+    def require_media(self, publish: bool, room: str) -> None:
+        """WHIP/WHEP and their WebSocket twins: ``publish`` or ``cohost`` may publish (the node
+        then wants a live anchor and an invitation for a co-host); they may also watch the room,
+        as ``subscribe`` may (an anchor sees its co-hosts, never its own tracks)."""
+        self.require_any(PUBLISHING if publish else WATCHING, room)
 
 
 def mint(

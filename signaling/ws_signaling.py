@@ -38,7 +38,8 @@ from aiohttp import WSMsgType, web
 
 from signaling.errors import ApiError, forbidden
 from signaling.live.gateway import EventGateway, allowed
-from signaling.live.schema import MAX_EVENT_BYTES
+from signaling.live.schema import MAX_EVENT_BYTES, pack
+from signaling.live.schema import error as schema_error
 from signaling.live.websocket import stream_room
 from signaling.negotiation import Elsewhere, Negotiator
 from signaling.service import SIGNALING_KEY
@@ -53,16 +54,9 @@ JOIN_GRANTS = (Grant.SUBSCRIBE, Grant.PUBLISH, Grant.COHOST, Grant.CHAT, Grant.A
 SIGNALING = {"publish", "subscribe", "close", "ping"}
 
 
-def pack(data: dict[str, Any]) -> bytes:
-    packed: bytes = msgpack.packb(data, use_bin_type=True)
-    return packed
-
-
 def error(code: str, message: str, cid: Any = None) -> bytes:
-    reply: dict[str, Any] = {"type": "error", "code": code, "message": message}
-    if cid is not None:
-        reply["cid"] = cid
-    return pack(reply)
+    """The events schema's ``error`` reply (the same shape on every socket)."""
+    return pack(schema_error(code, message, cid if isinstance(cid, str) else ""))
 
 
 class Refused(Exception):

@@ -82,7 +82,6 @@ class _Cohost:
         self._sinks: list[tuple[Producer, _Sink]] = []
         for producer in producers:
             if producer.kind == "video":
-                self._video = producer
                 name = producer.codec.name.lower()
                 on_loss = producer.request_keyframe
                 self._depacketizer: H264Depacketizer | Vp8Depacketizer = (
@@ -157,6 +156,7 @@ class RoomFlvOutput:
         self._mix_worker: OrderedWorker[MixFrame, H264Frame] | None = None
         self._cohosts: dict[int, _Cohost] = {}
         self._past_mixer_cpu = 0.0
+        self._past_mixer_busy = 0.0  # closed mixers' codec time: the counter never steps back
         if self.video is not None:
             self._video_clock = self._clock(self.video)
             if self.video.codec.name.lower() == "vp8":
@@ -260,6 +260,7 @@ class RoomFlvOutput:
         self._mix = _Mix.OFF
         if self._mix_worker is not None:
             self._mix_worker.close()
+            self._past_mixer_busy += self._mix_worker.busy_s
         if self._mixer is not None:
             self._past_mixer_cpu += self._mixer.cpu_s
         self._mixer, self._mix_worker = None, None
@@ -473,7 +474,7 @@ class RoomFlvOutput:
             "closed_readers": dict(self.closed_readers),
             "skips_total": self._past_skips + sum(r.skips for r in readers),
             "bytes_sent_total": self._past_bytes + sum(r.bytes_sent for r in readers),
-            "codec_busy_s": sum(
+            "codec_busy_s": self._past_mixer_busy + sum(
                 w.busy_s for w in (self._transcoder, self._aac, self._mix_worker) if w is not None
             ),
             "mixing": self._mix is not _Mix.OFF,
