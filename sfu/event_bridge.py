@@ -20,6 +20,7 @@ from aiortc import RTCDataChannel
 from sfu.background import spawn
 from sfu.events_channel import EventsChannel
 from signaling.bus import Bus
+from signaling.tasks import stop_tasks
 from signaling.tokens import Claims
 
 logger = logging.getLogger("shopcast.sfu.events")
@@ -150,12 +151,7 @@ class EventBridge:
         endpoint.chain(lambda: self._handle(endpoint, raw))
 
     async def close(self) -> None:
-        for feed in self.rooms.values():
-            if feed.task is not None:
-                feed.task.cancel()
-        await asyncio.gather(
-            *(f.task for f in self.rooms.values() if f.task is not None), return_exceptions=True
-        )
+        await stop_tasks([f.task for f in self.rooms.values()])
         self.rooms.clear()
 
     async def _handle(self, endpoint: Endpoint, raw: bytes) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -21,6 +20,7 @@ from sfu.settings import NodeSettings
 from sfu.viewer import Viewer
 from sfu.worker_pool import RemoteViewer, WorkerPool
 from signaling.errors import conflict, forbidden, not_found
+from signaling.tasks import stop_task
 from signaling.tokens import Claims, Grant
 
 logger = logging.getLogger("shopcast.sfu.node")
@@ -73,10 +73,7 @@ class SfuNode:
         self._ticker = asyncio.create_task(self._tick())
 
     async def stop(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
+        await stop_task(self._ticker)
         await asyncio.gather(*(leg.close() for leg in list(self.legs.values())))
         if self.events is not None:
             await self.events.close()

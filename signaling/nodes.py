@@ -10,13 +10,13 @@ claimed atomically so two signaling processes routing the same new room agree.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import replace
 
 from signaling.bus import Bus
 from signaling.store import NodeRecord, RoomNotFound, Store
+from signaling.tasks import stop_tasks
 
 logger = logging.getLogger("shopcast.signaling.nodes")
 
@@ -87,11 +87,7 @@ class NodeAgent:
         self._task = asyncio.create_task(self._beat())
 
     async def close(self) -> None:
-        for task in (self._task, self._listener):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await stop_tasks((self._task, self._listener))
         if self._node_id:
             await self.store.remove_node(self._node_id)  # a clean stop frees rooms at once
 

@@ -10,12 +10,12 @@ the store. In a single process, give ``RoomService`` the SFU's MediaControl dire
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
 from signaling.bus import Bus
 from signaling.media import MediaControl
+from signaling.tasks import stop_task
 
 logger = logging.getLogger("shopcast.signaling.remote_media")
 
@@ -56,10 +56,7 @@ class MediaCommands:
         await self._ready.wait()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
 
     async def _run(self) -> None:
         async with self.bus.listen(TOPIC) as commands:

@@ -12,7 +12,6 @@ does it on the spot, so a re-publish never waits for the reaper.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from aiohttp import web
@@ -22,6 +21,7 @@ from signaling.negotiation import Elsewhere
 from signaling.nodes import NoNodeAvailable, RoomRouter
 from signaling.rooms import RoomService, valid_room_name
 from signaling.store import NodeRecord, Store
+from signaling.tasks import stop_task
 from signaling.tokens import Claims, Grant, authorize, bearer, verify
 
 logger = logging.getLogger("shopcast.signaling.routing")
@@ -93,10 +93,7 @@ class NodeReaper:
         self._task = asyncio.create_task(self._run())
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
 
     async def reap(self) -> int:
         """One pass; returns how many rooms were freed."""

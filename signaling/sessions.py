@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 
 from signaling.rooms import RoomService
 from signaling.store import JsonObject, ParticipantRecord, TrackRecord, Transport
+from signaling.tasks import stop_task
 
 logger = logging.getLogger("shopcast.signaling.sessions")
 
@@ -69,9 +70,7 @@ class SessionReporter:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._queue.join(), 5.0)
-        self._worker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._worker
+        await stop_task(self._worker)
 
     async def drain(self) -> None:
         """Wait until every report so far has been applied."""

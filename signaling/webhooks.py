@@ -13,7 +13,6 @@ that URL are dropped and counted.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
@@ -25,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+
+from signaling.tasks import stop_tasks
 
 logger = logging.getLogger("shopcast.signaling.webhooks")
 
@@ -79,11 +80,7 @@ class Webhooks:
             self._workers.append(asyncio.create_task(self._work(url, queue)))
 
     async def close(self) -> None:
-        for worker in self._workers:
-            worker.cancel()
-        for worker in self._workers:
-            with contextlib.suppress(asyncio.CancelledError):
-                await worker
+        await stop_tasks(self._workers)
         self._workers.clear()
         if self._session is not None:
             await self._session.close()

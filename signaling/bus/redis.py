@@ -8,7 +8,6 @@ reader task hands messages to local subscriptions. Messages are ``b"<seq>:" + ms
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -18,6 +17,7 @@ from redis.asyncio.client import PubSub
 
 from signaling.bus.base import Bus, Event, check_event, pack, unpack
 from signaling.store.redis import Keys
+from signaling.tasks import stop_task
 
 logger = logging.getLogger("shopcast.signaling.bus")
 
@@ -56,10 +56,7 @@ class RedisBus(Bus):
         await self._confirmed_of(ANCHOR)
 
     async def close(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+        await stop_task(self._reader)
         if self._pubsub is not None:
             await self._pubsub.aclose()  # type: ignore[no-untyped-call]
 

@@ -11,11 +11,11 @@ that lost the claim stays dirty and tries again next interval, so its changes ar
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
 from signaling.store import Store
+from signaling.tasks import stop_tasks
 
 logger = logging.getLogger("shopcast.signaling.live")
 
@@ -56,9 +56,4 @@ class Coalescer:
             self._tasks.pop(room, None)  # no await between the last check and this
 
     async def close(self) -> None:
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks(list(self._tasks.values()))

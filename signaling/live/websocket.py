@@ -15,7 +15,6 @@ The token (query ``token`` or ``Authorization: Bearer``) needs ``subscribe``, ``
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -27,6 +26,7 @@ from signaling.errors import bad_request, forbidden
 from signaling.live.gateway import EventGateway, allowed
 from signaling.live.schema import MAX_EVENT_BYTES, error, pack
 from signaling.service import SIGNALING_KEY
+from signaling.tasks import stop_tasks
 from signaling.tokens import Claims, Grant, bearer, verify
 
 logger = logging.getLogger("shopcast.signaling.live.ws")
@@ -87,10 +87,7 @@ async def stream_room(
         try:
             await asyncio.wait({sender, reader}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (reader, sender):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-                    await task
+            await stop_tasks((reader, sender))
     return sender
 
 
