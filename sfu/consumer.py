@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import struct
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("shopcast.sfu.consumer")
 
 SendFn = Callable[[bytes], object]
+_TIMESTAMP = struct.Struct("!I")
 
 # one connected duplicate of each viewer's ICE socket, closed with the peer connection
 _connected: dict[int, socket.socket] = {}
@@ -52,6 +54,7 @@ class Consumer:
         "_aiortc_rtcp",
         "_protect",
         "_pt",
+        "_restamped",
         "_send",
         "nacks",
         "octets",
@@ -78,6 +81,7 @@ class Consumer:
         self._protect = protect
         self._send = send
         self.started = producer.kind != "video"
+        self._restamped = (0, 0)  # (first sequence number, count) re-stamped by a fast start
         self.packets = 0
         self.octets = 0
         self.nacks = 0
@@ -116,6 +120,41 @@ class Consumer:
         self.packets += 1
         self.octets += len(packet) - 12
 
+    def fast_start(self, packets: list[bytes], ticks_per_ms: int) -> None:
+        """Start a joining viewer at once from a cached keyframe and the packets after it.
+
+        Their frames are re-stamped 1 ms apart, ending at the newest frame's timestamp (its
+        remaining packets come live with that timestamp): a player shows them as one quick
+        catch-up instead of anchoring its playout on the keyframe's age, and the live frames
+        that follow keep their own timestamps. Runs once per join, not per packet.
+        """
+        if self.started or not packets:
+            return
+        self.started = True
+        newest = _TIMESTAMP.unpack_from(packets[-1], 4)[0]
+        frames: list[int] = []
+        for packet in packets:
+            stamp = _TIMESTAMP.unpack_from(packet, 4)[0]
+            if not frames or frames[-1] != stamp:
+                frames.append(stamp)
+        last = len(frames) - 1
+        first_seq = (packets[0][2] << 8) | packets[0][3]
+        self._restamped = (first_seq, sum(1 for p in packets if p[4:8] != packets[-1][4:8]))
+        restamp = {stamp: (newest - (last - i) * ticks_per_ms) & 0xFFFFFFFF
+                   for i, stamp in enumerate(frames)}
+        for packet in packets:
+            header = bytearray(packet)
+            _TIMESTAMP.pack_into(header, 4, restamp[_TIMESTAMP.unpack_from(packet, 4)[0]])
+            if self._pt >= 0:
+                header[1] = (header[1] & 0x80) | self._pt
+            try:
+                self._send(self._protect(bytes(header)))
+            except Exception as exc:
+                logger.debug("fast start failed viewer=%s: %s", self.viewer_id, exc)
+                return
+            self.packets += 1
+            self.octets += len(packet) - 12
+
     async def handle_rtcp(self, packet: AnyRtcpPacket) -> None:
         """Viewer feedback: NACK from the shared history, PLI/FIR upstream through the throttle."""
         if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
@@ -132,6 +171,9 @@ class Consumer:
         data = self.producer.history.get(sequence_number)
         if data is None or not self.started:
             return
+        first, count = self._restamped
+        if (sequence_number - first) & 0xFFFF < count:
+            return  # this viewer had it with another timestamp: a resend would not match
         self.retransmits += 1
         self.producer.retransmits += 1
         self.forward(data, True)

@@ -101,6 +101,7 @@ class SfuNode:
             on_live=self._publisher_live,
         )
         publisher.keyframe_interval_s = self.settings.keyframe_interval_ms / 1000
+        publisher.fast_start_s = self.settings.fast_start_ms / 1000
         publisher.slot, publisher.track_slots = slot, room.slots[slot]
         required = room.codecs() if slot > 0 else None
         self._serve_events(publisher, claims)

@@ -14,7 +14,7 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from aiortc import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
@@ -22,7 +22,11 @@ from aiortc.rtp import RtpPacket
 from sfu.codecs import keyframe_detector
 from sfu.history import PacketHistory
 
+if TYPE_CHECKING:
+    from sfu.consumer import Consumer
+
 _HEADER = struct.Struct("!BBHII")
+FAST_START_PACKETS = 256  # ~2.5 s of 600 kbps video; a longer replay waits for a keyframe
 _keys = itertools.count(1)
 NTP_EPOCH_OFFSET = 2208988800  # seconds from 1900 to 1970
 
@@ -67,6 +71,7 @@ class Producer:
         publisher_id: str,
         request_keyframe: Callable[[int], None],
         keyframe_interval_s: float = 0.5,
+        fast_start_s: float = 1.0,
         ssrc: int | None = None,
         key: int | None = None,
         mirror: bool = False,
@@ -95,6 +100,7 @@ class Producer:
         self.octets = 0
         self.keyframes = 0
         self.keyframe_requests = 0
+        self.fast_starts = 0
         self.retransmits = 0
         self.last_timestamp = 0
         self.closed = False
@@ -106,6 +112,10 @@ class Producer:
         self._sender_report: tuple[int, int] | None = None
         self._keyframe_pending = False
         self._deferred: asyncio.TimerHandle | None = None
+        self._fast_start_s = fast_start_s
+        self._gop_seq: int | None = None  # the newest keyframe's first packet, for fast starts
+        self._gop_ts = 0
+        self._gop_at = 0.0
         # A mirror lives in a worker process: fed by relay(), its keyframe requests go to the
         # publisher's process, which knows the publisher's SSRC.
         self.mirror = mirror
@@ -140,11 +150,13 @@ class Producer:
             return
         self.last_seq = seq = (data[2] << 8) | data[3]
         self.history.put(seq, data)
-        self.last_timestamp = (data[4] << 24) | (data[5] << 16) | (data[6] << 8) | data[7]
+        self.last_timestamp = ts = (data[4] << 24) | (data[5] << 16) | (data[6] << 8) | data[7]
         self.packets += 1
         self.octets += len(data) - 12
-        if keyframe and self.kind == "video":
+        if keyframe and self.kind == "video" and (ts != self._gop_ts or self._gop_seq is None):
+            # a new keyframe picture (its SPS, PPS and IDR slices share one timestamp)
             self.keyframes += 1
+            self._gop_seq, self._gop_ts, self._gop_at = seq, ts, time.monotonic()
         for sink in self.sinks:
             sink.forward(data, keyframe)
 
@@ -153,6 +165,38 @@ class Producer:
         self.sinks.append(sink)
         if self.kind == "video":
             self.request_keyframe()
+
+    def attach_viewer(self, consumer: Consumer) -> None:
+        """Start forwarding to a WebRTC viewer. Video starts at once from the newest keyframe
+        and what followed it when that is recent (see ``recent_gop``); otherwise, or when
+        the cached keyframe is older than the throttle interval, a keyframe is asked for."""
+        self.sinks.append(consumer)
+        if self.kind != "video":
+            return
+        gop = self.recent_gop()
+        if gop is not None:
+            consumer.fast_start(gop, self.codec.clockRate // 1000)
+            self.fast_starts += 1
+            if time.monotonic() - self._gop_at < self._keyframe_interval_s:
+                return
+        self.request_keyframe()
+
+    def recent_gop(self) -> list[bytes] | None:
+        """The newest keyframe and every packet since, if it started within the fast-start
+        window, is whole in the history and fits in FAST_START_PACKETS; else None."""
+        start = self._gop_seq
+        if start is None or time.monotonic() - self._gop_at > self._fast_start_s:
+            return None
+        count = ((self.last_seq - start) & 0xFFFF) + 1
+        if count > FAST_START_PACKETS:
+            return None
+        packets = []
+        for offset in range(count):
+            packet = self.history.get((start + offset) & 0xFFFF)
+            if packet is None:
+                return None
+            packets.append(packet)
+        return packets
 
     def detach(self, sink: PacketSink) -> None:
         if sink in self.sinks:
@@ -170,7 +214,7 @@ class Producer:
             self._keyframe_pending = True
             return
         wait = self._last_keyframe_request + self._keyframe_interval_s - time.monotonic()
-        if wait > 0:
+        if wait > 0 and not self.mirror:  # a mirror's requests meet the publisher's throttle
             if self._deferred is None:
                 self._deferred = asyncio.get_running_loop().call_later(wait, self._send_deferred)
             return
@@ -195,6 +239,7 @@ class Producer:
         """First packet, or the publisher changed SSRC: continue the slot's sequence numbers and
         timestamps where they left off, and ask for the keyframe viewers wait on."""
         self.source_ssrc = packet.ssrc
+        self._gop_seq = None  # a new source's packets do not follow the old keyframe
         slot = self.slot
         if self.packets:  # same publisher, new SSRC: continue from our own last packet
             slot.last_seq, slot.last_timestamp = self.last_seq, self.last_timestamp

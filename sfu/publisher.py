@@ -20,6 +20,7 @@ class Publisher(PeerLeg):
 
     role = "publisher"
     keyframe_interval_s = 0.5
+    fast_start_s = 1.0
 
     def __init__(
         self,
@@ -81,6 +82,7 @@ class Publisher(PeerLeg):
                 publisher_id=self.id,
                 request_keyframe=keyframe_requester(transceiver.receiver),
                 keyframe_interval_s=self.keyframe_interval_s,
+                fast_start_s=self.fast_start_s,
                 slot=self.track_slots.get(transceiver.kind),
                 slot_index=self.slot,
                 identity=self.identity,

@@ -17,6 +17,7 @@ class NodeSettings:
     turn_username: str = ""
     turn_password: str = ""
     keyframe_interval_ms: int = 500
+    fast_start_ms: int = 1000
     max_publishers: int = 4
     workers: int = 0
     log_level: str = "INFO"

@@ -108,7 +108,7 @@ class Viewer(PeerLeg):
             return
         consumer = Consumer.for_sender(producer, transceiver.sender, codecs[0].payloadType, self.id)
         self.consumers.append(consumer)
-        producer.attach(consumer)
+        producer.attach_viewer(consumer)
 
     def on_producer_closed(self, producer: Producer) -> None:
         """A publisher left: drop its consumers; with nothing left to watch the session ends."""

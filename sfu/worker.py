@@ -123,6 +123,7 @@ class Worker:
             publisher_id=message["publisher"],
             request_keyframe=request_keyframe,
             keyframe_interval_s=self.settings.keyframe_interval_ms / 1000,
+            fast_start_s=self.settings.fast_start_ms / 1000,
             ssrc=message["ssrc"],
             key=key,
             mirror=True,

@@ -40,6 +40,7 @@ def node_settings(config: Config) -> NodeSettings:
         turn_username=config.turn_username,
         turn_password=config.turn_password,
         keyframe_interval_ms=config.pli_throttle_ms,
+        fast_start_ms=config.fast_start_ms,
         max_publishers=config.max_publishers,
         workers=worker_count(config.workers),
         log_level=config.log_level,

@@ -70,6 +70,11 @@ class Config:
     pli_throttle_ms: int = field(
         default=500, metadata={"help": "minimum gap between keyframe requests per track"}
     )
+    fast_start_ms: int = field(
+        default=1000,
+        metadata={"help": "a joining WebRTC viewer starts from the newest keyframe when it is "
+                          "at most this old, without waiting for a new one (0: never)"},
+    )
     max_publishers: int = field(
         default=4, metadata={"help": "publishers per room: the anchor plus co-hosts"}
     )
