@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from loadtest import cohost, live_bench, path_bench, split
+from loadtest import cohost, live_bench, paced_floor, path_bench, split
 from loadtest.floor import print_floor, run_floor
 from loadtest.procstat import resolve_server_pids
 from loadtest.stats import write_report
@@ -53,6 +53,8 @@ def _webrtc_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baseline", choices=("none", "mediarelay"), default="none")
     p.add_argument("--baseline-viewers", type=_ints, default=list(BASELINE_VIEWERS))
     p.add_argument("--floor-viewers", type=int, default=50, help="0: skip the floor")
+    p.add_argument("--paced-floor-viewers", type=int, default=200,
+                   help="viewers of the paced floor (loadtest.paced_floor); 0: skip it")
     p.add_argument("--report", default="", help="JSON path (default loadtest/reports/)")
     p.add_argument("--plot", default="", help="PNG path for CPU per viewer and latency vs N")
 
@@ -74,12 +76,15 @@ def main(argv: list[str] | None = None) -> int:
     cohost.add_parser(sub)
     path_bench.add_parser(sub)
     split.add_parser(sub)
+    paced_floor.add_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper())
     if args.command in ("events", "flashsale"):
         return live_bench.run(args)
     if args.command == "path":
         return path_bench.main(args)
+    if args.command == "paced-floor":
+        return paced_floor.main(args)
     if args.command in ("cohost", "split"):
         if not args.url.startswith(("http://127.0.0.1", "http://localhost")):
             parser.error("loopback only: --url must be http://127.0.0.1:PORT")
@@ -111,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         report = uvloop.run(asyncio.wait_for(
-            run_webrtc(cfg, args.baseline, args.baseline_viewers, args.floor_viewers), limit))
+            run_webrtc(cfg, args.baseline, args.baseline_viewers, args.floor_viewers,
+                       args.paced_floor_viewers), limit))
     except Exception as exc:
         print(f"webrtc scenario failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2

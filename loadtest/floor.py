@@ -60,12 +60,12 @@ def _drain(ports: Connection, seconds: float) -> None:
     ports.send(count)
 
 
-def _cpu() -> float:
+def cpu_seconds() -> float:
     t = os.times()
     return t.user + t.system
 
 
-def _sessions(viewers: int, profile: str) -> list[Session]:
+def srtp_sessions(viewers: int, profile: str) -> list[Session]:
     libsrtp_profile, key_len = PROFILES[profile]
     out = []
     for _ in range(viewers):
@@ -86,7 +86,7 @@ def measure(viewers: int, size: int, profile: str, seconds: float) -> dict[str, 
         ports = receiver.recv() if receiver.poll(10) else []
         if not ports:
             raise RuntimeError("drain process did not start")
-        sessions = _sessions(viewers, profile)
+        sessions = srtp_sessions(viewers, profile)
         socks = []
         for n in range(viewers):
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -112,16 +112,16 @@ def measure(viewers: int, size: int, profile: str, seconds: float) -> dict[str, 
         rounds = max(10, min(MAX_PACKETS // max(1, viewers), int(seconds / per_round)))
         seq = CALIBRATE_PACKETS
 
-        t0 = _cpu()
+        t0 = cpu_seconds()
         for _ in range(rounds):
             pkt = packet(seq)
             seq += 1
             for sess, _sock in pairs:
                 sess.protect(pkt)
-        protect_s = _cpu() - t0
+        protect_s = cpu_seconds() - t0
 
         blocked = 0
-        t0, w0 = _cpu(), time.monotonic()
+        t0, w0 = cpu_seconds(), time.monotonic()
         for _ in range(rounds):
             pkt = packet(seq)
             seq += 1
@@ -130,7 +130,7 @@ def measure(viewers: int, size: int, profile: str, seconds: float) -> dict[str, 
                     sock.send(sess.protect(pkt))
                 except BlockingIOError:
                     blocked += 1
-        both_s, wall = _cpu() - t0, time.monotonic() - w0
+        both_s, wall = cpu_seconds() - t0, time.monotonic() - w0
         for s in socks:
             s.close()
         sent = rounds * viewers

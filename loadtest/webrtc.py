@@ -28,6 +28,7 @@ from typing import Any
 from loadtest.clients import publish
 from loadtest.floor import floor_for_mix, print_floor, run_floor
 from loadtest.media import PaintedVideoTrack, ToneAudioTrack
+from loadtest.paced_floor import print_paced_floor, run_paced_floor
 from loadtest.procstat import CpuWindow
 from loadtest.stats import mint_token
 from loadtest.webrtc_report import SCHEMA, fit, packet_mix, ratios, step_row, table_line
@@ -268,18 +269,24 @@ def machine() -> dict[str, Any]:
 
 
 async def run_webrtc(cfg: WebrtcConfig, baseline: str, baseline_viewers: list[int],
-                     floor_viewers: int) -> dict[str, Any]:
+                     floor_viewers: int, paced_floor_viewers: int = 0) -> dict[str, Any]:
     """Floor, then ShopCast's steps, then the baseline: one report with the ratios."""
     errors: list[str] = []
     warnings: list[str] = []
     floor = run_floor(viewers=floor_viewers, seconds=1.0) if floor_viewers else {"rows": []}
     if floor["rows"]:
         print_floor(floor)
+    paced = run_paced_floor(paced_floor_viewers, receivers=cfg.procs) if paced_floor_viewers \
+        else {"rows": []}
+    if paced["rows"]:
+        print_paced_floor(paced)
     ours = await run_server(cfg, errors)
     base = await run_baseline(cfg, baseline_viewers, errors) if baseline == "mediarelay" else None
     profiles = {v.get("srtp_profile") for v in ours["viewers"]} - {None}
     profile = profiles.pop() if len(profiles) == 1 else "AEAD_AES_256_GCM"
-    floor_us = floor_for_mix(floor, profile, packet_mix(ours["steps"])) if floor["rows"] else None
+    mix = packet_mix(ours["steps"])
+    floor_us = floor_for_mix(floor, profile, mix) if floor["rows"] else None
+    paced_us = floor_for_mix(paced, "AEAD_AES_256_GCM", mix) if paced["rows"] else None
     for run in filter(None, (ours, base)):
         busy = [s["viewers"] for s in run["steps"] if s["machine_busy_pct"] > 95]
         if busy:
@@ -294,7 +301,8 @@ async def run_webrtc(cfg: WebrtcConfig, baseline: str, baseline_viewers: list[in
     return {"schema": SCHEMA, "machine": machine(),
             "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "secret"}
             | {"baseline": baseline, "baseline_viewers": baseline_viewers},
-            "floor": floor | {"profile_used": profile, "mix_us": floor_us},
+            "floor": floor | {"profile_used": profile, "mix_us": floor_us,
+                              "paced": paced["rows"], "paced_mix_us": paced_us},
             "shopcast": ours, "baseline": base,
-            "ratios": ratios(ours["fit"], floor_us, base["fit"] if base else None),
+            "ratios": ratios(ours["fit"], floor_us, base["fit"] if base else None, paced_us),
             "errors": errors, "warnings": warnings}

@@ -120,7 +120,7 @@ def refit(report: dict[str, Any]) -> dict[str, Any]:
             report[part]["fit"] = fit(report[part]["steps"])
     base = report.get("baseline")
     report["ratios"] = ratios(report["shopcast"]["fit"], report["floor"].get("mix_us"),
-                              base["fit"] if base else None)
+                              base["fit"] if base else None, report["floor"].get("paced_mix_us"))
     return report
 
 
@@ -134,9 +134,10 @@ def packet_mix(steps: list[dict[str, Any]]) -> dict[int, float]:
     return mix
 
 
-def ratios(ours: dict[str, Any], floor_us: float | None,
-           baseline: dict[str, Any] | None) -> dict[str, float | None]:
-    """ShopCast's marginal cost per forwarded packet against the floor and the baseline."""
+def ratios(ours: dict[str, Any], floor_us: float | None, baseline: dict[str, Any] | None,
+           paced_floor_us: float | None = None) -> dict[str, float | None]:
+    """ShopCast's marginal cost per forwarded packet against the floor (bulk sends, and at the
+    viewers' packet rate to sleeping receivers: loadtest.paced_floor) and the baseline."""
     us = ours.get("us_per_forwarded_packet")
     base = (baseline or {}).get("us_per_forwarded_packet")
     return {
@@ -144,6 +145,8 @@ def ratios(ours: dict[str, Any], floor_us: float | None,
         "floor_us_per_packet": floor_us,
         "baseline_us_per_packet": base,
         "vs_floor": round(us / floor_us, 2) if us and floor_us else None,
+        "paced_floor_us_per_packet": paced_floor_us,
+        "vs_paced_floor": round(us / paced_floor_us, 2) if us and paced_floor_us else None,
         "vs_baseline": round(us / base, 4) if us and base else None,
     }
 
@@ -214,6 +217,10 @@ def print_summary(report: dict[str, Any]) -> None:
     print(f"\nfloor (SRTP protect + sendto, this run): {_f(r['floor_us_per_packet'], 2)} us/packet;"
           f" ShopCast {_f(r['shopcast_us_per_packet'], 2)} us = {_f(r['vs_floor'], 2)}x floor,"
           f" {_f(r['vs_baseline'], 4)}x MediaRelay ({_f(r['baseline_us_per_packet'], 1)} us)")
+    if r.get("paced_floor_us_per_packet"):
+        print(f"paced floor (same sends at the viewers' packet rate, sleeping receivers):"
+              f" {_f(r['paced_floor_us_per_packet'], 2)} us/packet;"
+              f" ShopCast = {_f(r['vs_paced_floor'], 2)}x")
     for line in report["warnings"] + report["errors"][:20]:
         print(f"! {line}")
 
