@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 
+from sfu import rate_counter
 from sfu.events_channel import LABEL
 from sfu.ice import announce_public_ip
 from sfu.offer import Offer
@@ -54,6 +55,7 @@ class PeerLeg:
         self.id = uuid.uuid4().hex
         self.room = room
         self.identity = identity
+        rate_counter.install()
         self.pc = RTCPeerConnection(configuration=configuration)
         self.created_at = time.monotonic()
         self.connected_at: float | None = None
