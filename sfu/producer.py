@@ -181,6 +181,14 @@ class Producer:
                 return
         self.request_keyframe()
 
+    def expect_viewer(self) -> None:
+        """A viewer is negotiating and will connect in a few hundred ms: unless a keyframe was
+        cached within the throttle interval, ask for one now, so that it is there to start
+        from when the viewer connects rather than asked for only then."""
+        if (self.kind == "video" and self._fast_start_s > 0
+                and time.monotonic() - self._gop_at >= self._keyframe_interval_s):
+            self.request_keyframe()
+
     def recent_gop(self) -> list[bytes] | None:
         """The newest keyframe and every packet since, if it started within the fast-start
         window, is whole in the history and fits in FAST_START_PACKETS; else None."""

@@ -98,6 +98,7 @@ class Viewer(PeerLeg):
             return
         if self.connected_at is None:
             self._waiting[key] = producer
+            producer.expect_viewer()
         else:
             self._consume(producer)
 

@@ -141,3 +141,26 @@ def test_a_worker_mirror_leaves_the_throttle_to_the_publishers_process() -> None
     for _ in range(3):
         mirror.request_keyframe()
     assert len(requests) == 3  # each goes to the real producer, whose throttle applies once
+
+
+def test_a_negotiating_viewer_gets_a_keyframe_asked_for_unless_one_is_fresh() -> None:
+    producer, requests = make_producer()
+    producer.ingest(rtp(1, SLICE, ssrc=777))
+    requests.clear()
+    producer.expect_viewer()  # nothing cached: ask now, the keyframe is there at connection
+    assert requests == [777]
+    gop(producer, 10, frames=2)
+    producer._last_keyframe_request = -1e9  # the throttle is not what is tested here
+    requests.clear()
+    producer.expect_viewer()  # a keyframe of a moment ago will still be fresh
+    assert requests == []
+    producer._gop_at = time.monotonic() - 0.6
+    producer.expect_viewer()
+    assert requests == [777]
+
+    off = Producer("video", H264, publisher_id="p", request_keyframe=requests.append,
+                   fast_start_s=0)
+    off.ingest(rtp(1, SLICE, ssrc=5))
+    requests.clear()
+    off.expect_viewer()  # without fast start the viewer asks when it connects, as before
+    assert requests == []

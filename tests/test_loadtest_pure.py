@@ -151,3 +151,15 @@ async def test_path_bench_measures_floor_and_forwarding_path() -> None:
     report = await run(viewers=4, packets=64, size=300)
     assert report["floor_us"] > 0 and report["path_us"] > 0
     assert len(report["runs"]["floor"]) == len(report["runs"]["path"]) == 3
+
+
+def test_paced_floor_sends_every_round_to_every_receiver() -> None:
+    """Smoke run (tiny, untimed): 6 viewers over 2 sleeping receiver processes, all delivered,
+    and the webrtc report's ratio against it."""
+    from loadtest.paced_floor import measure_paced
+
+    row = measure_paced(6, 300, "AEAD_AES_256_GCM", receivers=2, rate=100.0, seconds=0.2)
+    assert row["packets"] == 6 * 20 and row["received"] == row["packets"]
+    assert row["protect_sendto_us"] > 0
+    r = ratios({"us_per_forwarded_packet": 12.0}, 6.0, None, 10.0)
+    assert (r["vs_floor"], r["vs_paced_floor"]) == (2.0, 1.2)
