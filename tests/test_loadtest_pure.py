@@ -160,6 +160,6 @@ def test_paced_floor_sends_every_round_to_every_receiver() -> None:
 
     row = measure_paced(6, 300, "AEAD_AES_256_GCM", receivers=2, rate=100.0, seconds=0.2)
     assert row["packets"] == 6 * 20 and row["received"] == row["packets"]
-    assert row["protect_sendto_us"] > 0
+    assert row["protect_sendto_us"] >= 0  # CPU ticks are 10 ms: a run this small may read 0
     r = ratios({"us_per_forwarded_packet": 12.0}, 6.0, None, 10.0)
     assert (r["vs_floor"], r["vs_paced_floor"]) == (2.0, 1.2)
