@@ -25,6 +25,7 @@ def render(node: SfuNode) -> list[str]:
         "shopcast_track_keyframes_total": [],
         "shopcast_track_keyframe_requests_total": [],
         "shopcast_track_retransmits_total": [],
+        "shopcast_track_fast_starts_total": [],
     }
     for room in node.rooms.values():
         label = f'room="{room.name}"'
@@ -32,9 +33,10 @@ def render(node: SfuNode) -> list[str]:
         room_lines["shopcast_room_live"].append(f"{{{label}}} {int(room.live)}")
         for producer in room.producers():
             track = f'{label},kind="{producer.kind}",publisher="{producer.publisher_id}"'
-            retransmits = producer.retransmits
+            retransmits, fast_starts = producer.retransmits, producer.fast_starts
             if node.workers is not None:
-                retransmits += node.workers.retransmits(producer.key)
+                retransmits += node.workers.counter("retransmits", producer.key)
+                fast_starts += node.workers.counter("fast_starts", producer.key)
             room_lines["shopcast_track_packets_total"].append(f"{{{track}}} {producer.packets}")
             room_lines["shopcast_track_bytes_total"].append(f"{{{track}}} {producer.octets}")
             room_lines["shopcast_track_keyframes_total"].append(f"{{{track}}} {producer.keyframes}")
@@ -42,6 +44,7 @@ def render(node: SfuNode) -> list[str]:
                 f"{{{track}}} {producer.keyframe_requests}"
             )
             room_lines["shopcast_track_retransmits_total"].append(f"{{{track}}} {retransmits}")
+            room_lines["shopcast_track_fast_starts_total"].append(f"{{{track}}} {fast_starts}")
     for name, samples in room_lines.items():
         kind = "counter" if name.endswith("_total") else "gauge"
         lines.append(f"# TYPE {name} {kind}")

@@ -206,7 +206,10 @@ class Worker:
             self.control.send(
                 {
                     "op": "stats",
-                    "retransmits": {k: p.retransmits for k, p in self.producers.items()},
+                    "counters": {
+                        "retransmits": {k: p.retransmits for k, p in self.producers.items()},
+                        "fast_starts": {k: p.fast_starts for k, p in self.producers.items()},
+                    },
                     "viewers": len(self.viewers),
                 }
             )

@@ -82,7 +82,7 @@ class WorkerHandle:
         self.media = media
         self.legs: dict[str, RemoteViewer] = {}
         self.feeds: dict[int, WorkerFeed] = {}
-        self.retransmits: dict[int, int] = {}
+        self.counters: dict[str, dict[int, int]] = {}  # name -> producer key -> count
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.alive = True
 
@@ -188,8 +188,9 @@ class WorkerPool:
                     ntp, rtp = producer.sender_report()
                     worker.control.send({"op": "sr", "key": key, "ntp": ntp, "rtp": rtp})
 
-    def retransmits(self, key: int) -> int:
-        return sum(w.retransmits.get(key, 0) for w in self.workers)
+    def counter(self, name: str, key: int) -> int:
+        """A per-track counter summed over the workers' mirrors (their once-a-second stats)."""
+        return sum(w.counters.get(name, {}).get(key, 0) for w in self.workers)
 
     def _announce(self, worker: WorkerHandle, producer: Producer) -> None:
         """Create the worker's mirror of ``producer`` and start feeding it, once per worker.
@@ -222,7 +223,8 @@ class WorkerPool:
         elif op == "leg_closed":
             self._leg_gone(worker, message["leg"])
         elif op == "stats":
-            worker.retransmits = dict(message["retransmits"])
+            worker.counters = {name: dict(counts)
+                               for name, counts in message["counters"].items()}
         elif op in ("events_open", "client_event", "events_closed"):
             self._on_events(worker, op, message)
         elif op == "channel_closed":

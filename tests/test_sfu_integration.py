@@ -8,6 +8,7 @@ import contextlib
 import time
 from typing import Any
 
+import aiohttp
 import pytest
 from aiortc import rtcrtpreceiver, rtcrtpsender
 from aiortc.rtp import RtcpSrPacket
@@ -103,6 +104,12 @@ async def test_a_viewer_joining_after_another_starts_from_the_cached_keyframe(
         assert second.frame_gaps == 0, "every frame after the cached keyframe decoded"
         late = sorted(second.latencies_ms[-30:])
         assert late[len(late) // 2] < 150, f"the second viewer caught up: {late}"
+        async with aiohttp.ClientSession() as http, http.get(server.url + "/metrics") as resp:
+            metrics = await resp.text()
+        line = next(ln for ln in metrics.splitlines()
+                    if ln.startswith("shopcast_track_fast_starts_total") and 'kind="video"' in ln
+                    and 'room="fast"' in ln)
+        assert int(line.rsplit(" ", 1)[1]) == video.fast_starts
     finally:
         for viewer in (first, second):
             if viewer is not None:
