@@ -145,15 +145,7 @@ class Consumer:
         for packet in packets:
             header = bytearray(packet)
             _TIMESTAMP.pack_into(header, 4, restamp[_TIMESTAMP.unpack_from(packet, 4)[0]])
-            if self._pt >= 0:
-                header[1] = (header[1] & 0x80) | self._pt
-            try:
-                self._send(self._protect(bytes(header)))
-            except Exception as exc:
-                logger.debug("fast start failed viewer=%s: %s", self.viewer_id, exc)
-                return
-            self.packets += 1
-            self.octets += len(packet) - 12
+            self.forward(bytes(header), True)
 
     async def handle_rtcp(self, packet: AnyRtcpPacket) -> None:
         """Viewer feedback: NACK from the shared history, PLI/FIR upstream through the throttle."""
