@@ -34,12 +34,13 @@ MAX_PACKETS = 2_000_000  # per measurement, whatever --seconds says
 CALIBRATE_PACKETS = 200
 
 
-def _drain(ports: Connection, seconds: float) -> None:
-    """Receive and discard on DRAIN_SOCKETS sockets until told to stop (or the hard deadline);
-    send back the count."""
+def drain(ports: Connection, seconds: float, sockets: int = DRAIN_SOCKETS) -> None:
+    """A receiving process: ``sockets`` loopback sockets, woken by epoll and drained (a bounded
+    burst each) until told to stop or the hard deadline; sends their ports first, then the
+    count of datagrams received."""
     socks = []
     sel = selectors.DefaultSelector()
-    for _ in range(DRAIN_SOCKETS):
+    for _ in range(sockets):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.bind(("127.0.0.1", 0))
         s.setblocking(False)
@@ -80,8 +81,8 @@ def srtp_sessions(viewers: int, profile: str) -> list[Session]:
 def measure(viewers: int, size: int, profile: str, seconds: float) -> dict[str, Any]:
     """CPU us per packet per viewer for protect alone and protect + sendto."""
     receiver, child_end = mp.Pipe()
-    drain = mp.get_context("spawn").Process(target=_drain, args=(child_end, DRAIN_LIMIT_S))
-    drain.start()
+    drainer = mp.get_context("spawn").Process(target=drain, args=(child_end, DRAIN_LIMIT_S))
+    drainer.start()
     try:
         ports = receiver.recv() if receiver.poll(10) else []
         if not ports:
@@ -145,9 +146,9 @@ def measure(viewers: int, size: int, profile: str, seconds: float) -> dict[str, 
             "blocked": blocked, "drained": drained,
         }
     finally:
-        drain.join(15)
-        if drain.is_alive():
-            drain.terminate()
+        drainer.join(15)
+        if drainer.is_alive():
+            drainer.terminate()
 
 
 def run_floor(viewers: int = 50, sizes: tuple[int, ...] = (120, 1200),

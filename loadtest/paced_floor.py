@@ -17,41 +17,14 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import selectors
 import socket
 import struct
 import time
-from multiprocessing.connection import Connection
 from typing import Any
 
-from loadtest.floor import DRAIN_LIMIT_S, cpu_seconds, srtp_sessions
+from loadtest.floor import DRAIN_LIMIT_S, cpu_seconds, drain, srtp_sessions
 
 MAX_SECONDS = 30.0
-
-
-def _receive(conn: Connection, sockets: int, limit_s: float) -> None:
-    """One receiver process: ``sockets`` sockets, woken by epoll, each drained per wake-up."""
-    sel = selectors.DefaultSelector()
-    socks = []
-    for _ in range(sockets):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.bind(("127.0.0.1", 0))
-        s.setblocking(False)
-        sel.register(s, selectors.EVENT_READ)
-        socks.append(s)
-    conn.send([s.getsockname()[1] for s in socks])
-    count = 0
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline and not conn.poll():
-        for key, _ in sel.select(0.05):
-            sock: socket.socket = key.fileobj  # type: ignore[assignment]
-            while True:
-                try:
-                    sock.recv(2048)
-                except BlockingIOError:
-                    break
-                count += 1
-    conn.send(count)
 
 
 def measure_paced(viewers: int, size: int, profile: str, *, receivers: int = 2,
@@ -64,7 +37,7 @@ def measure_paced(viewers: int, size: int, profile: str, *, receivers: int = 2,
     try:
         for share in shares:
             mine, theirs = mp.Pipe()
-            proc = ctx.Process(target=_receive, args=(theirs, share, DRAIN_LIMIT_S))
+            proc = ctx.Process(target=drain, args=(theirs, DRAIN_LIMIT_S, share))
             proc.start()
             pipes.append(mine)
             procs.append(proc)
