@@ -32,6 +32,7 @@ from aiortc.mediastreams import MediaStreamError
 from loadtest.counters import CountingJitterBuffer, install_counter
 from loadtest.events_client import EventsClient
 from loadtest.media import latency_ms, now_ms, pin_video_bitrate, read_painted
+from signaling.tasks import stop_task
 
 log = logging.getLogger("loadtest.clients")
 
@@ -315,15 +316,10 @@ class Viewer(_Peer):
 
     async def _stop_tasks(self) -> None:
         """Stop the frame reader. Python 3.11's wait_for can swallow a cancel that lands as a
-        frame arrives, so the reader also checks a flag, and the cancel is repeated (bounded)
-        instead of awaited blindly: a swallowed cancel once kept close() waiting forever."""
+        frame arrives, so the reader also checks a flag, and ``stop_task`` repeats the cancel
+        (bounded): a swallowed cancel once kept close() waiting forever."""
         self._stopping = True
-        task = self._task
-        for _ in range(50):
-            if task is None or task.done():
-                break
-            task.cancel()
-            await asyncio.wait({task}, timeout=0.1)
+        await stop_task(self._task)
         self._drop_decoder_backlog()
 
     def _drop_decoder_backlog(self) -> None:

@@ -286,7 +286,7 @@ async def run_webrtc(cfg: WebrtcConfig, baseline: str, baseline_viewers: list[in
     profile = profiles.pop() if len(profiles) == 1 else "AEAD_AES_256_GCM"
     mix = packet_mix(ours["steps"])
     floor_us = floor_for_mix(floor, profile, mix) if floor["rows"] else None
-    paced_us = floor_for_mix(paced, "AEAD_AES_256_GCM", mix) if paced["rows"] else None
+    paced_us = floor_for_mix(paced, paced["rows"][0]["profile"], mix) if paced["rows"] else None
     for run in filter(None, (ours, base)):
         busy = [s["viewers"] for s in run["steps"] if s["machine_busy_pct"] > 95]
         if busy:

@@ -177,7 +177,7 @@ class Producer:
         if gop is not None:
             consumer.fast_start(gop, self.codec.clockRate // 1000)
             self.fast_starts += 1
-            if time.monotonic() - self._gop_at < self._keyframe_interval_s:
+            if self._gop_within(self._keyframe_interval_s):
                 return
         self.request_keyframe()
 
@@ -186,14 +186,14 @@ class Producer:
         cached within the throttle interval, ask for one now, so that it is there to start
         from when the viewer connects rather than asked for only then."""
         if (self.kind == "video" and self._fast_start_s > 0
-                and time.monotonic() - self._gop_at >= self._keyframe_interval_s):
+                and not self._gop_within(self._keyframe_interval_s)):
             self.request_keyframe()
 
     def recent_gop(self) -> list[bytes] | None:
         """The newest keyframe and every packet since, if it started within the fast-start
         window, is whole in the history and fits in FAST_START_PACKETS; else None."""
         start = self._gop_seq
-        if start is None or time.monotonic() - self._gop_at > self._fast_start_s:
+        if start is None or not self._gop_within(self._fast_start_s):
             return None
         count = ((self.last_seq - start) & 0xFFFF) + 1
         if count > FAST_START_PACKETS:
@@ -205,6 +205,10 @@ class Producer:
                 return None
             packets.append(packet)
         return packets
+
+    def _gop_within(self, seconds: float) -> bool:
+        """The newest cached keyframe began at most ``seconds`` ago."""
+        return time.monotonic() - self._gop_at <= seconds
 
     def detach(self, sink: PacketSink) -> None:
         if sink in self.sinks:
