@@ -95,3 +95,9 @@ class NoWorkers(MediaError):
     """No media worker process is running to take a viewer."""
 
     code = "no_workers"
+
+
+class MalformedMedia(MediaError):
+    """An encoder's stream that cannot be parsed (truncated or garbage tags, bad NAL framing)."""
+
+    code = "malformed_media"
