@@ -29,10 +29,10 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError
 
+from common.tasks import stop_task
 from loadtest.counters import CountingJitterBuffer, install_counter
 from loadtest.events_client import EventsClient
 from loadtest.media import latency_ms, now_ms, pin_video_bitrate, read_painted
-from signaling.tasks import stop_task
 
 log = logging.getLogger("loadtest.clients")
 

@@ -17,10 +17,10 @@ from typing import Protocol
 
 from aiortc import RTCDataChannel
 
+from common.tasks import stop_tasks
 from sfu.background import spawn
 from sfu.events_channel import EventsChannel
 from signaling.bus import Bus
-from signaling.tasks import stop_tasks
 from signaling.tokens import Claims
 
 logger = logging.getLogger("shopcast.sfu.events")

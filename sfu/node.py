@@ -10,6 +10,7 @@ from typing import Protocol
 from aiohttp import web
 from aiortc import RTCDataChannel
 
+from common.tasks import stop_task
 from sfu.event_bridge import EventBridge, open_channel
 from sfu.ice import rtc_configuration, use_host_addresses
 from sfu.offer import Offer
@@ -20,7 +21,6 @@ from sfu.settings import NodeSettings
 from sfu.viewer import Viewer
 from sfu.worker_pool import RemoteViewer, WorkerPool
 from signaling.errors import conflict, forbidden, not_found
-from signaling.tasks import stop_task
 from signaling.tokens import Claims, Grant
 
 logger = logging.getLogger("shopcast.sfu.node")

@@ -14,9 +14,9 @@ import logging
 from collections.abc import Callable
 from dataclasses import replace
 
+from common.tasks import stop_tasks
 from signaling.bus import Bus
 from signaling.store import NodeRecord, RoomNotFound, Store
-from signaling.tasks import stop_tasks
 
 logger = logging.getLogger("shopcast.signaling.nodes")
 

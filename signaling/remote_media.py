@@ -13,9 +13,9 @@ import asyncio
 import logging
 from typing import Any
 
+from common.tasks import stop_task
 from signaling.bus import Bus
 from signaling.media import MediaControl
-from signaling.tasks import stop_task
 
 logger = logging.getLogger("shopcast.signaling.remote_media")
 

@@ -16,12 +16,12 @@ import logging
 
 from aiohttp import web
 
+from common.tasks import stop_task
 from signaling.errors import ApiError, bad_request, not_found
 from signaling.negotiation import Elsewhere
 from signaling.nodes import NoNodeAvailable, RoomRouter
 from signaling.rooms import RoomService, valid_room_name
 from signaling.store import NodeRecord, Store
-from signaling.tasks import stop_task
 from signaling.tokens import Claims, Grant, authorize, bearer, verify
 
 logger = logging.getLogger("shopcast.signaling.routing")

@@ -13,9 +13,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from common.tasks import stop_task
 from signaling.rooms import RoomService
 from signaling.store import JsonObject, ParticipantRecord, TrackRecord, Transport
-from signaling.tasks import stop_task
 
 logger = logging.getLogger("shopcast.signaling.sessions")
 

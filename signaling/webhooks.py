@@ -25,7 +25,7 @@ from typing import Any
 
 import aiohttp
 
-from signaling.tasks import stop_tasks
+from common.tasks import stop_tasks
 
 logger = logging.getLogger("shopcast.signaling.webhooks")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from signaling.tasks import stop_task, stop_tasks
+from common.tasks import stop_task, stop_tasks
 
 
 async def test_a_lost_cancel_is_sent_again() -> None:

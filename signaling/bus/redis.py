@@ -15,9 +15,9 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
+from common.tasks import stop_task
 from signaling.bus.base import Bus, Event, check_event, pack, unpack
 from signaling.store.redis import Keys
-from signaling.tasks import stop_task
 
 logger = logging.getLogger("shopcast.signaling.bus")
 

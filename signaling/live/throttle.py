@@ -14,8 +14,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from common.tasks import stop_tasks
 from signaling.store import Store
-from signaling.tasks import stop_tasks
 
 logger = logging.getLogger("shopcast.signaling.live")
 

@@ -21,12 +21,12 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from common.tasks import stop_tasks
 from signaling.bus import Subscription
 from signaling.errors import bad_request, forbidden
 from signaling.live.gateway import EventGateway, allowed
 from signaling.live.schema import MAX_EVENT_BYTES, error, pack
 from signaling.service import SIGNALING_KEY
-from signaling.tasks import stop_tasks
 from signaling.tokens import Claims, Grant, bearer, verify
 
 logger = logging.getLogger("shopcast.signaling.live.ws")
