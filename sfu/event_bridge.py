@@ -21,7 +21,7 @@ from common.tasks import stop_tasks
 from sfu.background import spawn
 from sfu.events_channel import EventsChannel
 from signaling.bus import Bus
-from signaling.tokens import Claims
+from signaling.claims import Claims
 
 logger = logging.getLogger("shopcast.sfu.events")
 

@@ -20,8 +20,8 @@ from sfu.room import Room, ViewerLeg
 from sfu.settings import NodeSettings
 from sfu.viewer import Viewer
 from sfu.worker_pool import RemoteViewer, WorkerPool
+from signaling.claims import Claims, Grant
 from signaling.errors import conflict, forbidden, not_found
-from signaling.tokens import Claims, Grant
 
 logger = logging.getLogger("shopcast.sfu.node")
 

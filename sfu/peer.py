@@ -15,8 +15,8 @@ from sfu import rate_counter
 from sfu.events_channel import LABEL
 from sfu.ice import announce_public_ip
 from sfu.offer import Offer
+from signaling.claims import Claims
 from signaling.errors import ApiError
-from signaling.tokens import Claims
 
 logger = logging.getLogger("shopcast.sfu.peer")
 

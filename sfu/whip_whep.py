@@ -20,9 +20,11 @@ from sfu.offer import parse_offer
 from sfu.peer import PeerLeg
 from sfu.room import ViewerLeg
 from sfu.worker_pool import RemoteViewer
-from signaling.errors import ApiError, Handler, bad_request
+from signaling.claims import Claims
+from signaling.errors import ApiError, bad_request
+from signaling.http_errors import Handler
 from signaling.routing import redirect
-from signaling.tokens import Claims, bearer, verify
+from signaling.tokens import bearer, verify
 
 ROOM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SECRET_KEY = web.AppKey("token_secret", str)

@@ -16,8 +16,8 @@ from sfu.ipc import ControlChannel, MediaSender, Message, codec_to_dict, socketp
 from sfu.producer import Producer
 from sfu.room_layout import RoomLayout
 from sfu.settings import NodeSettings
+from signaling.claims import Claims
 from signaling.errors import ApiError
-from signaling.tokens import Claims
 
 logger = logging.getLogger("shopcast.sfu.workers")
 

@@ -7,9 +7,9 @@ from sfu.media_control import NodeMediaControl
 from sfu.node import SfuNode
 from sfu.offer import parse_offer
 from sfu.whip_whep import ROOM_NAME, Placement
+from signaling.claims import Claims
 from signaling.errors import bad_request
 from signaling.negotiation import Elsewhere
-from signaling.tokens import Claims
 
 
 def _check(room: str, claims: Claims, publish: bool) -> None:

@@ -23,7 +23,7 @@ from shopcast.config import Config
 from shopcast.control_plane import add_control_plane, metrics_lines
 from signaling import pages, ws_signaling
 from signaling.cors import cors_middleware
-from signaling.errors import error_middleware
+from signaling.http_errors import error_middleware
 from signaling.service import Signaling
 from signaling.ws_signaling import WsSignaling
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from signaling.errors import Handler
+from signaling.http_errors import Handler
 
 CORS_PREFIXES = ("/whip/", "/whep/", "/api/", "/live/")
 ALLOW_HEADERS = "Authorization, Content-Type, If-Match, Idempotency-Key"

@@ -1,13 +1,18 @@
-"""JSON errors: every failure a client sees is ``{"error": {"code": ..., "message": ...}}``."""
+"""JSON errors: every failure a client sees is ``{"error": {"code": ..., "message": ...}}``.
+
+``ApiError`` is plain data (a status, a stable code, a message) and this module imports no web
+framework, so code that only raises or carries one (``Claims``, the media plane's worker
+processes) loads no HTTP code. The middleware that renders every failure is in
+``signaling/http_errors.py``.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
-from aiohttp import web
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+if TYPE_CHECKING:
+    from aiohttp import web
 
 
 class ApiError(Exception):
@@ -19,9 +24,16 @@ class ApiError(Exception):
         self.code = code
         self.message = message
 
+    def body(self) -> str:
+        """The JSON body every door sends: ``{"error": {"code": ..., "message": ...}}``."""
+        return json.dumps({"error": {"code": self.code, "message": self.message}})
+
     def to_response(self) -> web.Response:
-        body = json.dumps({"error": {"code": self.code, "message": self.message}})
-        return web.Response(status=self.status, text=body, content_type="application/json")
+        # Imported here, not at the top: only a process that serves HTTP renders a response,
+        # and it has aiohttp.web loaded already.
+        from aiohttp import web
+
+        return web.Response(status=self.status, text=self.body(), content_type="application/json")
 
 
 def bad_request(message: str, code: str = "bad_request") -> ApiError:
@@ -42,19 +54,3 @@ def not_found(message: str, code: str = "not_found") -> ApiError:
 
 def conflict(message: str, code: str = "conflict") -> ApiError:
     return ApiError(409, code, message)
-
-
-@web.middleware
-async def error_middleware(
-    request: web.Request, handler: Handler
-) -> web.StreamResponse:
-    """Turn ApiError and aiohttp's own HTTP errors into JSON bodies; never leak a traceback."""
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        return exc.to_response()
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        code = exc.reason.lower().replace(" ", "_")
-        return ApiError(exc.status, code, exc.reason).to_response()

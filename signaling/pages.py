@@ -7,7 +7,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from signaling.errors import Handler, not_found
+from signaling.errors import not_found
+from signaling.http_errors import Handler
 
 PAGES = {"/": "index.html", "/anchor": "anchor.html", "/cohost": "cohost.html",
          "/viewer": "viewer.html"}
