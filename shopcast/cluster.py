@@ -1,9 +1,9 @@
 """The two processes of a multi-node deployment, both on one Redis.
 
 ``shopcast signaling`` (``create_signaling_app``): REST API, pages, metrics and the front door.
-It has no media: WHIP/WHEP/FLV requests answer ``307`` to the node that owns the room, and
-REST close/kick/mute go to the nodes as bus commands. Each one also frees the rooms of nodes
-that stopped heartbeating.
+It has no media: WHIP/WHEP requests are forwarded to the node that owns the room (one HTTP
+client for the app's life), FLV answers ``307`` there, and REST close/kick/mute go to the nodes
+as bus commands. Each one also frees the rooms of nodes that stopped heartbeating.
 
 ``shopcast sfu`` (``create_sfu_app``): one media node. It registers in Redis with its load
 every second (dead 4.5 s after its last heartbeat), serves WHIP/WHEP/FLV for the rooms assigned
@@ -23,15 +23,10 @@ from shopcast.app import add_media_plane, base_app, healthz, metrics
 from shopcast.config import Config
 from shopcast.control_plane import add_control_plane, metrics_lines
 from signaling import pages, ws_signaling
+from signaling.front_door import add_front_door
 from signaling.nodes import NodeAgent
 from signaling.remote_media import BusMediaControl, MediaCommands
-from signaling.routing import (
-    FrontDoorNegotiator,
-    NodePlacement,
-    NodeReaper,
-    RoomPlacement,
-    add_front_door,
-)
+from signaling.routing import FrontDoorNegotiator, NodePlacement, NodeReaper, RoomPlacement
 from signaling.ws_signaling import WsSignaling
 
 
@@ -40,16 +35,18 @@ def create_signaling_app(config: Config) -> web.Application:
     signaling = add_control_plane(app, config)
     signaling.rooms.media = BusMediaControl(signaling.bus)
     placement = RoomPlacement(signaling.store, signaling.rooms)
-    add_front_door(app, placement, signaling.settings.secret)
+    forwarder = add_front_door(app, placement, signaling.settings.secret)
     ws_signaling.add_routes(app, WsSignaling(FrontDoorNegotiator(placement), config.ws_resume_s))
     reaper = NodeReaper(placement)
 
-    async def reaper_lifetime(app: web.Application) -> AsyncIterator[None]:
+    async def front_door_lifetime(app: web.Application) -> AsyncIterator[None]:
+        await forwarder.start()
         await reaper.start()
         yield
         await reaper.close()
+        await forwarder.close()
 
-    app.cleanup_ctx.append(reaper_lifetime)
+    app.cleanup_ctx.append(front_door_lifetime)
     pages.add_routes(app, Path(config.web_dir))
     app.router.add_get("/healthz", signaling_healthz)
     app.router.add_get("/metrics", signaling_metrics)

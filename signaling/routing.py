@@ -1,5 +1,6 @@
-"""Multi-node routing: which SFU node serves a room, and the signaling front door that sends
-WHIP, WHEP and HTTP-FLV clients there with a ``307``.
+"""Multi-node routing: which SFU node serves a room, and how a request for a room that lives
+elsewhere is sent there (``redirect``; the signaling process's HTTP front door, which forwards
+WHIP/WHEP instead, is ``signaling/front_door.py``).
 
 A room is assigned on its first publish (``RoomRouter.owner``: the least-loaded live node that
 is not draining, claimed atomically) and stays on that node while it lives. Viewers never
@@ -22,7 +23,7 @@ from signaling.negotiation import Elsewhere
 from signaling.nodes import NoNodeAvailable, RoomRouter
 from signaling.rooms import RoomService, valid_room_name
 from signaling.store import NodeRecord, Store
-from signaling.tokens import Claims, Grant, authorize, bearer, verify
+from signaling.tokens import Claims
 
 logger = logging.getLogger("shopcast.signaling.routing")
 
@@ -134,7 +135,7 @@ class NodePlacement:
         return None if owner is None or owner.id == self.node_id else owner.url
 
 
-# --- the signaling process's front door ------------------------------------------------------
+# --- elsewhere: the WebSocket front door and the redirect ---------------------------------------
 
 
 class FrontDoorNegotiator:
@@ -166,77 +167,9 @@ class FrontDoorNegotiator:
         return False  # legs live on nodes; this process never made one
 
 
-FRONT_DOOR_KEY = web.AppKey("room_placement", RoomPlacement)
-SECRET = web.AppKey("front_door_secret", str)
-
-
 def redirect(base_url: str, request: web.Request) -> web.Response:
     """``307`` keeps the method and body; the query (an FLV ``?token=``) goes along."""
     return web.Response(
         status=307,
         headers={"Location": base_url.rstrip("/") + request.path_qs, "Cache-Control": "no-store"},
     )
-
-
-def _room(request: web.Request) -> str:
-    room = request.match_info["room"]
-    if not valid_room_name(room):
-        raise bad_request("room names are 1-64 letters, digits, '.', '_' or '-'", "bad_room")
-    return room
-
-
-async def _whip(request: web.Request) -> web.StreamResponse:
-    room = _room(request)
-    claims = verify(request.app[SECRET], bearer(request.headers.get("Authorization")))
-    claims.require_media(True, room)  # before assigning: an anonymous request must not place one
-    try:
-        owner = await request.app[FRONT_DOOR_KEY].assign(room)
-    except NoNodeAvailable as exc:
-        raise ApiError(503, "no_node", str(exc)) from exc
-    return redirect(owner.url, request)
-
-
-async def _whep(request: web.Request) -> web.StreamResponse:
-    room = _room(request)
-    claims = verify(request.app[SECRET], bearer(request.headers.get("Authorization")))
-    claims.require_media(False, room)
-    owner = await request.app[FRONT_DOOR_KEY].live_owner(room)
-    if owner is None:
-        raise not_found(f"room {room!r} is not live", "not_live")
-    return redirect(owner.url, request)
-
-
-async def _flv(request: web.Request) -> web.StreamResponse:
-    room = _room(request)
-    authorize(request.app[SECRET], request.headers.get("Authorization"), grant=Grant.SUBSCRIBE,
-              room=room, query_token=request.query.get("token"))
-    placement = request.app[FRONT_DOOR_KEY]
-    owner = await placement.live_owner(room)
-    if owner is not None:
-        return redirect(owner.url, request)
-    if await placement.store.get_room(room) is None:
-        raise not_found(f"room {room!r} does not exist", "not_found")
-    response = ApiError(503, "not_live", f"room {room!r} is not live").to_response()
-    response.headers["Retry-After"] = str(RETRY_AFTER_S)
-    return response
-
-
-async def _resource(request: web.Request) -> web.StreamResponse:
-    """DELETE/PATCH of a WHIP/WHEP resource lives on the node that made it."""
-    room = _room(request)
-    owner = await request.app[FRONT_DOOR_KEY].live_owner(room)
-    if owner is None:
-        raise not_found(f"no session {request.match_info['id']!r} in room {room!r}")
-    return redirect(owner.url, request)
-
-
-def add_front_door(app: web.Application, placement: RoomPlacement, secret: str) -> None:
-    """WHIP, WHEP and FLV on a signaling process: the same URLs as a node's, answered 307."""
-    app[FRONT_DOOR_KEY] = placement
-    app[SECRET] = secret
-    app.router.add_post("/whip/{room}", _whip)
-    app.router.add_post("/whep/{room}", _whep)
-    app.router.add_get("/live/{room}.flv", _flv)
-    for kind in ("whip", "whep"):
-        app.router.add_delete(f"/{kind}/{{room}}/{{id}}", _resource)
-        app.router.add_patch(f"/{kind}/{{room}}/{{id}}", _resource)
