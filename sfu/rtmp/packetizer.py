@@ -130,21 +130,31 @@ def _aggregate(group: list[bytes]) -> bytes:
     return b"".join(parts)
 
 
-def _fragment(nal: bytes, mtu: int, out: list[bytes]) -> None:
-    """FU-A fragments of near-equal size (no runt last packet); NRI and type copied."""
-    head = nal[0]
+_FU_PREFIXES: dict[int, tuple[bytes, bytes, bytes]] = {}  # NAL header byte -> FU-A headers
+
+
+def _fu_prefixes(head: int) -> tuple[bytes, bytes, bytes]:
+    """FU indicator + FU header for the start, middle and end fragments (S and E bits)."""
     indicator = (head & 0xE0) | NAL_FU_A
     kind = head & 0x1F
-    body = memoryview(nal)[1:]
-    total = len(body)
-    room = mtu - 2
-    count = -(-total // room)
+    prefixes = (bytes((indicator, 0x80 | kind)), bytes((indicator, kind)),
+                bytes((indicator, 0x40 | kind)))
+    _FU_PREFIXES[head] = prefixes
+    return prefixes
+
+
+def _fragment(nal: bytes, mtu: int, out: list[bytes]) -> None:
+    """FU-A fragments of near-equal size (no runt last packet); F, NRI and type copied."""
+    prefixes = _FU_PREFIXES.get(nal[0]) or _fu_prefixes(nal[0])
+    first, middle, last = prefixes
+    total = len(nal) - 1  # the NAL header travels in the FU headers
+    count = -(-total // (mtu - 2))
     step = -(-total // count)
-    middle = bytes((indicator, kind))
-    out.append(bytes((indicator, 0x80 | kind)) + body[:step])
-    pos = step
-    last = total - step
-    while pos < last:
+    body = memoryview(nal)
+    pos = 1 + step
+    out.append(first + body[1:pos])
+    end = len(nal) - step
+    while pos < end:
         out.append(middle + body[pos : pos + step])
         pos += step
-    out.append(bytes((indicator, 0x40 | kind)) + body[pos:])
+    out.append(last + body[pos:])
