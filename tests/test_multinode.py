@@ -1,8 +1,9 @@
 """Multi-node on loopback, every piece a real process: one redis-server, two ``shopcast
 signaling`` and two ``shopcast sfu`` processes started with ``.venv/bin/shopcast``.
 
-An aiortc anchor publishes through signaling A (following its 307), a viewer watches through
-signaling B; both reach the same node and the viewer decodes the anchor's frames. A second
+An aiortc anchor publishes through signaling A (which forwards WHIP to the room's node), a
+viewer watches through signaling B; both reach the same node and the viewer decodes the
+anchor's frames. A second
 room goes to the other node; a drained node takes no new room; killing a room's node makes the
 room re-assignable within 5 s and a re-publish lands on the surviving node.
 """
@@ -118,10 +119,16 @@ async def eventually(check: Any, limit_s: float, what: str, every_s: float = 0.1
         await asyncio.sleep(every_s)
 
 
-def node_of(resource_url: str | None, cluster: dict[str, Proc]) -> str:
-    """Which node answered: the resource URL points at it."""
-    assert resource_url is not None
-    return next(p.name for p in cluster.values() if resource_url.startswith(p.url + "/"))
+async def node_of(api: Api, room: str, identity: str) -> str:
+    """Which node holds ``identity``'s session in ``room``, as the node reported it (the front
+    door forwards WHIP/WHEP, so resource URLs name the signaling process, not the node)."""
+    async def held() -> str:
+        status, body = await api.get(f"/rooms/{room}/participants/{identity}")
+        nodes = {s["node"] for s in body.get("sessions", [])} if status == 200 else set()
+        return nodes.pop() if len(nodes) == 1 else ""
+
+    node: str = await eventually(held, 5, f"{identity}'s session in {room} reported")
+    return node
 
 
 async def anchor_on(url: str, room: str) -> Any:
@@ -130,7 +137,7 @@ async def anchor_on(url: str, room: str) -> Any:
 
 
 async def decoded_frames(url: str, room: str, frames: int = 30) -> tuple[Any, str]:
-    """Watch through ``url`` (WHEP, following the 307) until ``frames`` frames decode."""
+    """Watch through ``url`` (WHEP, forwarded to the node) until ``frames`` frames decode."""
     async def attempt() -> Any:  # the room is live once the anchor's session is reported
         with contextlib.suppress(Exception):
             return await play(url, room, token(room, "viewer", "subscribe"), decode=True)
@@ -161,13 +168,16 @@ async def test_two_signaling_two_sfu_processes(cluster: dict[str, Proc]) -> None
         # room 1: anchor through signaling A, viewer through signaling B, same node
         anchor1 = await anchor_on(sig_a.url, "shop1")
         clients.append(anchor1)
-        owner1 = node_of(anchor1.resource_url, cluster)
-        say(f"anchor of shop1 via sig-a -> 307 -> {owner1}: {anchor1.resource_url}")
+        assert anchor1.resource_url.startswith(sig_a.url + "/whip/shop1/")
+        owner1 = await node_of(admin_a, "shop1", "anchor")
+        on_node = {id(anchor1): owner1}
+        say(f"anchor of shop1 via sig-a -> {owner1}: {anchor1.resource_url}")
         viewer1, viewer_url = await decoded_frames(sig_b.url, "shop1")
         clients.append(viewer1)
-        assert node_of(viewer_url, cluster) == owner1
-        say(f"viewer of shop1 via sig-b -> 307 -> {node_of(viewer_url, cluster)}: "
-            f"{viewer1.decoded} frames decoded")
+        assert viewer_url.startswith(sig_b.url + "/whep/shop1/")
+        on_node[id(viewer1)] = await node_of(admin_b, "shop1", "viewer")
+        assert on_node[id(viewer1)] == owner1
+        say(f"viewer of shop1 via sig-b -> {owner1}: {viewer1.decoded} frames decoded")
         status, room1 = await admin_b.get("/rooms/shop1")
         assert status == 200 and room1["node"] == owner1 and room1["live"] is True
         assert {p["identity"]: p["node"] for p in room1["publishers"]} == {"anchor": owner1}
@@ -187,15 +197,17 @@ async def test_two_signaling_two_sfu_processes(cluster: dict[str, Proc]) -> None
         await eventually(owner_loaded, 5, "the owner's heartbeat with its viewer")
         anchor2 = await anchor_on(sig_b.url, "shop2")
         clients.append(anchor2)
-        assert node_of(anchor2.resource_url, cluster) == other
-        say(f"anchor of shop2 via sig-b -> 307 -> {other} (least loaded)")
+        on_node[id(anchor2)] = await node_of(admin_b, "shop2", "anchor")
+        assert on_node[id(anchor2)] == other
+        say(f"anchor of shop2 via sig-b -> {other} (least loaded)")
 
         # drain the other node: a new room goes to the loaded owner instead
         status, drained = await admin_b.post(f"/nodes/{other}/drain")
         assert status == 200 and drained["draining"] is True
         anchor3 = await anchor_on(sig_a.url, "shop3")
         clients.append(anchor3)
-        assert node_of(anchor3.resource_url, cluster) == owner1
+        on_node[id(anchor3)] = await node_of(admin_a, "shop3", "anchor")
+        assert on_node[id(anchor3)] == owner1
         say(f"{other} drained: shop3 via sig-a -> {owner1}")
         status, reopened = await admin_a.post(f"/nodes/{other}/drain", {"draining": False})
         assert status == 200 and reopened["draining"] is False
@@ -215,11 +227,11 @@ async def test_two_signaling_two_sfu_processes(cluster: dict[str, Proc]) -> None
         assert dead_after <= 5.0, f"dead after {dead_after:.2f} s"
 
         for client in clients[:2] + clients[3:]:
-            if node_of(client.resource_url, cluster) == owner1:
+            if on_node[id(client)] == owner1:
                 await client.pc.close()  # its node is gone; nothing to DELETE
         anchor1b = await anchor_on(sig_a.url, "shop1")
         clients.append(anchor1b)
-        assert node_of(anchor1b.resource_url, cluster) == other
+        assert await node_of(admin_a, "shop1", "anchor") == other
         say(f"re-publish of shop1 via sig-a -> {other} {time.monotonic() - killed_at:.2f} s "
             f"after the kill: {anchor1b.resource_url}")
 
@@ -232,7 +244,7 @@ async def test_two_signaling_two_sfu_processes(cluster: dict[str, Proc]) -> None
             f"{time.monotonic() - killed_at:.2f} s after the kill")
         viewer1b, viewer_url = await decoded_frames(sig_b.url, "shop1")
         clients.append(viewer1b)
-        assert node_of(viewer_url, cluster) == other
+        assert await node_of(admin_b, "shop1", "viewer") == other
         say(f"viewer of shop1 via sig-b -> {other}: {viewer1b.decoded} frames decoded")
         status, room1 = await admin_a.get("/rooms/shop1")
         assert status == 200 and room1["node"] == other
