@@ -20,7 +20,7 @@ import asyncio
 import importlib.metadata
 import re
 import types
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
 import aioice.ice
@@ -62,17 +62,23 @@ def jitter_buffer_tap(receiver: RTCRtpReceiver, tap: JitterBufferTap) -> None:
     receiver._RTCRtpReceiver__jitter_buffer = tap
 
 
-def intercept_receiver_rtcp(receiver: RTCRtpReceiver, handler: RtcpHandler) -> RtcpHandler:
-    """Route the publisher's RTCP for this receiver to ``handler``; returns aiortc's own
-    handler, which ``handler`` is expected to call on (RR, NACK and REMB bookkeeping)."""
+def observe_receiver_rtcp(
+    receiver: RTCRtpReceiver, observe: Callable[[AnyRtcpPacket], None]
+) -> None:
+    """Show each RTCP packet the publisher sends for this receiver to ``observe``, then let
+    aiortc handle it as before (its RR, NACK and REMB bookkeeping)."""
     original: RtcpHandler = receiver._handle_rtcp_packet
-    receiver._handle_rtcp_packet = handler  # type: ignore[method-assign, assignment]
-    return original
+
+    async def handle(packet: AnyRtcpPacket) -> None:
+        observe(packet)
+        await original(packet)
+
+    receiver._handle_rtcp_packet = handle  # type: ignore[method-assign]
 
 
-def pli_sender(receiver: RTCRtpReceiver) -> Callable[[int], Awaitable[None]]:
+def pli_sender(receiver: RTCRtpReceiver) -> Callable[[int], Coroutine[Any, Any, None]]:
     """The receiver's own PLI send (``media_ssrc`` -> coroutine), bound once."""
-    send: Callable[[int], Awaitable[None]] = receiver._send_rtcp_pli
+    send: Callable[[int], Coroutine[Any, Any, None]] = receiver._send_rtcp_pli
     return send
 
 
@@ -349,3 +355,65 @@ def install_or_exit() -> None:
         install()
     except AiortcIncompatible as exc:
         raise SystemExit(f"shopcast: cannot start: {exc}") from None
+
+
+# --- codec negotiation (aiortc's codec registry, the codecs a transceiver settles on) ---
+
+
+def add_video_codecs(codecs: list[tuple[str, dict[str, str]]]) -> None:
+    """Let aiortc negotiate these (mime type, fmtp parameters) video codecs too, each with
+    RTX, on the next free dynamic payload types; those it already has are left alone.
+
+    aiortc matches an offer against its module registry ``aiortc.codecs.CODECS`` (H.264 only
+    as 42001f/42e01f) and compares H.264 by profile and packetization mode, so one entry per
+    profile makes every spelling of it negotiable. Nothing decodes them on the SFU."""
+    from aiortc import codecs as aiortc_codecs  # the registry, not the codec classes
+
+    video = aiortc_codecs.CODECS["video"]
+    feedback = next((c.rtcpFeedback for c in video if c.mimeType.lower() != "video/rtx"), [])
+    next_pt = max((c.payloadType or 0 for c in video), default=96) + 1
+    for mime_type, parameters in codecs:
+        if any(c.mimeType.lower() == mime_type.lower() and c.parameters == parameters
+               for c in video):
+            continue
+        if next_pt + 1 > 127:
+            raise AiortcIncompatible("no dynamic RTP payload type left for another codec")
+        video.append(RTCRtpCodecParameters(
+            mimeType=mime_type, clockRate=90000, payloadType=next_pt,
+            rtcpFeedback=list(feedback), parameters=dict(parameters),
+        ))
+        video.append(RTCRtpCodecParameters(
+            mimeType="video/rtx", clockRate=90000, payloadType=next_pt + 1,
+            parameters={"apt": next_pt},
+        ))
+        next_pt += 2
+
+
+class _RewritingTransceiver(RTCRtpTransceiver):
+    """A transceiver whose negotiated codecs pass through a rewrite as aiortc stores them
+    (``setRemoteDescription``), so the answer written next carries the rewritten fmtp."""
+
+    _shopcast_rewrite: Callable[[RTCRtpCodecParameters], None]
+
+    @property
+    def _codecs(self) -> list[RTCRtpCodecParameters]:
+        codecs: list[RTCRtpCodecParameters] = self.__dict__["_codecs"]
+        return codecs
+
+    @_codecs.setter
+    def _codecs(self, codecs: list[RTCRtpCodecParameters]) -> None:
+        for codec in codecs:
+            self._shopcast_rewrite(codec)
+        self.__dict__["_codecs"] = codecs
+
+
+def rewrite_negotiated_codecs(
+    transceiver: RTCRtpTransceiver, rewrite: Callable[[RTCRtpCodecParameters], None]
+) -> None:
+    """Before the offer is applied: call ``rewrite`` on each codec this transceiver settles on
+    (aiortc copies its registry entry's fmtp; we answer with the one the peer must use).
+    Only this transceiver changes class; aiortc's own class is left as it is."""
+    if "_codecs" not in vars(transceiver):
+        raise AiortcIncompatible(_message([_readable("_codecs", "RTCRtpTransceiver")]))
+    transceiver._shopcast_rewrite = rewrite  # type: ignore[attr-defined]
+    transceiver.__class__ = _RewritingTransceiver

@@ -26,6 +26,12 @@ from aiortc.rtp import (
     RtcpSrPacket,
 )
 
+from sfu.aiortc_private import (
+    ice_connection,
+    intercept_sender_rtcp,
+    nominated_pair,
+    srtp_protect,
+)
 from sfu.background import spawn
 
 if TYPE_CHECKING:
@@ -96,10 +102,9 @@ class Consumer:
     ) -> Consumer:
         """A consumer sending through an aiortc sender whose DTLS transport is connected."""
         dtls: RTCDtlsTransport = sender.transport
-        consumer = cls(producer, payload_type, viewer_id, dtls._tx_srtp.protect, udp_sender(dtls))
+        consumer = cls(producer, payload_type, viewer_id, srtp_protect(dtls), udp_sender(dtls))
         consumer.sender = sender
-        consumer._aiortc_rtcp = sender._handle_rtcp_packet
-        sender._handle_rtcp_packet = consumer.handle_rtcp  # type: ignore[method-assign]
+        consumer._aiortc_rtcp = intercept_sender_rtcp(sender, consumer.handle_rtcp)
         return consumer
 
     def forward(self, packet: bytes, keyframe: bool) -> None:
@@ -186,7 +191,7 @@ def udp_sender(dtls: RTCDtlsTransport) -> SendFn:
     restart, so the peer is fixed): ``send`` on a connected UDP socket skips the address
     conversion and route lookup that ``sendto`` pays per packet. aioice keeps working on it.
     """
-    pair = dtls.transport._connection._nominated.get(1)
+    pair = nominated_pair(dtls)
     if pair is None:
         raise ConnectionError("ICE has no nominated pair")
     protocol = pair.protocol
@@ -208,7 +213,7 @@ def udp_sender(dtls: RTCDtlsTransport) -> SendFn:
 
         return send
 
-    connection = dtls.transport._connection
+    connection = ice_connection(dtls)
 
     def send_async(data: bytes) -> None:
         spawn(connection.send(data))

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import re
 
-import aioice.ice
 from aiortc import RTCBundlePolicy, RTCConfiguration, RTCIceServer
+
+from sfu.aiortc_private import AIOICE_HOST_ADDRESSES, install_host_addresses
 
 _CANDIDATE = re.compile(r"^(a=candidate:\S+ \d+ \S+ \d+ )(\S+)( \d+ typ host.*)$", re.MULTILINE)
 _CONNECTION = re.compile(r"^c=IN IP4 \S+$", re.MULTILINE)
-
-
-_AIOICE_HOST_ADDRESSES = aioice.ice.get_host_addresses
 
 
 def use_host_addresses(addresses: list[str], *, add_loopback: bool = False) -> None:
@@ -29,12 +27,12 @@ def use_host_addresses(addresses: list[str], *, add_loopback: bool = False) -> N
     chosen = list(addresses)
 
     def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-        found = chosen or _AIOICE_HOST_ADDRESSES(use_ipv4, use_ipv6)
+        found = chosen or AIOICE_HOST_ADDRESSES(use_ipv4, use_ipv6)
         if not chosen and add_loopback and use_ipv4:
             found = [*found, "127.0.0.1"]
         return [a for a in found if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
 
-    aioice.ice.get_host_addresses = get_host_addresses
+    install_host_addresses(get_host_addresses)
 
 
 def rtc_configuration(

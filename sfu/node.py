@@ -11,6 +11,7 @@ from aiohttp import web
 from aiortc import RTCDataChannel
 
 from common.tasks import stop_task
+from sfu import aiortc_private
 from sfu.event_bridge import EventBridge, open_channel
 from sfu.ice import rtc_configuration, use_host_addresses
 from sfu.offer import Offer
@@ -65,6 +66,7 @@ class SfuNode:
         self.events: EventBridge | None = None
         self.cohost_admission: CohostAdmission | None = None  # the control plane's invitations
         self.workers = WorkerPool(settings, self._leg_closed) if settings.workers > 0 else None
+        aiortc_private.install()  # checked already by the command line; once per process
         use_host_addresses(settings.ice_hosts, add_loopback=settings.ice_loopback)
 
     async def start(self) -> None:

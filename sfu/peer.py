@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 
-from sfu import rate_counter
+from sfu.aiortc_private import prefer_dtls_server
 from sfu.events_channel import LABEL
 from sfu.ice import announce_public_ip
 from sfu.offer import Offer
@@ -55,7 +55,6 @@ class PeerLeg:
         self.id = uuid.uuid4().hex
         self.room = room
         self.identity = identity
-        rate_counter.install()
         self.pc = RTCPeerConnection(configuration=configuration)
         self.created_at = time.monotonic()
         self.connected_at: float | None = None
@@ -84,8 +83,7 @@ class PeerLeg:
         if self.pc.sctp is not None:
             transports.add(self.pc.sctp.transport)
         for dtls in transports:
-            if dtls._role == "auto":
-                dtls._set_role("server")
+            prefer_dtls_server(dtls)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         self._timeout = asyncio.get_running_loop().call_later(
             CONNECT_TIMEOUT_S, self._connect_timeout

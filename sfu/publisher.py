@@ -7,6 +7,7 @@ from typing import Any
 
 from aiortc import RTCRtpCodecParameters, RTCRtpTransceiver
 
+from sfu.aiortc_private import negotiated_codecs
 from sfu.codecs import publisher_preferences, restrict_to
 from sfu.offer import Offer
 from sfu.peer import PeerLeg
@@ -73,7 +74,7 @@ class Publisher(PeerLeg):
     async def answer(self, offer_sdp: str) -> str:
         answer = await super().answer(offer_sdp)
         for transceiver in self._transceivers:
-            codecs = transceiver._codecs
+            codecs = negotiated_codecs(transceiver)
             if not codecs or transceiver.currentDirection == "inactive":
                 continue
             producer = Producer(

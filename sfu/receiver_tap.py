@@ -8,11 +8,12 @@ producer and never assembles frames, so the receiver's decoder thread never gets
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from aiortc import RTCRtpReceiver
 from aiortc.rtp import AnyRtcpPacket, RtcpSrPacket, RtpPacket
 
+from sfu.aiortc_private import jitter_buffer_tap, observe_receiver_rtcp, pli_sender
 from sfu.background import spawn
 from sfu.producer import Producer
 
@@ -37,25 +38,25 @@ class PacketTap:
 
 
 def tap_receiver(receiver: RTCRtpReceiver, producer: Producer) -> PacketTap:
-    """Route the receiver's packets and sender reports to ``producer``."""
+    """Route the receiver's packets and sender reports to ``producer`` (raises
+    ``AiortcIncompatible`` rather than tap nothing)."""
     tap = PacketTap(producer)
-    receiver._RTCRtpReceiver__jitter_buffer = tap  # type: ignore[attr-defined]
-    original: Callable[[AnyRtcpPacket], Awaitable[None]] = receiver._handle_rtcp_packet
+    jitter_buffer_tap(receiver, tap)
 
-    async def handle_rtcp(packet: AnyRtcpPacket) -> None:
+    def on_rtcp(packet: AnyRtcpPacket) -> None:
         if isinstance(packet, RtcpSrPacket):
             info = packet.sender_info
             producer.on_sender_report(info.ntp_timestamp, info.rtp_timestamp)
-        await original(packet)
 
-    receiver._handle_rtcp_packet = handle_rtcp  # type: ignore[method-assign]
+    observe_receiver_rtcp(receiver, on_rtcp)
     return tap
 
 
 def keyframe_requester(receiver: RTCRtpReceiver) -> Callable[[int], None]:
     """A sync callback that sends a PLI for ``media_ssrc`` on the publisher leg."""
+    send_pli = pli_sender(receiver)
 
     def request(media_ssrc: int) -> None:
-        spawn(receiver._send_rtcp_pli(media_ssrc))
+        spawn(send_pli(media_ssrc))
 
     return request

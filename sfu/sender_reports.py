@@ -16,32 +16,15 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from aiortc import RTCRtpSender
 from aiortc.rtp import RtcpSdesPacket, RtcpSenderInfo, RtcpSourceInfo, RtcpSrPacket
+
+from sfu.aiortc_private import set_last_sender_report
 
 if TYPE_CHECKING:
     from sfu.consumer import Consumer
 
 SDES_CNAME = 1
 _MASK = 0xFFFFFFFF
-
-
-async def _no_rtcp(packets: object) -> None:
-    """Stands in for a sender's ``_send_rtcp``: its loop (and its BYE at stop) sends nothing."""
-
-
-def quiet_aiortc_rtcp(sender: RTCRtpSender) -> bool:
-    """Stop aiortc's per-sender RTCP: silence it now, end its loop once it runs. True when the
-    loop is ended (or ending). A loop cancelled before it started would never flag its exit,
-    and aiortc's ``stop()`` waits for that flag, so only a started loop is cancelled."""
-    sender._send_rtcp = _no_rtcp  # type: ignore[method-assign]
-    task = getattr(sender, "_RTCRtpSender__rtcp_task", None)
-    started = getattr(sender, "_RTCRtpSender__rtcp_started", None)
-    if task is None or started is None or not started.is_set():
-        return False
-    if not task.done():
-        task.cancel()
-    return True
 
 
 def compound_report(consumers: Iterable[Consumer], cname: bytes) -> bytes:
@@ -60,8 +43,7 @@ def compound_report(consumers: Iterable[Consumer], cname: bytes) -> bytes:
         ))))
         chunks.append(RtcpSourceInfo(ssrc=ssrc, items=[(SDES_CNAME, cname)]))
         if consumer.sender is not None:  # aiortc's RTT estimate matches RRs against these
-            consumer.sender._RTCRtpSender__lsr = (ntp >> 16) & _MASK  # type: ignore[attr-defined]
-            consumer.sender._RTCRtpSender__lsr_time = now  # type: ignore[attr-defined]
+            set_last_sender_report(consumer.sender, (ntp >> 16) & _MASK, now)
     if not reports:
         return b""
     return b"".join(reports) + bytes(RtcpSdesPacket(chunks=chunks))

@@ -7,13 +7,21 @@ from typing import Any
 
 from aiortc import MediaStreamTrack, RTCRtpTransceiver
 
+from sfu.aiortc_private import (
+    negotiated_codecs,
+    peer_cname,
+    set_sender_ssrc,
+    set_sender_stream_id,
+    silence_sender_rtcp,
+    srtcp_protect,
+)
 from sfu.codecs import viewer_preferences
 from sfu.consumer import Consumer, release_socket, udp_sender
 from sfu.offer import Offer
 from sfu.peer import PeerLeg
 from sfu.producer import Producer
 from sfu.room_layout import RoomLayout
-from sfu.sender_reports import SenderReports, quiet_aiortc_rtcp
+from sfu.sender_reports import SenderReports
 from signaling.errors import bad_request
 
 
@@ -67,10 +75,10 @@ class Viewer(PeerLeg):
                     f"the anchor sends {codec.name}, which this viewer does not offer",
                     "unsupported_codec",
                 )
-            transceiver.sender._ssrc = layout.ssrcs[slot][media.kind]
+            set_sender_ssrc(transceiver.sender, layout.ssrcs[slot][media.kind])
             # one MediaStream per publisher (aiortc puts every sender in one): a page shows a
             # tile per stream and keeps each publisher's audio and video in sync
-            transceiver.sender._stream_id = f"{self.room}-slot{slot}"
+            set_sender_stream_id(transceiver.sender, f"{self.room}-slot{slot}")
             transceiver.sender.replaceTrack(SilentTrack(media.kind))
             transceiver.setCodecPreferences(viewer_preferences(codec))
             self._slots[(slot, media.kind)] = transceiver
@@ -104,7 +112,7 @@ class Viewer(PeerLeg):
 
     def _consume(self, producer: Producer) -> None:
         transceiver = self._slots[(producer.slot_index, producer.kind)]
-        codecs = transceiver._codecs
+        codecs = negotiated_codecs(transceiver)
         if producer.closed or self.closed or not codecs or codecs[0].payloadType is None:
             return
         consumer = Consumer.for_sender(producer, transceiver.sender, codecs[0].payloadType, self.id)
@@ -129,17 +137,15 @@ class Viewer(PeerLeg):
             send = udp_sender(dtls)
         except ConnectionError:
             return  # no nominated pair: aiortc's own reports carry on
-        self._reports = SenderReports(
-            dtls._tx_srtp.protect_rtcp, send, self.pc._RTCPeerConnection__cname  # type: ignore[attr-defined]
-        )
-        self._loud = [t for t in transceivers if not quiet_aiortc_rtcp(t.sender)]
+        self._reports = SenderReports(srtcp_protect(dtls), send, peer_cname(self.pc))
+        self._loud = [t for t in transceivers if not silence_sender_rtcp(t.sender)]
 
     def send_sender_reports(self) -> None:
         """Once a second (the node's tick): this viewer's SRs, in one packet."""
         if self._reports is None or self.closed:
             return
         if self._loud:  # aiortc starts a sender's RTCP loop just after connecting: end it
-            self._loud = [t for t in self._loud if not quiet_aiortc_rtcp(t.sender)]
+            self._loud = [t for t in self._loud if not silence_sender_rtcp(t.sender)]
         self._reports.send(self.consumers)
 
     def on_closing(self) -> None:

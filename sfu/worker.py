@@ -17,6 +17,7 @@ import socket
 
 from aiortc import RTCDataChannel
 
+from sfu import aiortc_private
 from sfu.background import spawn
 from sfu.event_bridge import MAX_HELD
 from sfu.events_channel import EventsChannel
@@ -228,6 +229,7 @@ def main() -> None:
     )
     for noisy in ("aioice", "aiortc"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    aiortc_private.install_or_exit()
     control = socket.socket(fileno=args.control_fd)
     media = socket.socket(fileno=args.media_fd)
     control.setblocking(False)

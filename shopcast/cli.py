@@ -11,6 +11,7 @@ import signal
 
 from aiohttp import web
 
+from sfu import aiortc_private
 from shopcast import config as config_module
 from shopcast import logs
 from shopcast.app import create_app
@@ -61,6 +62,8 @@ def main(argv: list[str] | None = None) -> None:
             )
         )
         return
+    if args.command in ("serve", "sfu"):  # media processes: refuse an aiortc we do not know
+        aiortc_private.install_or_exit()
     cfg = config_module.load(args)
     logs.setup(cfg.log_level, cfg.log_json)
     try:
