@@ -386,6 +386,38 @@ def test_unsupported_codecs_are_named(tmp_path: Path) -> None:
         parse_audio_tag(b"\x91Opus\x00\x00")
 
 
+def test_enhanced_rtmp_h264_and_aac_read_like_the_legacy_form(media: dict[str, Stream]) -> None:
+    stream = media["bf2"]
+    record = next(body[5:] for kind, _, body in tags(stream.path.read_bytes())
+                  if kind == TAG_VIDEO)
+    head = parse_video_tag(bytes((0x90,)) + b"avc1" + record)  # key frame, sequence start
+    assert head is not None and AvcConfig.parse(head.data) == stream.config
+    _, tag = next((ts, t) for ts, t in stream.video if t.composition_time_ms)
+    cto = tag.composition_time_ms.to_bytes(3, "big", signed=True)
+    flags = 0x80 | tag.frame_type << 4
+    assert parse_video_tag(bytes((flags | 1,)) + b"avc1" + cto + tag.data) == tag
+    assert parse_video_tag(bytes((flags | 3,)) + b"avc1" + tag.data) == VideoTag(
+        tag.frame_type, CODEC_AVC, AVC_NALU, 0, tag.data)  # CodedFramesX: no offset
+    end = parse_video_tag(b"\x92avc1")
+    assert end is not None and end.avc_packet_type == AVC_END_OF_SEQUENCE
+    assert parse_video_tag(b"\x94avc1\x02\x00\x0acolorInfo") is None  # metadata
+    assert parse_video_tag(b"\xd0avc1\x00") is None  # command frame
+    assert parse_video_tag(b"\x57\x00") is None  # legacy video info frame
+    assert parse_video_tag(b"") is None
+    with pytest.raises(UnsupportedCodec, match="packet type 6"):
+        parse_video_tag(b"\x96avc1\x00")  # multitrack
+    with pytest.raises(MalformedMedia):
+        parse_video_tag(b"\x07\x01\x00\x00\x00")  # frame type 0
+    with pytest.raises(MalformedMedia):
+        parse_video_tag(b"\x17\x03\x00\x00\x00")  # AVC packet type 3
+    asc = b"\x12\x10"
+    assert parse_audio_tag(b"\x90mp4a" + asc) == parse_audio_tag(b"\xaf\x00" + asc)
+    assert parse_audio_tag(b"\x91mp4a\x21\x00") == parse_audio_tag(b"\xaf\x01\x21\x00")
+    assert parse_audio_tag(b"\x92mp4a") is None  # sequence end
+    with pytest.raises(MalformedMedia):
+        parse_audio_tag(b"\xaf\x02\x00")
+
+
 def enhanced_rtmp_first_video_tag(codec: str) -> bytes:
     import io
 
