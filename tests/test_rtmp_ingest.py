@@ -1,0 +1,196 @@
+"""RTMP ingest end to end, with the encoders anchors really use: the ffmpeg CLI (OBS-style
+settings) and GStreamer's rtmp2sink, into a real app; aiortc WHEP viewers decode and ffprobe
+reads the HTTP-FLV output."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from conftest import Server, free_port, loopback_config
+from flv_helpers import ffprobe
+from waiting import wait_for
+
+from loadtest.clients import play
+from sfu.node import NODE_KEY
+from shopcast.config import Config
+from signaling.tokens import mint
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    return loopback_config(tmp_path, workers=0, rtmp_port=free_port())
+
+
+def rtmp_url(server: Server, room: str, token: str) -> str:
+    return f"rtmp://127.0.0.1:{server.config.rtmp_port}/live/{room}?token={token}"
+
+
+def ffmpeg_push(url: str, *, seconds: float = 30, bframes: int = 0, audio: bool = True,
+                gop: int = 30) -> subprocess.Popen[bytes]:
+    """ffmpeg as OBS would push: x264 High, AAC, 1 s GOP, real time."""
+    args = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-re",
+            "-f", "lavfi", "-i", f"testsrc2=size=320x240:rate=30:duration={seconds}"]
+    if audio:
+        args += ["-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={seconds}"]
+    args += ["-c:v", "libx264", "-profile:v", "high", "-bf", str(bframes), "-g", str(gop),
+             "-pix_fmt", "yuv420p", "-preset", "veryfast"]
+    if bframes == 0:
+        args += ["-tune", "zerolatency"]
+    if audio:
+        args += ["-c:a", "aac", "-b:a", "96k"]
+    args += ["-f", "flv", url]
+    return subprocess.Popen(args, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+@contextlib.contextmanager
+def pushing(proc: subprocess.Popen[bytes]) -> Iterator[subprocess.Popen[bytes]]:
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5)
+        if proc.poll() is None:
+            proc.kill()
+
+
+async def live(server: Server, room: str, limit_s: float = 10) -> None:
+    node = server.app[NODE_KEY]
+    await wait_for(lambda: room in node.rooms and node.rooms[room].live, limit_s, "RTMP live")
+
+
+async def test_ffmpeg_push_plays_over_webrtc_and_flv(server: Server) -> None:
+    url = rtmp_url(server, "rtmp1", server.token("rtmp1", "anchor", "publish"))
+    with pushing(ffmpeg_push(url)):
+        await live(server, "rtmp1")
+        pts: dict[int, list[int]] = {0: [], 1: [], 2: []}
+
+        def recorder(i: int) -> Any:
+            def on_frame(frame: Any) -> None:
+                pts[i].append(frame.pts)
+            return on_frame
+
+        viewers = [await play(server.url, "rtmp1",
+                              server.token("rtmp1", f"v{i}", "subscribe"), on_frame=recorder(i))
+                   for i in range(3)]
+        try:
+            await wait_for(lambda: all(len(p) >= 60 for p in pts.values()), 20, "60 frames each")
+            for i in range(3):
+                assert pts[i] == sorted(pts[i]), f"viewer {i}: frames in order"
+                assert viewers[i].lost == 0
+            token = server.token("rtmp1", "flv", "subscribe")
+            probe = await asyncio.to_thread(
+                ffprobe, f"{server.url}/live/rtmp1.flv?token={token}")
+            streams = {s["codec_type"]: s for s in probe["streams"]}
+            assert streams["video"]["codec_name"] == "h264"
+            assert streams["video"]["profile"] == "High"
+            assert streams["audio"]["codec_name"] == "aac"
+        finally:
+            for viewer in viewers:
+                await viewer.close()
+
+
+async def test_a_bad_token_is_refused_and_leaves_no_room(server: Server) -> None:
+    node = server.app[NODE_KEY]
+    cases = {
+        "garbage": "not-a-token",
+        "wrong_room": server.token("other", "anchor", "publish"),
+        "no_grant": server.token("rtmp2", "anchor", "subscribe"),
+        "expired": mint(server.config.secret, room="rtmp2", identity="anchor", grants=["publish"],
+                        ttl=60, now=int(time.time()) - 3600),
+    }
+    for why, token in cases.items():
+        proc = ffmpeg_push(rtmp_url(server, "rtmp2", token), seconds=5)
+        with pushing(proc):
+            code = await asyncio.to_thread(proc.wait, 15)
+            assert code != 0, f"{why}: ffmpeg was let in"
+            assert "rtmp2" not in node.rooms, f"{why}: a room was left behind"
+    # the door keeps serving: a good token gets in
+    with pushing(ffmpeg_push(rtmp_url(server, "rtmp2",
+                                      server.token("rtmp2", "anchor", "publish")))):
+        await live(server, "rtmp2")
+
+
+async def test_a_second_anchor_is_refused(server: Server) -> None:
+    first = ffmpeg_push(rtmp_url(server, "rtmp3", server.token("rtmp3", "a", "publish")))
+    with pushing(first):
+        await live(server, "rtmp3")
+        second = ffmpeg_push(rtmp_url(server, "rtmp3", server.token("rtmp3", "b", "publish")),
+                             seconds=5)
+        with pushing(second):
+            assert await asyncio.to_thread(second.wait, 15) != 0
+        assert first.poll() is None, "the anchor keeps publishing"
+
+
+async def test_rest_kick_ends_the_encoder_and_the_room(server: Server) -> None:
+    proc = ffmpeg_push(rtmp_url(server, "rtmp4", server.token("rtmp4", "anchor", "publish")))
+    with pushing(proc):
+        await live(server, "rtmp4")
+        node = server.app[NODE_KEY]
+        admin = server.token("rtmp4", "admin", "admin")
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{server.url}/api/v1/rooms/rtmp4/participants",
+                                headers={"Authorization": f"Bearer {admin}"}) as response:
+                listed = (await response.json())["participants"]
+            assert [(p["identity"], p["transport"]) for p in listed] == [("anchor", "rtmp")]
+            async with http.delete(f"{server.url}/api/v1/rooms/rtmp4/participants/anchor",
+                                   headers={"Authorization": f"Bearer {admin}"}) as response:
+                assert response.status == 200, await response.text()
+        assert await asyncio.to_thread(proc.wait, 10) is not None, "ffmpeg was disconnected"
+        await wait_for(lambda: "rtmp4" not in node.rooms or not node.rooms["rtmp4"].live, 5,
+                       "room no longer live")
+
+
+async def test_a_video_only_encoder_gets_an_honest_flv_header(server: Server) -> None:
+    url = rtmp_url(server, "rtmp5", server.token("rtmp5", "anchor", "publish"))
+    with pushing(ffmpeg_push(url, audio=False)):
+        await live(server, "rtmp5")
+        token = server.token("rtmp5", "flv", "subscribe")
+        async with aiohttp.ClientSession() as http, http.get(
+            f"{server.url}/live/rtmp5.flv?token={token}"
+        ) as response:
+            head = await response.content.readexactly(13)
+        assert head[:3] == b"FLV" and head[4] == 0x01, "video only: no audio flag"
+
+
+def gst_launch() -> str:
+    path = shutil.which("gst-launch-1.0")
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("gst-launch-1.0 is missing (./dev setup installs GStreamer)")
+        pytest.skip("gst-launch-1.0 is missing")
+    return path
+
+
+async def test_gstreamer_rtmp2sink_push_plays(server: Server) -> None:
+    url = rtmp_url(server, "rtmp6", server.token("rtmp6", "anchor", "publish"))
+    pipeline = [
+        gst_launch(), "-q", "videotestsrc", "is-live=true", "num-buffers=600", "!",
+        "video/x-raw,width=320,height=240,framerate=30/1", "!",
+        "x264enc", "tune=zerolatency", "key-int-max=30", "bframes=0", "!", "h264parse", "!",
+        "flvmux", "streamable=true", "name=mux", "!", "rtmp2sink", f"location={url}",
+        "audiotestsrc", "is-live=true", "!", "audioconvert", "!", "avenc_aac", "!",
+        "aacparse", "!", "mux.",
+    ]
+    proc = subprocess.Popen(pipeline, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)  # noqa: ASYNC220
+    with pushing(proc):
+        await live(server, "rtmp6", limit_s=15)
+        viewer = await play(server.url, "rtmp6", server.token("rtmp6", "v", "subscribe"))
+        try:
+            await wait_for(lambda: viewer.frames >= 30, 15, "30 decoded frames")
+        finally:
+            await viewer.close()
+
