@@ -99,6 +99,11 @@ def test_aac_becomes_opus_at_the_same_pitch_and_length(tmp_path: Path, rate: int
     assert transcoder.origin_ms == frames[0][0]
     assert [p.timestamp for p in packets] == [960 * i for i in range(len(packets))]
     assert all(0 < len(p.payload) < 1000 for p in packets)
+    # TOC byte: CELT-only (the low-delay mode), 20 ms, stereo, one frame per packet
+    assert {(p.payload[0] >> 3) % 4 for p in packets} == {3}
+    assert all(p.payload[0] >> 3 >= 16 and p.payload[0] & 0x07 == 0x04 for p in packets)
+    bitrate = sum(len(p.payload) for p in packets) * 8 / (len(packets) * 0.020)
+    assert 40_000 < bitrate < 100_000  # about 64 kbit/s
 
     samples = decode_opus(packets)
     assert samples.shape[1] == 2
