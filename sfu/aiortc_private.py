@@ -36,6 +36,7 @@ from aiortc import (
 from aiortc.rtp import AnyRtcpPacket, RtpPacket
 
 BUILT_FOR = "1.16.0"
+AIOICE_BUILT_FOR = "0.13.0"
 
 RtcpHandler = Callable[[AnyRtcpPacket], Awaitable[None]]
 HostAddresses = Callable[[bool, bool], list[str]]
@@ -265,14 +266,18 @@ def _readable(name: str, owner: str) -> str:
     return f"{mangled[1]}.__{mangled[2]}" if mangled else f"{owner}.{name}" if owner else name
 
 
-def _message(missing: list[str]) -> str:
+def _installed(package: str) -> str:
     try:
-        installed = importlib.metadata.version("aiortc")
+        return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
-        installed = "unknown"
+        return "unknown"
+
+
+def _message(missing: list[str]) -> str:
     return (
-        f"this aiortc ({installed}) lacks {', '.join(missing)}: ShopCast forwards media through "
-        f"these private parts of aiortc {BUILT_FOR}; install aiortc=={BUILT_FOR}"
+        f"this aiortc ({_installed('aiortc')}, aioice {_installed('aioice')}) lacks "
+        f"{', '.join(missing)}: ShopCast forwards media through these private parts of "
+        f"aiortc {BUILT_FOR}; install aiortc=={BUILT_FOR} and aioice=={AIOICE_BUILT_FOR}"
     )
 
 

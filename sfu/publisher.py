@@ -8,7 +8,7 @@ from typing import Any
 from aiortc import RTCRtpCodecParameters, RTCRtpTransceiver
 
 from sfu.aiortc_private import negotiated_codecs
-from sfu.codecs import publisher_preferences, restrict_to
+from sfu.codecs import answer_as_offered, publisher_preferences, restrict_to
 from sfu.offer import Offer
 from sfu.peer import PeerLeg
 from sfu.producer import Producer, TrackSlot
@@ -44,17 +44,17 @@ class Publisher(PeerLeg):
         self, offer: Offer, required: dict[str, RTCRtpCodecParameters] | None = None
     ) -> None:
         """Create recvonly transceivers with our codec choice before the offer is applied, so
-        the answer carries only H.264 Constrained Baseline (or VP8) and Opus. A co-host must
-        send the codecs the room already has (``required``): viewers negotiated those."""
+        the answer carries one H.264 profile (or VP8), in the publisher's own spelling, and Opus.
+        A co-host must send the codecs the room already has (``required``; for H.264 the same
+        profile): viewers negotiated those."""
         for media in offer.media:
             if media.kind not in ("audio", "video"):
                 continue
-            prefs = publisher_preferences(
-                media.kind, [(c.name, c.parameters) for c in media.offered]
-            )
+            offered = [(c.name, c.parameters) for c in media.offered]
+            prefs = publisher_preferences(media.kind, offered)
             if required and media.kind in required:
                 room_codec = required[media.kind]
-                prefs = restrict_to(prefs, room_codec)
+                prefs = restrict_to(media.kind, offered, room_codec)
                 if not prefs:
                     raise bad_request(
                         f"this room's {media.kind} is {room_codec.mimeType}; offer it to co-host",
@@ -69,6 +69,7 @@ class Publisher(PeerLeg):
                 )
             transceiver = self.pc.addTransceiver(media.kind, direction="recvonly")
             transceiver.setCodecPreferences(prefs)
+            answer_as_offered(transceiver, prefs, offered)
             self._transceivers.append(transceiver)
 
     async def answer(self, offer_sdp: str) -> str:

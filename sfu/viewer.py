@@ -15,7 +15,7 @@ from sfu.aiortc_private import (
     silence_sender_rtcp,
     srtcp_protect,
 )
-from sfu.codecs import viewer_preferences
+from sfu.codecs import answer_with, describe, viewer_offers, viewer_preferences
 from sfu.consumer import Consumer, release_socket, udp_sender
 from sfu.offer import Offer
 from sfu.peer import PeerLeg
@@ -70,9 +70,9 @@ class Viewer(PeerLeg):
             if slot >= len(layout.ssrcs) or codec is None:
                 transceiver.direction = "inactive"
                 continue
-            if codec.name.lower() not in {c.lower() for c in media.codecs}:
+            if not viewer_offers([(c.name, c.parameters) for c in media.offered], codec):
                 raise bad_request(
-                    f"the anchor sends {codec.name}, which this viewer does not offer",
+                    f"the anchor sends {describe(codec)}, which this viewer does not offer",
                     "unsupported_codec",
                 )
             set_sender_ssrc(transceiver.sender, layout.ssrcs[slot][media.kind])
@@ -81,6 +81,7 @@ class Viewer(PeerLeg):
             set_sender_stream_id(transceiver.sender, f"{self.room}-slot{slot}")
             transceiver.sender.replaceTrack(SilentTrack(media.kind))
             transceiver.setCodecPreferences(viewer_preferences(codec))
+            answer_with(transceiver, codec)
             self._slots[(slot, media.kind)] = transceiver
         for producer in producers:
             self.on_producer_added(producer)

@@ -56,6 +56,7 @@ def drop_after_init(monkeypatch: pytest.MonkeyPatch, cls: type, name: str) -> No
 
 def test_the_pinned_aiortc_passes(unchecked: None) -> None:
     assert aiortc.__version__ == aiortc_private.BUILT_FOR
+    assert aioice.__version__ == aiortc_private.AIOICE_BUILT_FOR
     assert aiortc_private.missing_names() == []
     aiortc_private.check()
 
