@@ -5,7 +5,7 @@ codec's payload. ShopCast forwards H.264 and transcodes AAC, so anything else is
 with an ``UnsupportedCodec`` that names the codec (the RTMP door shows it to the encoder's
 operator); a body that cannot be read raises ``MalformedMedia``, never an IndexError.
 
-Enhanced RTMP (the FourCC form: OBS 30+, ffmpeg 6.1+) is read too, so an encoder set to HEVC or
+Enhanced RTMP (the FourCC form: OBS 29.1+, FFmpeg 6.1+) is read too, so an encoder set to HEVC or
 AV1 gets a clear refusal instead of garbage; its ``avc1`` and ``mp4a`` forms are accepted.
 """
 
