@@ -421,6 +421,14 @@ async def test_one_url_clients_through_two_front_doors(cluster: dict[str, Proc])
         async with http_b.delete(anchor.resource_url.replace(sig_a.url, sig_b.url), headers={
                 "Authorization": f"Bearer {cluster_token(room, 'viewer-b', 'subscribe')}"}) as r:
             assert r.status == 403 and (await r.json())["error"]["code"] == "missing_grant"
+        # PATCH (trickle) and an unknown resource: the node's own answers pass through
+        anchor_auth = {"Authorization": f"Bearer {anchor_token}"}
+        async with http_a.patch(anchor.resource_url, data="a=end-of-candidates\r\n", headers={
+                **anchor_auth, "Content-Type": "application/trickle-ice-sdpfrag"}) as r:
+            assert r.status == 405
+            assert (await r.json())["error"]["code"] == "trickle_not_supported"
+        async with http_a.delete(sig_a.url + "/whip/onedoor/nope", headers=anchor_auth) as r:
+            assert r.status == 404 and (await r.json())["error"]["code"] == "not_found"
         before = viewer_b.decoded
         await eventually(lambda: _more(viewer_b, before), 5, "frames still flowing")
 
@@ -436,7 +444,7 @@ async def test_one_url_clients_through_two_front_doors(cluster: dict[str, Proc])
         assert seen_a and seen_b
         assert all(s.split(" ", 1)[1].startswith(sig_a.url + "/") for s in seen_a), seen_a
         assert all(s.split(" ", 1)[1].startswith(sig_b.url + "/") for s in seen_b), seen_b
-        assert sum(s.startswith("DELETE") for s in seen_a + seen_b) == 4
+        assert sum(s.startswith("DELETE") for s in seen_a + seen_b) == 5
     finally:
         for client in reversed(clients):
             with contextlib.suppress(Exception):
