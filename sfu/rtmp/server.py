@@ -53,7 +53,7 @@ class RtmpServer:
         self.handler = handler
         self.host = host
         self.limits = limits
-        self._requested_port = port
+        self._port = port
         self._server: asyncio.Server | None = None
         self._connections: set[RtmpConnection] = set()
         self._unauthenticated: Counter[str] = Counter()
@@ -62,16 +62,14 @@ class RtmpServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: RtmpConnection(self), self.host, self._requested_port)
+            lambda: RtmpConnection(self), self.host, self._port)
+        self._port = self._server.sockets[0].getsockname()[1]
         logger.info("rtmp listening on %s:%d", self.host, self.port)
 
     @property
     def port(self) -> int:
-        """The bound port (the requested one, or the one the OS picked for port 0)."""
-        if self._server is None or not self._server.sockets:
-            return self._requested_port
-        port: int = self._server.sockets[0].getsockname()[1]
-        return port
+        """The bound port once started (the one the OS picked for port 0)."""
+        return self._port
 
     @property
     def connections(self) -> frozenset[RtmpConnection]:
