@@ -12,11 +12,11 @@ from collections.abc import Callable
 from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 
 from sfu.aiortc_private import prefer_dtls_server
+from sfu.errors import MediaError, NegotiationFailed
 from sfu.events_channel import LABEL
 from sfu.ice import announce_public_ip
 from sfu.offer import Offer
 from signaling.claims import Claims
-from signaling.errors import ApiError
 
 logger = logging.getLogger("shopcast.sfu.peer")
 
@@ -28,12 +28,12 @@ async def negotiate(leg: PeerLeg, offer: Offer, prepare: Callable[[], None]) -> 
     try:
         prepare()
         answer = await leg.answer(offer.sdp)
-    except ApiError:
+    except MediaError:
         await leg.close()
         raise
     except Exception as exc:
         await leg.close()
-        raise ApiError(400, "negotiation_failed", f"cannot answer this offer: {exc}") from exc
+        raise NegotiationFailed(f"cannot answer this offer: {exc}") from exc
     logger.info("%s created id=%s room=%s identity=%s", leg.role, leg.id, leg.room, leg.identity)
     return answer
 
