@@ -93,6 +93,7 @@ class RtmpConnection(asyncio.Protocol):
         self._idle_seen = 0
         self._idle_since = 0.0
         self._end_reason = ""
+        self._accepted_at = 0.0
 
     # --- public -------------------------------------------------------------------------------
 
@@ -134,6 +135,7 @@ class RtmpConnection(asyncio.Protocol):
             self.state = State.CLOSED
             transport.abort()
             return
+        self._accepted_at = self._loop.time()
         self._deadline = self._loop.call_later(
             self._limits.handshake_timeout, self._timeout, "handshake timeout")
 
@@ -166,9 +168,9 @@ class RtmpConnection(asyncio.Protocol):
         self.state = State.CONNECTING
         if self._deadline is not None:
             self._deadline.cancel()
-        remaining = self._limits.publish_timeout - self._limits.handshake_timeout
-        self._deadline = self._loop.call_later(
-            max(remaining, 0.0), self._timeout, "no publish in time")
+        # The publish deadline counts from the TCP accept, the handshake included.
+        self._deadline = self._loop.call_at(self._accepted_at + self._limits.publish_timeout,
+                                            self._timeout, "no publish in time")
 
     def _drain(self) -> None:
         """Handle every complete message, until the buffer runs dry or a publish is pending."""
