@@ -2,7 +2,7 @@
 
 Media code raises these and knows nothing of HTTP, WebSockets or RTMP. Each door maps them to
 its own vocabulary in one place: WHIP/WHEP and the FLV handler to HTTP statuses
-(``sfu/whip_whep.py``), ``/ws`` to its error messages, the RTMP door to ``NetStream`` statuses.
+(``sfu/http_errors.py``), ``/ws`` to its error messages, the RTMP door to ``NetStream`` statuses.
 The ``code`` is the public, machine-readable part of the error and is the same at every door.
 """
 
@@ -29,6 +29,12 @@ class BadOffer(MediaError):
 
 class OfferTooLarge(BadOffer):
     code = "sdp_too_large"
+
+
+class NegotiationFailed(BadOffer):
+    """aiortc could not answer an offer that passed our checks."""
+
+    code = "negotiation_failed"
 
 
 class UnsupportedCodec(MediaError):

@@ -12,6 +12,14 @@ from aiortc import RTCDataChannel
 
 from common.tasks import stop_task
 from sfu import aiortc_private
+from sfu.errors import (
+    NoAnchor,
+    NotInvited,
+    NotLive,
+    PublisherExists,
+    RoomFull,
+    SessionNotFound,
+)
 from sfu.event_bridge import EventBridge, open_channel
 from sfu.ice import rtc_configuration, use_host_addresses
 from sfu.offer import Offer
@@ -22,7 +30,6 @@ from sfu.settings import NodeSettings
 from sfu.viewer import Viewer
 from sfu.worker_pool import RemoteViewer, WorkerPool
 from signaling.claims import Claims, Grant
-from signaling.errors import conflict, forbidden, not_found
 
 logger = logging.getLogger("shopcast.sfu.node")
 
@@ -86,8 +93,9 @@ class SfuNode:
         self, room_name: str, identity: str, offer: Offer, claims: Claims | None = None
     ) -> tuple[Publisher, str]:
         """Start a WHIP session. The first publisher is the anchor (slot 0); a further one needs
-        the ``cohost`` grant, an invitation (403 ``not_invited``) and a free slot, and must send
-        the room's codecs; else 409. An ``admin`` token needs no invitation."""
+        the ``cohost`` grant (else ``PublisherExists``), an invitation (``NotInvited``) and a free
+        slot (``RoomFull``), and must send the room's codecs (``CodecMismatch``). An ``admin``
+        token needs no invitation."""
         room = self.rooms.get(room_name) or Room(room_name, self.settings.max_publishers)
         slot = self._publisher_slot(room, room_name, claims)
         if slot > 0:
@@ -119,10 +127,10 @@ class SfuNode:
         self, room_name: str, identity: str, offer: Offer, claims: Claims | None = None
     ) -> tuple[ViewerLeg, str]:
         """Start a WHEP session on a live room (in a worker process when there are workers);
-        404 ``not_live`` otherwise."""
+        ``NotLive`` otherwise."""
         room = self.rooms.get(room_name)
         if room is None or not room.live:
-            raise not_found(f"room {room_name!r} is not live", "not_live")
+            raise NotLive(f"room {room_name!r} is not live")
         if self.workers is not None:
             remote, answer = await self.workers.open_viewer(
                 room_name, identity, offer.sdp, room.layout(), room.producers(), claims
@@ -151,15 +159,13 @@ class SfuNode:
         active = [p for p in room.publishers.values() if not p.closed]
         if not active:
             if claims is not None and not ({Grant.PUBLISH, Grant.ADMIN} & claims.grants):
-                raise forbidden(f"room {room_name!r} has no anchor to co-host with", "no_anchor")
+                raise NoAnchor(f"room {room_name!r} has no anchor to co-host with")
             return 0
         if claims is None or not ({Grant.COHOST, Grant.ADMIN} & claims.grants):
-            raise conflict(f"room {room_name!r} already has a publisher", "publisher_exists")
+            raise PublisherExists(f"room {room_name!r} already has a publisher")
         slot = room.free_slot()
         if slot is None:
-            raise conflict(
-                f"room {room_name!r} has its {room.max_publishers} publishers", "room_full"
-            )
+            raise RoomFull(f"room {room_name!r} has its {room.max_publishers} publishers")
         return slot
 
     async def _check_invitation(self, room_name: str, identity: str, claims: Claims | None
@@ -167,10 +173,9 @@ class SfuNode:
         if self.cohost_admission is None or (claims is not None and Grant.ADMIN in claims.grants):
             return
         if not await self.cohost_admission(room_name, identity):
-            raise forbidden(
+            raise NotInvited(
                 f"{identity!r} has no invitation to co-host room {room_name!r}: the anchor "
-                f"invites with POST /api/v1/rooms/{room_name}/cohosts or `cohost_invite`",
-                "not_invited",
+                f"invites with POST /api/v1/rooms/{room_name}/cohosts or `cohost_invite`"
             )
 
     async def _negotiate(self, leg: PeerLeg, offer: Offer, prepare: Callable[[], None]) -> str:
@@ -208,7 +213,7 @@ class SfuNode:
     def leg(self, room_name: str, leg_id: str, role: str) -> PeerLeg | RemoteViewer:
         leg = self.legs.get(leg_id)
         if leg is None or leg.room != room_name or leg.role != role:
-            raise not_found(f"no {role} session {leg_id!r} in room {room_name!r}")
+            raise SessionNotFound(f"no {role} session {leg_id!r} in room {room_name!r}")
         return leg
 
     def _publisher_live(self, publisher: Publisher) -> None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from aiortc import sdp
 
-from signaling.errors import ApiError, bad_request
+from sfu.errors import BadOffer, OfferTooLarge
 
 MAX_SDP_BYTES = 64 * 1024
 
@@ -39,15 +39,15 @@ class Offer:
 
 def parse_offer(text: str, *, want: str) -> Offer:
     """Parse and check an offer; ``want`` is ``"send"`` (WHIP) or ``"recv"`` (WHEP) from the
-    client's point of view. Raises a 400 ApiError that says what is wrong."""
+    client's point of view. Raises a ``BadOffer`` that says what is wrong."""
     if len(bytes(text, "utf-8")) > MAX_SDP_BYTES:
-        raise ApiError(413, "sdp_too_large", f"SDP offer larger than {MAX_SDP_BYTES} bytes")
+        raise OfferTooLarge(f"SDP offer larger than {MAX_SDP_BYTES} bytes")
     if not text.strip().startswith("v=0"):
-        raise bad_request("body is not an SDP offer (must start with v=0)", "malformed_sdp")
+        raise BadOffer("body is not an SDP offer (must start with v=0)")
     try:
         parsed = sdp.SessionDescription.parse(text)
     except Exception as exc:
-        raise bad_request(f"malformed SDP: {exc}", "malformed_sdp") from exc
+        raise BadOffer(f"malformed SDP: {exc}") from exc
     media = [
         OfferedMedia(
             kind=m.kind,
@@ -58,19 +58,19 @@ def parse_offer(text: str, *, want: str) -> Offer:
     ]
     av = [m for m in media if m.kind in ("audio", "video")]
     if not av:
-        raise bad_request("the offer has no audio or video media section", "no_media")
+        raise BadOffer("the offer has no audio or video media section", "no_media")
     for m in av:
         if m.direction not in ("sendrecv", "inactive") and want not in m.direction:
-            raise bad_request(
+            raise BadOffer(
                 f"{m.kind} section is {m.direction}; this endpoint needs {want}",
                 "wrong_direction",
             )
         if not m.codecs:
-            raise bad_request(f"{m.kind} section lists no codecs", "malformed_sdp")
+            raise BadOffer(f"{m.kind} section lists no codecs")
     for section in parsed.media:
         ice = section.ice
         if section.kind in ("audio", "video") and (
             ice is None or ice.usernameFragment is None or section.dtls is None
         ):
-            raise bad_request("offer lacks ICE credentials or DTLS fingerprint", "malformed_sdp")
+            raise BadOffer("offer lacks ICE credentials or DTLS fingerprint")
     return Offer(sdp=text, media=media)

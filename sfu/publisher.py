@@ -9,11 +9,11 @@ from aiortc import RTCRtpCodecParameters, RTCRtpTransceiver
 
 from sfu.aiortc_private import negotiated_codecs
 from sfu.codecs import answer_as_offered, publisher_preferences, restrict_to
+from sfu.errors import CodecMismatch, UnsupportedCodec
 from sfu.offer import Offer
 from sfu.peer import PeerLeg
 from sfu.producer import Producer, TrackSlot
 from sfu.receiver_tap import keyframe_requester, tap_receiver
-from signaling.errors import bad_request
 
 
 class Publisher(PeerLeg):
@@ -56,16 +56,14 @@ class Publisher(PeerLeg):
                 room_codec = required[media.kind]
                 prefs = restrict_to(media.kind, offered, room_codec)
                 if not prefs:
-                    raise bad_request(
-                        f"this room's {media.kind} is {room_codec.mimeType}; offer it to co-host",
-                        "codec_mismatch",
+                    raise CodecMismatch(
+                        f"this room's {media.kind} is {room_codec.mimeType}; offer it to co-host"
                     )
             if not prefs:
                 wanted = "H.264 or VP8" if media.kind == "video" else "Opus"
-                raise bad_request(
+                raise UnsupportedCodec(
                     f"{media.kind} offers {', '.join(media.codecs) or 'no codec'}; "
-                    f"ShopCast needs {wanted}",
-                    "unsupported_codec",
+                    f"ShopCast needs {wanted}"
                 )
             transceiver = self.pc.addTransceiver(media.kind, direction="recvonly")
             transceiver.setCodecPreferences(prefs)

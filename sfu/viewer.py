@@ -17,12 +17,12 @@ from sfu.aiortc_private import (
 )
 from sfu.codecs import answer_with, describe, viewer_offers, viewer_preferences
 from sfu.consumer import Consumer, release_socket, udp_sender
+from sfu.errors import UnsupportedCodec
 from sfu.offer import Offer
 from sfu.peer import PeerLeg
 from sfu.producer import Producer
 from sfu.room_layout import RoomLayout
 from sfu.sender_reports import SenderReports
-from signaling.errors import bad_request
 
 
 class SilentTrack(MediaStreamTrack):
@@ -71,9 +71,8 @@ class Viewer(PeerLeg):
                 transceiver.direction = "inactive"
                 continue
             if not viewer_offers([(c.name, c.parameters) for c in media.offered], codec):
-                raise bad_request(
-                    f"the anchor sends {describe(codec)}, which this viewer does not offer",
-                    "unsupported_codec",
+                raise UnsupportedCodec(
+                    f"the anchor sends {describe(codec)}, which this viewer does not offer"
                 )
             set_sender_ssrc(transceiver.sender, layout.ssrcs[slot][media.kind])
             # one MediaStream per publisher (aiortc puts every sender in one): a page shows a

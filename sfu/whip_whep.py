@@ -6,6 +6,10 @@
 On a node of a multi-node deployment (``shopcast sfu``) the app carries a ``Placement``: a
 publish for a room another node owns, or a play for a room live elsewhere, answers ``307``
 to that node, so a direct or stale node URL still ends up where the room is.
+
+The media plane raises ``sfu.errors.MediaError``; ``media_errors`` (``sfu/http_errors.py``)
+answers each with its status and JSON body. What is HTTP's own (content type, methods) stays an
+``ApiError`` here.
 """
 
 from __future__ import annotations
@@ -15,13 +19,15 @@ from typing import Protocol
 
 from aiohttp import web
 
+from sfu.errors import BadOffer, BadRoom
+from sfu.http_errors import media_errors
 from sfu.node import NODE_KEY
 from sfu.offer import parse_offer
 from sfu.peer import PeerLeg
 from sfu.room import ViewerLeg
 from sfu.worker_pool import RemoteViewer
 from signaling.claims import Claims
-from signaling.errors import ApiError, bad_request
+from signaling.errors import ApiError
 from signaling.http_errors import Handler
 from signaling.routing import redirect
 from signaling.tokens import bearer, verify
@@ -66,7 +72,7 @@ _KINDS = {"whip": ("send", "publisher"), "whep": ("recv", "viewer")}
 def _room(request: web.Request) -> str:
     room = request.match_info["room"]
     if not ROOM_NAME.match(room):
-        raise bad_request("room names are 1-64 letters, digits, '.', '_' or '-'", "bad_room")
+        raise BadRoom("room names are 1-64 letters, digits, '.', '_' or '-'")
     return room
 
 
@@ -78,7 +84,7 @@ async def _read_offer(request: web.Request) -> str:
     try:
         return await request.text()
     except UnicodeDecodeError as exc:
-        raise bad_request("SDP must be UTF-8 text", "malformed_sdp") from exc
+        raise BadOffer("SDP must be UTF-8 text") from exc
 
 
 def _claims(request: web.Request, kind: str, room: str) -> Claims:
@@ -90,6 +96,7 @@ def _claims(request: web.Request, kind: str, room: str) -> Claims:
 def _post(kind: str) -> Handler:
     want, _ = _KINDS[kind]
 
+    @media_errors
     async def handler(request: web.Request) -> web.StreamResponse:
         room = _room(request)
         claims = _claims(request, kind, room)
@@ -117,6 +124,7 @@ def _post(kind: str) -> Handler:
 def _delete(kind: str) -> Handler:
     _, role = _KINDS[kind]
 
+    @media_errors
     async def handler(request: web.Request) -> web.StreamResponse:
         room = _room(request)
         _claims(request, kind, room)

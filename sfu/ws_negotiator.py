@@ -1,20 +1,24 @@
 """The node's side of WebSocket signaling (``signaling/ws_signaling.py``): WHIP's and WHEP's
-offer/answer with the same rules, reached over the socket instead of HTTP."""
+offer/answer with the same rules, reached over the socket instead of HTTP.
+
+This is the ``/ws`` door's adapter: a ``MediaError`` leaves it as the ``ApiError`` WHIP/WHEP
+would answer (``sfu/http_errors.py``), whose code and message the socket sends back."""
 
 from __future__ import annotations
 
+from sfu.errors import BadRoom, MediaError
+from sfu.http_errors import api_error
 from sfu.media_control import NodeMediaControl
 from sfu.node import SfuNode
 from sfu.offer import parse_offer
 from sfu.whip_whep import ROOM_NAME, Placement
 from signaling.claims import Claims
-from signaling.errors import bad_request
 from signaling.negotiation import Elsewhere
 
 
 def _check(room: str, claims: Claims, publish: bool) -> None:
     if not ROOM_NAME.match(room):
-        raise bad_request("room names are 1-64 letters, digits, '.', '_' or '-'", "bad_room")
+        raise BadRoom("room names are 1-64 letters, digits, '.', '_' or '-'")
     claims.require_media(publish, room)
 
 
@@ -27,6 +31,18 @@ class NodeNegotiator:
         self.placement = placement
 
     async def publish(self, room: str, claims: Claims, offer_sdp: str) -> tuple[str, str]:
+        try:
+            return await self._publish(room, claims, offer_sdp)
+        except MediaError as exc:
+            raise api_error(exc) from exc
+
+    async def play(self, room: str, claims: Claims, offer_sdp: str) -> tuple[str, str]:
+        try:
+            return await self._play(room, claims, offer_sdp)
+        except MediaError as exc:
+            raise api_error(exc) from exc
+
+    async def _publish(self, room: str, claims: Claims, offer_sdp: str) -> tuple[str, str]:
         _check(room, claims, publish=True)
         if self.placement is not None and (url := await self.placement.publish_elsewhere(room)):
             raise Elsewhere(url)
@@ -34,7 +50,7 @@ class NodeNegotiator:
                                               parse_offer(offer_sdp, want="send"), claims)
         return leg.id, answer
 
-    async def play(self, room: str, claims: Claims, offer_sdp: str) -> tuple[str, str]:
+    async def _play(self, room: str, claims: Claims, offer_sdp: str) -> tuple[str, str]:
         _check(room, claims, publish=False)
         local = self.node.rooms.get(room)
         if self.placement is not None and (local is None or not local.live) and (

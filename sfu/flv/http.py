@@ -4,7 +4,9 @@ Statuses: 400 bad room name; 401/403 token problems (``Authorization: Bearer`` o
 ``?token=``, which players like mpegts.js and ffmpeg can send); 404 ``not_found`` for a room
 this node does not have (``307`` to the node where it is live, on a multi-node
 deployment); 503 ``not_live`` (with ``Retry-After``) for a room that exists but
-has no live publisher yet, or whose stream has not produced its first keyframe.
+has no live publisher yet, or whose stream has not produced its first keyframe (this door's
+own answer, not ``NotLive``'s 404: a player retries after ``Retry-After``). Media errors get
+their statuses from ``sfu/http_errors.py``.
 
 After the response headers go out, the room's flush tick writes straight to the transport
 (one chunk per tick, see viewer_queue.py); the handler only waits for the reader to end.
@@ -22,11 +24,13 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from sfu.errors import BadRoom, RoomNotFound
 from sfu.flv.manager import FLV_KEY
 from sfu.flv.viewer_queue import FlvReader
+from sfu.http_errors import media_errors
 from sfu.node import NODE_KEY
 from sfu.whip_whep import ROOM_NAME, SECRET_KEY, elsewhere
-from signaling.errors import ApiError, bad_request, not_found
+from signaling.errors import ApiError
 from signaling.routing import redirect
 from signaling.tokens import Grant, authorize
 
@@ -53,10 +57,11 @@ def _kernel_queue(fd: int) -> Callable[[], int]:
     return unsent
 
 
+@media_errors
 async def play_flv(request: web.Request) -> web.StreamResponse:
     room = request.match_info["room"]
     if not ROOM_NAME.match(room):
-        raise bad_request("room names are 1-64 letters, digits, '.', '_' or '-'", "bad_room")
+        raise BadRoom("room names are 1-64 letters, digits, '.', '_' or '-'")
     authorize(
         request.app[SECRET_KEY],
         request.headers.get("Authorization"),
@@ -71,7 +76,7 @@ async def play_flv(request: web.Request) -> web.StreamResponse:
         if target is not None:
             return redirect(target, request)
         if room not in request.app[NODE_KEY].rooms:
-            raise not_found(f"room {room!r} does not exist on this node", "not_found")
+            raise RoomNotFound(f"room {room!r} does not exist on this node")
         return _not_live(room, "is not live")
     if not output.live:
         output.request_keyframe()
