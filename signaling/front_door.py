@@ -46,6 +46,18 @@ NODE_RETRY_AFTER_S = -(-HEARTBEAT_TTL_MS // 1000)  # by then a dead node's rooms
 REQUEST_HEADERS = ("Authorization", "Content-Type", "Accept", "If-Match", "If-None-Match",
                    "User-Agent")
 RESPONSE_HEADERS = ("Content-Type", "ETag", "Link", "Retry-After", "Accept-Patch", "Allow")
+# How a forward ended: the node answered (whatever its status), or why it did not.
+RESULTS = ("answered", "node_unavailable", "node_timeout", "bad_gateway", "node_redirect_loop",
+           "front_door_closed")
+
+
+class GatewayError(ApiError):
+    """An ``ApiError`` with ``Retry-After``: the node, not the client, is at fault."""
+
+    def to_response(self) -> web.Response:
+        response = super().to_response()
+        response.headers["Retry-After"] = str(NODE_RETRY_AFTER_S)
+        return response
 
 
 class NodeForwarder:
@@ -59,6 +71,7 @@ class NodeForwarder:
     ) -> None:
         self.timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s)
         self.max_body = max_body
+        self.results: dict[str, int] = dict.fromkeys(RESULTS, 0)  # for /metrics
         self._http: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -72,6 +85,21 @@ class NodeForwarder:
     async def forward(self, request: web.Request, node_url: str, body: bytes) -> web.Response:
         """``request`` (already read: ``body``) sent to ``node_url``; the node's 307 (the room
         moved) is followed once. Never raises anything but ``ApiError``."""
+        try:
+            response = await self._forward(request, node_url, body)
+        except ApiError as exc:
+            self.results[exc.code if exc.code in self.results else "bad_gateway"] += 1
+            raise
+        self.results["answered"] += 1
+        return response
+
+    def metric_lines(self) -> list[str]:
+        name = "shopcast_front_door_forwards_total"
+        return [f"# HELP {name} WHIP/WHEP requests forwarded to nodes, by result.",
+                f"# TYPE {name} counter",
+                *(f'{name}{{result="{r}"}} {n}' for r, n in self.results.items())]
+
+    async def _forward(self, request: web.Request, node_url: str, body: bytes) -> web.Response:
         if self._http is None:
             raise GatewayError(503, "front_door_closed", "the front door is not running")
         target = node_url.rstrip("/") + request.path_qs
@@ -103,17 +131,6 @@ class NodeForwarder:
                 from exc
         logger.warning("node %s redirected %s %s twice", target, request.method, request.path)
         raise GatewayError(502, "node_redirect_loop", "the room is moving between nodes")
-
-
-class GatewayError(ApiError):
-    """An ``ApiError`` with ``Retry-After``: the node, not the client, is at fault."""
-
-    def to_response(self) -> web.Response:
-        response = super().to_response()
-        response.headers["Retry-After"] = str(NODE_RETRY_AFTER_S)
-        return response
-
-
 
 
 def _connection_tokens(headers: CIMultiDictProxy[str]) -> set[str]:

@@ -67,6 +67,18 @@ async def raw(method: str, url: str, **kw: Any) -> tuple[int, CIMultiDict[str], 
         return response.status, headers, await response.read()
 
 
+async def forwards(url: str) -> dict[str, int]:
+    """The front door's non-zero ``shopcast_front_door_forwards_total`` by result."""
+    _, _, text = await raw("GET", url + "/metrics")
+    counts = {}
+    for line in text.decode().splitlines():
+        if line.startswith("shopcast_front_door_forwards_total{"):
+            result, value = line.split('"')[1], int(line.rsplit(" ", 1)[1])
+            if value:
+                counts[result] = value
+    return counts
+
+
 def error_code(body: bytes) -> str:
     import json
 
@@ -190,6 +202,7 @@ async def test_whip_whep_and_delete_cross_the_proxy(front: tuple[str, web.Applic
             status, got, body = await raw("OPTIONS", url + "/whip/r1", headers={
                 "Origin": "http://shop.example", "Access-Control-Request-Method": "POST"})
             assert status == 204 and "Authorization" in got["Access-Control-Allow-Headers"]
+            assert await forwards(url) == {"answered": 3}
         finally:
             await n1.close()
 
@@ -222,6 +235,7 @@ async def test_a_moved_room_is_followed_once(front: tuple[str, web.Application])
                                               headers=headers)
                 assert status == 502 and error_code(body) == "node_redirect_loop"
                 assert got["Retry-After"] == "5" and len(stub.seen) == 3  # 1 + 2, no more
+                assert await forwards(url) == {"answered": 1, "node_redirect_loop": 1}
             finally:
                 await n1.close()
 
@@ -264,6 +278,7 @@ async def test_a_node_that_does_not_answer_gives_502_or_503(
     status, _, body = await raw("DELETE", url + "/whip/shop/abc", headers={
         "Authorization": f"Bearer {publish_token}"})
     assert (status, error_code(body)) == (503, "node_unavailable")
+    assert await forwards(url) == {"node_timeout": 1, "bad_gateway": 1, "node_unavailable": 2}
 
     async def survivor_handler(request: web.Request) -> web.StreamResponse:
         return answer(f"{request.path}/s")
@@ -324,7 +339,7 @@ async def test_bad_input_places_no_room(front: tuple[str, web.Application]) -> N
             assert (status, error_code(body)) == (404, "not_found")  # no owner, nothing to end
             assert await signaling.store.get_room("r") is None
             assert await signaling.store.list_rooms() == []
-            assert stub.seen == []
+            assert stub.seen == [] and await forwards(url) == {}
         finally:
             await n1.close()
 
