@@ -179,7 +179,7 @@ async def test_gstreamer_rtmp2sink_push_plays(server: Server) -> None:
     url = rtmp_url(server, "rtmp6", server.token("rtmp6", "anchor", "publish"))
     pipeline = [
         gst_launch(), "-q", "videotestsrc", "is-live=true", "num-buffers=600", "!",
-        "video/x-raw,width=320,height=240,framerate=30/1", "!",
+        "video/x-raw,format=I420,width=320,height=240,framerate=30/1", "!",
         "x264enc", "tune=zerolatency", "key-int-max=30", "bframes=0", "!", "h264parse", "!",
         "flvmux", "streamable=true", "name=mux", "!", "rtmp2sink", f"location={url}",
         "audiotestsrc", "is-live=true", "!", "audioconvert", "!", "avenc_aac", "!",
@@ -194,3 +194,28 @@ async def test_gstreamer_rtmp2sink_push_plays(server: Server) -> None:
         finally:
             await viewer.close()
 
+
+
+async def test_b_frames_reach_webrtc_viewers_without_them_and_flv_with_them(
+        server: Server) -> None:
+    url = rtmp_url(server, "rtmp7", server.token("rtmp7", "anchor", "publish"))
+    with pushing(ffmpeg_push(url, bframes=2)):
+        await live(server, "rtmp7")
+        pts: list[int] = []
+        viewer = await play(server.url, "rtmp7", server.token("rtmp7", "v", "subscribe"),
+                            on_frame=lambda frame: pts.append(frame.pts))
+        try:
+            await wait_for(lambda: len(pts) >= 60, 20, "60 decoded frames")
+            assert pts == sorted(pts), "presentation order"
+            steps = [b - a for a, b in zip(pts, pts[1:], strict=False)]
+            assert max(steps) <= 3 * 3000, f"no frame gap over 100 ms: {max(steps)}"
+            node = server.app[NODE_KEY]
+            publisher = next(iter(node.rooms["rtmp7"].publishers.values()))
+            assert publisher.video.transcoding
+            token = server.token("rtmp7", "flv", "subscribe")
+            probe = await asyncio.to_thread(
+                ffprobe, f"{server.url}/live/rtmp7.flv?token={token}")
+            video = next(s for s in probe["streams"] if s["codec_type"] == "video")
+            assert video["profile"] == "High" and video["has_b_frames"] > 0, video
+        finally:
+            await viewer.close()

@@ -25,7 +25,7 @@ OPUS_CODEC = RTCRtpCodecParameters(
     clockRate=48000,
     channels=2,
     payloadType=AUDIO_PAYLOAD_TYPE,
-    parameters={"minptime": "10", "useinbandfec": "1"},
+    parameters={},
 )
 
 

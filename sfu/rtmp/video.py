@@ -79,9 +79,11 @@ class BFrameRemover:
         self._decoder = av.CodecContext.create("h264", "r")
         self._encoder = H264Encoder(keyframe_interval_s=keyframe_interval_s)
         self.force_keyframe = False
+        self.parameter_sets: list[bytes] = []  # SPS and PPS: RTMP sends them out of band
 
     def process(self, unit: AccessUnit) -> list[H264Frame]:
-        packet = av.Packet(b"".join(START_CODE + nal for nal in unit.nals))
+        nals = [*self.parameter_sets, *unit.nals] if unit.keyframe else unit.nals
+        packet = av.Packet(b"".join(START_CODE + nal for nal in nals))
         packet.pts = unit.pts_ms
         packet.time_base = _MS
         try:
@@ -124,6 +126,8 @@ class RtmpVideo:
     def set_config(self, config: AvcConfig) -> None:
         self.config = config
         self._packetizer.set_parameter_sets(config.sps, config.pps)
+        if self._remover is not None:
+            self._remover.parameter_sets = [*config.sps, *config.pps]
 
     def access_unit(self, avcc: bytes, dts_ms: int, cts_ms: int) -> AccessUnit | None:
         """Split one NALU tag; None before the sequence header (nothing can be decoded)."""
@@ -170,6 +174,8 @@ class RtmpVideo:
             "RTMP room=%s: the encoder sends B-frames; WebRTC viewers get a transcode without "
             "them (set bframes=0 in the encoder to spare it)", self.room)
         self._remover = BFrameRemover(self._keyframe_interval_s)
+        if self.config is not None:
+            self._remover.parameter_sets = [*self.config.sps, *self.config.pps]
         self._worker = OrderedWorker(f"rtmp-bframes-{self.room}", self._remover.process,
                                      self._on_transcoded)
         self._waiting_keyframe = True
