@@ -1,6 +1,6 @@
-"""``python -m loadtest path``: the SFU's per-packet path in-process, beside the floor.
+"""``python -m benchmarks.path``: the SFU's per-packet path in-process, beside the floor.
 
-White-box, unlike the other scenarios (it imports ``sfu``): one Producer fans packets out to N
+White-box, unlike ``loadtest``'s scenarios (it imports ``sfu``): one Producer fans packets out to N
 real Consumers, each with its own pylibsrtp session (AES-256-GCM, what browsers and aiortc
 negotiate) and its own connected UDP socket, exactly as a viewer worker does after DTLS; the
 floor is the same protect + send per viewer with nothing around it. Datagrams go to loopback
@@ -19,6 +19,7 @@ import asyncio
 import os
 import socket
 import struct
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -34,12 +35,14 @@ DRAINS = 8
 PAYLOAD_TYPE = 102
 
 
-def add_parser(sub: Any) -> None:
-    p = sub.add_parser("path", help="the SFU's per-packet path in-process vs the floor")
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.path",
+                                description="the SFU's per-packet path in-process vs the floor")
     p.add_argument("--viewers", type=int, default=100)
     p.add_argument("--packets", type=int, default=2000)
     p.add_argument("--size", type=int, default=1200)
     p.add_argument("--report", default="loadtest/reports")
+    return p.parse_args(argv)
 
 
 def _session() -> Session:
@@ -141,10 +144,15 @@ async def run(viewers: int, packets: int, size: int) -> dict[str, Any]:
             "ratio": round(path_us / floor_us, 3), "runs": results}
 
 
-def main(args: argparse.Namespace) -> int:
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     report = asyncio.run(run(args.viewers, args.packets, args.size))
     print(f"per packet per viewer, {args.viewers} viewers, {args.size} B, best of 3: "
           f"floor {report['floor_us']:.2f} us, Producer.relay -> Consumer.forward "
           f"{report['path_us']:.2f} us = {report['ratio']:.2f}x the floor")
     print(f"report: {write_report(report, args.report, 'path')}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

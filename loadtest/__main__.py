@@ -3,9 +3,9 @@
 Scenarios: ``webrtc`` (one painted publisher, N viewers over K processes, floor and baseline in
 the same run), ``floor`` (SRTP protect + sendto per packet per viewer, nothing else), ``events``
 and ``flashsale`` (loadtest.live_bench), ``cohost`` (anchor <-> co-host latency, FLV mixer CPU;
-loadtest.cohost), ``path`` (the SFU's per-packet path in-process vs the floor; white-box,
-loadtest.path_bench), ``split`` (a viewer's server CPU: per packet vs fixed; loadtest.split).
-The FLV probe is ``python -m loadtest.flv_probe``.
+loadtest.cohost), ``split`` (a viewer's server CPU: per packet vs fixed; loadtest.split).
+The FLV probe is ``python -m loadtest.flv_probe``. The white-box per-packet path benchmark,
+which imports ``sfu``, is not here: ``python -m benchmarks.path``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from loadtest import cohost, live_bench, paced_floor, path_bench, split
+from loadtest import cohost, live_bench, paced_floor, split
 from loadtest.floor import print_floor, run_floor
 from loadtest.procstat import resolve_server_pids
 from loadtest.stats import write_report
@@ -74,15 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--plot", default="")
     live_bench.add_parsers(sub)
     cohost.add_parser(sub)
-    path_bench.add_parser(sub)
     split.add_parser(sub)
     paced_floor.add_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper())
     if args.command in ("events", "flashsale"):
         return live_bench.run(args)
-    if args.command == "path":
-        return path_bench.main(args)
     if args.command == "paced-floor":
         return paced_floor.main(args)
     if args.command in ("cohost", "split"):

@@ -146,7 +146,7 @@ def test_cohost_reads_the_mixer_metric_of_its_room() -> None:
 
 async def test_path_bench_measures_floor_and_forwarding_path() -> None:
     """Smoke run (tiny, untimed): both measurements happen and every datagram is accounted."""
-    from loadtest.path_bench import run
+    from benchmarks.path import run
 
     report = await run(viewers=4, packets=64, size=300)
     assert report["floor_us"] > 0 and report["path_us"] > 0
