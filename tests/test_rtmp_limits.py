@@ -15,6 +15,7 @@ from rtmp_clients import Handler, RawClient, ffmpeg_publish, rtmp_server
 from waiting import wait_for
 
 from sfu.rtmp import amf0, chunks
+from sfu.rtmp.server import PublishRequest, RtmpConnection, RtmpServer, StreamSink
 
 # --- hostile clients and limits ---------------------------------------------------------------
 
@@ -151,3 +152,34 @@ async def test_publish_deadline_counts_from_the_tcp_accept() -> None:
         assert await client.closed_by_server(limit_s=3.0)
         assert 0.5 <= time.monotonic() - started < 1.5
         client.close()
+
+
+async def test_what_a_client_sends_while_its_publish_is_authorized_waits_for_the_answer() -> None:
+    """Media sent right behind ``publish`` (more than is held before reading pauses) reaches
+    the sink once the handler has answered, all of it and in order."""
+    handler = Handler()
+    inner = handler.__call__
+
+    async def slow(request: PublishRequest, connection: RtmpConnection) -> StreamSink:
+        await asyncio.sleep(0.3)
+        return await inner(request, connection)
+
+    server = RtmpServer(slow, host="127.0.0.1", port=0)
+    await server.start()
+    try:
+        client = await RawClient.open(server.port)
+        await client.handshake()
+        client.command("connect", {"app": "live"})
+        await client.reply("_result")
+        client.command("publish", None, "room1", "live", stream_id=1)
+        for i in range(100):  # 100 x 5 KB: past the 256 KiB held before reading pauses
+            client.send(chunks.VIDEO, b"\x27\x01" + bytes(5000), csid=6, stream_id=1,
+                        timestamp=33 * i)
+        status = await client.reply("onStatus")
+        assert isinstance(status[3], dict) and status[3]["code"] == "NetStream.Publish.Start"
+        await wait_for(lambda: handler.sinks and len(handler.sinks[0].of("video")) == 100, 5,
+                       "every video message")
+        assert [ts for ts, _ in handler.sinks[0].of("video")] == [33 * i for i in range(100)]
+        client.close()
+    finally:
+        await server.close()

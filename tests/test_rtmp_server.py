@@ -19,7 +19,13 @@ from waiting import wait_for
 
 from sfu.errors import PublisherExists
 from sfu.rtmp import amf0, chunks
-from sfu.rtmp.server import RtmpRefused, RtmpServer
+from sfu.rtmp.server import (
+    PublishRequest,
+    RtmpConnection,
+    RtmpRefused,
+    RtmpServer,
+    StreamSink,
+)
 
 # --- ffmpeg ----------------------------------------------------------------------------------
 
@@ -194,6 +200,62 @@ async def test_server_close_ends_publishes_as_closed() -> None:
     assert handler.sinks[0].ends == ["closed"]
     assert await client.closed_by_server()
     assert not server.connections
+
+
+async def test_a_client_gone_while_the_handler_runs_cancels_the_handler() -> None:
+    entered = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def slow_handler(request: PublishRequest, connection: RtmpConnection) -> StreamSink:
+        entered.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        raise AssertionError("the handler outlived its connection")
+
+    server = RtmpServer(slow_handler, host="127.0.0.1", port=0)
+    await server.start()
+    try:
+        client = await RawClient.open(server.port)
+        await client.handshake()
+        client.command("connect", {"app": "live"})
+        await client.reply("_result")
+        client.command("publish", None, "room1", "live", stream_id=1)
+        await asyncio.wait_for(entered.wait(), 5)
+        client.close()
+        await asyncio.wait_for(cancelled.wait(), 5)
+        await wait_for(lambda: not server.connections, 2, "no connection left")
+    finally:
+        await server.close()
+
+
+async def test_a_handler_that_closes_its_connection_still_gets_on_end_once() -> None:
+    sinks: list[Recorder] = []
+
+    async def closing_handler(request: PublishRequest, connection: RtmpConnection
+                              ) -> StreamSink:
+        sink = Recorder(request, connection)
+        sinks.append(sink)
+        connection.close("kicked")
+        return sink
+
+    server = RtmpServer(closing_handler, host="127.0.0.1", port=0)
+    await server.start()
+    try:
+        client = await RawClient.open(server.port)
+        await client.handshake()
+        client.command("connect", {"app": "live"})
+        await client.reply("_result")
+        client.command("publish", None, "room1", "live", stream_id=1)
+        assert await client.closed_by_server()
+        await wait_for(lambda: sinks and sinks[0].ended.is_set(), 5, "on_end")
+        assert sinks[0].ends == ["kicked"]
+        assert not server.connections
+    finally:
+        await server.close()
+    assert sinks[0].ends == ["kicked"]
 
 
 # --- kicked by the SFU -------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 An ``asyncio.Protocol``: ``data_received`` runs the handshake, then feeds the chunk reader and
 handles each whole message at once; media goes to the sink synchronously, with no task or
 await per message. The only task is the publish handler's, once per connection; while it runs,
-reading is paused and unread messages wait in the reader.
+messages wait unread in the reader (reading pauses only if a client sends a lot meanwhile).
 
 Every way a connection ends goes through ``close(reason)``: the sink hears ``on_end`` once,
 timers are cancelled, the server forgets the connection. A protocol violation, a limit or a
@@ -94,6 +94,8 @@ class RtmpConnection(asyncio.Protocol):
         self._idle_since = 0.0
         self._end_reason = ""
         self._accepted_at = 0.0
+        self._paused = False
+        self._held_max = 4 * self._limits.max_command_size  # bytes read while authorizing
 
     # --- public -------------------------------------------------------------------------------
 
@@ -156,6 +158,12 @@ class RtmpConnection(asyncio.Protocol):
                 self._handshake_done()
             self._reader.feed(data)
             self._drain()
+            if self.state is State.AUTHORIZING and self._reader.buffered > self._held_max:
+                # A client should wait for its publish's answer; one that keeps sending is
+                # held here (reading stays on otherwise, so that a hang-up is seen at once).
+                self._paused = True
+                if self._transport is not None:
+                    self._transport.pause_reading()
         except RtmpProtocolError as exc:
             self._fail(str(exc))
         except Exception:
@@ -306,8 +314,6 @@ class RtmpConnection(asyncio.Protocol):
                                  tc_url=text("tcUrl"), publish_type=kind,
                                  connect=self._connect)
         self.state = State.AUTHORIZING
-        if self._transport is not None:
-            self._transport.pause_reading()
         self._task = self._loop.create_task(self._authorize(request, stream_id))
 
     async def _authorize(self, request: PublishRequest, stream_id: int) -> None:
@@ -341,7 +347,8 @@ class RtmpConnection(asyncio.Protocol):
         self._send(messages.user_control(messages.STREAM_BEGIN, stream_id)
                    + messages.status(size, "status", "NetStream.Publish.Start",
                                      f"{request.stream} is now published", stream_id))
-        if self._transport is not None and self.state is State.PUBLISHING:
+        if self._paused and self._transport is not None and self.state is State.PUBLISHING:
+            self._paused = False
             self._transport.resume_reading()
         try:
             self._drain()  # what arrived while the handler ran
