@@ -219,3 +219,31 @@ async def test_b_frames_reach_webrtc_viewers_without_them_and_flv_with_them(
             assert video["profile"] == "High" and video["has_b_frames"] > 0, video
         finally:
             await viewer.close()
+
+
+async def test_an_encoder_that_drops_and_returns_keeps_its_viewers(server: Server) -> None:
+    """A TCP drop (not an unpublish) keeps the session for the grace period: the same identity
+    publishing again continues the tracks and the viewer plays on, never re-joining."""
+    url = rtmp_url(server, "rtmp8", server.token("rtmp8", "anchor", "publish"))
+    node = server.app[NODE_KEY]
+    first = ffmpeg_push(url)
+    with pushing(first):
+        await live(server, "rtmp8")
+        pts: list[int] = []
+        viewer = await play(server.url, "rtmp8", server.token("rtmp8", "v", "subscribe"),
+                            on_frame=lambda frame: pts.append(frame.pts))
+        await wait_for(lambda: len(pts) >= 30, 15, "30 frames before the drop")
+        publisher = next(iter(node.rooms["rtmp8"].publishers.values()))
+        viewer_ids = set(node.rooms["rtmp8"].viewers)
+        first.kill()  # no unpublish: the connection just goes away
+        await wait_for(lambda: publisher.state == "reconnecting", 5, "session waiting")
+        before = len(pts)
+    try:
+        with pushing(ffmpeg_push(url)):
+            await wait_for(lambda: len(pts) >= before + 30, 15, "30 frames after the return")
+            assert publisher.reconnects == 1 and not publisher.closed
+            assert node.rooms["rtmp8"].publishers == {publisher.id: publisher}
+            assert pts == sorted(pts), "timestamps continue forward across the return"
+            assert set(node.rooms["rtmp8"].viewers) == viewer_ids, "the viewer never left"
+    finally:
+        await viewer.close()
