@@ -2,24 +2,18 @@
 talk to the one URL they were given and never re-send ``Authorization`` after a redirect.
 
 In process, against real Redis: stub nodes show what crosses the proxy (headers, ``Location``
-rewrite, one followed ``307``, size and time limits), a registered node that does not answer
-gives ``503`` + ``Retry-After`` and the room moves once its heartbeat lapses, bad input is
-refused before a room is placed. With real processes (one redis-server, two ``shopcast
-signaling``, one ``shopcast sfu``): an aiortc anchor publishes through signaling A, viewers
-play through A and B and decode frames, every request went to the front door's origin only,
-and each DELETE through the front door ends the session on the node.
+rewrite, one followed ``307``, size and time limits, the forward counter), a registered node
+that does not answer gives ``503`` + ``Retry-After`` and the room moves once its heartbeat
+lapses, bad input is refused before a room is placed. Real aiortc clients through two signaling
+processes to a real node: ``tests/test_front_door_processes.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import signal
-import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -28,11 +22,8 @@ import pytest_asyncio
 from aiohttp import web
 from conftest import free_port
 from multidict import CIMultiDict
-from test_multinode import START_LIMIT_S, Proc, eventually, healthy, spawn
-from test_multinode import token as cluster_token
+from test_multinode import eventually
 
-from loadtest.clients import play, publish
-from loadtest.media import PaintedVideoTrack, ToneAudioTrack
 from shopcast.cluster import create_signaling_app
 from shopcast.config import Config
 from signaling.front_door import FORWARDER_KEY
@@ -342,131 +333,3 @@ async def test_bad_input_places_no_room(front: tuple[str, web.Application]) -> N
             assert stub.seen == [] and await forwards(url) == {}
         finally:
             await n1.close()
-
-
-# --- real processes: two signaling front doors and one SFU node ------------------------------
-
-
-@pytest_asyncio.fixture
-async def cluster(redis_server: str, tmp_path: Path) -> AsyncIterator[dict[str, Proc]]:
-    prefix = f"fdc{os.getpid()}{int(time.time())}"
-    procs = {name: spawn(name, role, redis_server, prefix, tmp_path) for name, role in (
-        ("sfu-1", "sfu"), ("sig-a", "signaling"), ("sig-b", "signaling"))}
-    try:
-        deadline = time.monotonic() + START_LIMIT_S
-        for proc in procs.values():
-            while not await healthy(proc.url):
-                if proc.popen.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"{proc.name} did not start:\n{proc.tail()}")
-                await asyncio.sleep(0.1)
-        yield procs
-    finally:
-        for proc in procs.values():
-            if proc.popen.poll() is None:
-                proc.popen.send_signal(signal.SIGTERM)
-        for proc in procs.values():
-            try:
-                proc.popen.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.popen.kill()
-                proc.popen.wait(timeout=5)
-
-
-def one_url_session(seen: list[str]) -> aiohttp.ClientSession:
-    """An HTTP client that records every request it makes (the loadtest clients never let
-    aiohttp follow a redirect: any ``307`` would show up here as a request to the node)."""
-    async def started(session: Any, context: Any, params: aiohttp.TraceRequestStartParams) -> None:
-        seen.append(f"{params.method} {params.url}")
-
-    trace = aiohttp.TraceConfig()
-    trace.on_request_start.append(started)
-    return aiohttp.ClientSession(trace_configs=[trace], timeout=aiohttp.ClientTimeout(total=20))
-
-
-async def node_sessions(node: Proc) -> int:
-    async with aiohttp.ClientSession() as http, http.get(node.url + "/healthz") as response:
-        sessions: int = (await response.json())["sessions"]
-        return sessions
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(120)
-async def test_one_url_clients_through_two_front_doors(cluster: dict[str, Proc]) -> None:
-    sig_a, sig_b, node = cluster["sig-a"], cluster["sig-b"], cluster["sfu-1"]
-    room = "onedoor"
-    seen_a: list[str] = []
-    seen_b: list[str] = []
-    http_a, http_b = one_url_session(seen_a), one_url_session(seen_b)
-    clients: list[Any] = []
-    try:
-        anchor_token = cluster_token(room, "anchor", "publish")
-
-        async def anchor_published() -> Any:  # until the node's first heartbeat lands
-            with contextlib.suppress(Exception):
-                return await publish(sig_a.url, room, anchor_token, PaintedVideoTrack(),
-                                     ToneAudioTrack(), session=http_a)
-            return None
-
-        anchor = await eventually(anchor_published, 10, "WHIP through sig-a", every_s=0.3)
-        clients.append(anchor)
-        assert anchor.resource_url.startswith(sig_a.url + "/whip/onedoor/")
-
-        async def watching(front: Proc, http: aiohttp.ClientSession, who: str) -> Any:
-            async def attempt() -> Any:  # not_live until the anchor's session is reported
-                with contextlib.suppress(Exception):
-                    return await play(front.url, room, cluster_token(room, who, "subscribe"),
-                                      decode=True, session=http)
-                return None
-
-            viewer = await eventually(attempt, 15, f"WHEP through {front.name}", every_s=0.3)
-            clients.append(viewer)
-
-            async def decoding() -> bool:
-                return bool(viewer.decoded >= 30)
-
-            await eventually(decoding, 20, f"30 frames decoded via {front.name}")
-            assert viewer.resource_url.startswith(front.url + "/whep/onedoor/")
-            return viewer
-
-        viewer_b = await watching(sig_b, http_b, "viewer-b")
-        viewer_a = await watching(sig_a, http_a, "viewer-a")
-        assert await node_sessions(node) == 3  # the media lives on the node
-
-        # the node's own authorization step: a viewer's token cannot end the anchor's session
-        async with http_b.delete(anchor.resource_url.replace(sig_a.url, sig_b.url), headers={
-                "Authorization": f"Bearer {cluster_token(room, 'viewer-b', 'subscribe')}"}) as r:
-            assert r.status == 403 and (await r.json())["error"]["code"] == "missing_grant"
-        # PATCH (trickle) and an unknown resource: the node's own answers pass through
-        anchor_auth = {"Authorization": f"Bearer {anchor_token}"}
-        async with http_a.patch(anchor.resource_url, data="a=end-of-candidates\r\n", headers={
-                **anchor_auth, "Content-Type": "application/trickle-ice-sdpfrag"}) as r:
-            assert r.status == 405
-            assert (await r.json())["error"]["code"] == "trickle_not_supported"
-        async with http_a.delete(sig_a.url + "/whip/onedoor/nope", headers=anchor_auth) as r:
-            assert r.status == 404 and (await r.json())["error"]["code"] == "not_found"
-        before = viewer_b.decoded
-        await eventually(lambda: _more(viewer_b, before), 5, "frames still flowing")
-
-        await viewer_b.close()
-        await viewer_a.close()
-        await anchor.close()
-        assert [c.delete_status for c in (viewer_b, viewer_a, anchor)] == [204, 204, 204]
-
-        async def ended() -> bool:
-            return await node_sessions(node) == 0
-
-        await eventually(ended, 5, "the node's sessions ended by the DELETEs")
-        assert seen_a and seen_b
-        assert all(s.split(" ", 1)[1].startswith(sig_a.url + "/") for s in seen_a), seen_a
-        assert all(s.split(" ", 1)[1].startswith(sig_b.url + "/") for s in seen_b), seen_b
-        assert sum(s.startswith("DELETE") for s in seen_a + seen_b) == 5
-    finally:
-        for client in reversed(clients):
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.close(), 5)
-        await http_a.close()
-        await http_b.close()
-
-
-async def _more(viewer: Any, before: int) -> bool:
-    return bool(viewer.decoded > before + 10)
