@@ -41,6 +41,15 @@ async def _hostile_huge_message(port: int) -> RawClient:
     return client
 
 
+async def _hostile_big_message_before_publish(port: int) -> RawClient:
+    client = await RawClient.open(port)
+    await client.handshake()
+    # 1 MiB is a fine video frame, but before a publish only commands (64 KiB) may come.
+    client.writer.write(b"\x06" + bytes(3) + (1 << 20).to_bytes(3, "big") + b"\x09"
+                        + bytes(4) + bytes(128))
+    return client
+
+
 def _set_chunk_size(size: int) -> Callable[[int], Awaitable[RawClient]]:
     async def hostile(port: int) -> RawClient:
         client = await RawClient.open(port)
@@ -81,9 +90,10 @@ async def _hostile_deep_amf(port: int) -> RawClient:
     "attack",
     [_hostile_random_bytes, _hostile_random_after_handshake, _hostile_huge_message,
      _set_chunk_size(0), _set_chunk_size(0x7FFFFFFF), _hostile_silent, _hostile_no_publish,
-     _hostile_media_before_publish, _hostile_deep_amf],
+     _hostile_media_before_publish, _hostile_deep_amf, _hostile_big_message_before_publish],
     ids=["random-bytes", "random-after-handshake", "16MiB-message", "chunk-size-0",
-         "chunk-size-2^31-1", "silent", "no-publish", "media-before-publish", "deep-amf"],
+         "chunk-size-2^31-1", "silent", "no-publish", "media-before-publish", "deep-amf",
+         "1MiB-before-publish"],
 )
 async def test_hostile_connection_is_closed_and_the_server_keeps_serving(
         attack: Callable[[int], Awaitable[RawClient]], caplog: pytest.LogCaptureFixture) -> None:

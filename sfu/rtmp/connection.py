@@ -74,13 +74,7 @@ class RtmpConnection(asyncio.Protocol):
         self.ip = "unknown"
         self.state = State.HANDSHAKE
         self._handshake = ServerHandshake()
-        self._reader = chunks.ChunkReader(chunks.ChunkLimits(
-            max_chunk_size=self._limits.max_chunk_size,
-            max_message_size=self._limits.max_message_size,
-            max_command_size=self._limits.max_command_size,
-            max_chunk_streams=self._limits.max_chunk_streams,
-            max_pending_bytes=self._limits.max_pending_bytes,
-        ))
+        self._reader = chunks.ChunkReader(self._limits.chunk_limits(publishing=False))
         self._sink: StreamSink | None = None
         self._connect: dict[str, object] = {}
         self._task: asyncio.Task[None] | None = None
@@ -336,6 +330,7 @@ class RtmpConnection(asyncio.Protocol):
             return
         self._sink = sink
         self.state = State.PUBLISHING
+        self._reader.limits = self._limits.chunk_limits(publishing=True)
         self._server._promote(self)
         if self._deadline is not None:
             self._deadline.cancel()

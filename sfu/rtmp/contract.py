@@ -11,6 +11,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from sfu.rtmp.chunks import ChunkLimits
+
 if TYPE_CHECKING:
     from sfu.rtmp.connection import RtmpConnection
 
@@ -45,6 +47,18 @@ class RtmpLimits:
     chunk_size: int = 4096  # our own chunk size, announced after connect
     window_ack_size: int = 2_500_000  # the window we ask the client to acknowledge
     peer_bandwidth: int = 2_500_000  # Set Peer Bandwidth we send after connect
+
+    def chunk_limits(self, *, publishing: bool) -> ChunkLimits:
+        """The chunk reader's bounds. Until its publish is accepted a client has only commands
+        to send, so it may not make us buffer more than a few commands' worth: 256 such
+        connections stay within a few dozen MiB."""
+        return ChunkLimits(
+            max_chunk_size=self.max_chunk_size,
+            max_message_size=self.max_message_size if publishing else self.max_command_size,
+            max_command_size=self.max_command_size,
+            max_chunk_streams=self.max_chunk_streams,
+            max_pending_bytes=self.max_pending_bytes if publishing else 2 * self.max_command_size,
+        )
 
 
 @dataclass(frozen=True)
