@@ -1,13 +1,13 @@
 """The two directions between one SFU node and the control plane.
 
-``SessionBridge`` tells the control plane what happens on the node: a WHIP/WHEP leg started or
-ended, a publisher's tracks went live or away. It hangs on ``SfuNode.sessions`` and
-``SfuNode.observers`` and only enqueues on the ``SessionReporter`` (never awaits), because the
+``SessionBridge`` tells the control plane what happens on the node: a session started or
+ended, a publisher's tracks went live or away. It is one of ``SfuNode.session_observers`` and
+``SfuNode.room_observers`` and only enqueues on the ``SessionReporter`` (never awaits), because the
 node's callbacks are synchronous and sit next to the media path. Viewers in worker processes
-reach it too: their ends arrive as ``RemoteViewer`` legs in the node's ``_leg_closed``.
+reach it too: every kind of session arrives as a ``Session`` (``sfu/session.py``).
 
 ``NodeMediaControl`` is the control plane's ``MediaControl`` over this node: REST close, kick
-and mute end legs or stop a producer here (directly in ``shopcast serve``, through the bus's
+and mute end sessions or stop a producer here (directly in ``shopcast serve``, through the bus's
 ``media`` topic when the node is its own process).
 """
 
@@ -17,30 +17,18 @@ import asyncio
 import logging
 import os
 import time
-from typing import Protocol
 
 from sfu.node import SfuNode
 from sfu.producer import Producer
-from sfu.publisher import Publisher
 from sfu.room import Room
+from sfu.session import PublisherSession, Session
 from signaling.sessions import SessionReporter
 from signaling.store import NodeRecord, Transport
 
 logger = logging.getLogger("shopcast.sfu.media_control")
 
 
-class Leg(Protocol):
-    """What the bridge reads from a leg (a PeerLeg or a worker's RemoteViewer)."""
-
-    id: str
-    room: str
-    identity: str
-    role: str
-
-    async def close(self) -> None: ...
-
-
-def track_sids(publisher: Publisher) -> list[tuple[str, Producer]]:
+def track_sids(publisher: PublisherSession) -> list[tuple[str, Producer]]:
     """Stable track ids: ``<publisher id>:<kind>``, numbered when a kind repeats
     (``:video``, ``:video2``), so the REST API can address one track across processes."""
     seen: dict[str, int] = {}
@@ -52,67 +40,69 @@ def track_sids(publisher: Publisher) -> list[tuple[str, Producer]]:
     return out
 
 
-def _transport(leg: Leg) -> Transport:
-    return Transport.WHIP if leg.role == "publisher" else Transport.WHEP
+def _transport(session: Session) -> Transport:
+    return Transport.WHIP if session.role == "publisher" else Transport.WHEP
 
 
 class SessionBridge:
-    """Reports the node's sessions and tracks to the control plane, in order per leg."""
+    """Reports the node's sessions and tracks to the control plane, in order per session."""
 
     def __init__(self, reporter: SessionReporter) -> None:
         self.reporter = reporter
         self._joined: set[str] = set()
 
-    # --- SfuNode.sessions ------------------------------------------------------------------
+    # --- SfuNode.session_observers (SessionObserver) ----------------------------------------
 
-    def session_started(self, leg: Leg, name: str = "") -> None:
-        self._joined.add(leg.id)
-        self.reporter.joined(leg.room, leg.id, leg.identity, _transport(leg), role=leg.role,
-                             name=name, slot=getattr(leg, "slot", -1))
+    def session_started(self, session: Session, name: str = "") -> None:
+        self._joined.add(session.id)
+        self.reporter.joined(session.room, session.id, session.identity, _transport(session),
+                             role=session.role, name=name, slot=getattr(session, "slot", -1))
 
-    def session_ended(self, leg: Leg) -> None:
-        """Only legs that were reported: a failed negotiation never joined, so never leaves."""
-        if leg.id in self._joined:
-            self._joined.discard(leg.id)
-            self.reporter.left(leg.room, leg.id)
+    def session_ended(self, session: Session) -> None:
+        """Only sessions that were reported: a failed negotiation never joined, never leaves."""
+        if session.id in self._joined:
+            self._joined.discard(session.id)
+            self.reporter.left(session.room, session.id)
 
-    # --- SfuNode.observers (RoomObserver) --------------------------------------------------
+    # --- SfuNode.room_observers (RoomObserver) ---------------------------------------------
 
-    def publisher_live(self, room: Room, publisher: Publisher) -> None:
+    def publisher_live(self, room: Room, publisher: PublisherSession) -> None:
         for sid, producer in track_sids(publisher):
             self.reporter.track_published(room.name, publisher.id, sid, producer.kind,
                                           producer.codec.mimeType.split("/")[-1])
 
-    def publisher_left(self, room: Room, publisher: Publisher) -> None:
+    def publisher_left(self, room: Room, publisher: PublisherSession) -> None:
         for sid, _ in track_sids(publisher):
             self.reporter.track_unpublished(room.name, publisher.id, sid)
 
 
 class NodeMediaControl:
-    """``MediaControl`` for the legs of one node; sids are leg ids, track sids as above."""
+    """``MediaControl`` for the sessions of one node; sids are session ids, track sids as
+    above."""
 
     def __init__(self, node: SfuNode) -> None:
         self.node = node
 
     async def end_room(self, room: str) -> int:
-        legs = [leg for leg in list(self.node.legs.values()) if leg.room == room]
-        await asyncio.gather(*(leg.close() for leg in legs), return_exceptions=True)
-        if legs:
-            logger.info("room %s ended by the control plane: %d sessions", room, len(legs))
-        return len(legs)
+        sessions = [s for s in list(self.node.sessions.values()) if s.room == room]
+        await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+        if sessions:
+            logger.info("room %s ended by the control plane: %d sessions", room, len(sessions))
+        return len(sessions)
 
     async def end_session(self, room: str, sid: str) -> bool:
-        leg = self.node.legs.get(sid)
-        if leg is None or leg.room != room:
+        session = self.node.sessions.get(sid)
+        if session is None or session.room != room:
             return False
-        await leg.close()
+        await session.close()
         return True
 
     async def mute_track(self, room: str, sid: str, track_sid: str, muted: bool) -> bool:
-        leg = self.node.legs.get(sid)
-        if not isinstance(leg, Publisher) or leg.room != room:
+        live_room = self.node.rooms.get(room)
+        publisher = live_room.publishers.get(sid) if live_room is not None else None
+        if publisher is None:
             return False
-        for candidate, producer in track_sids(leg):
+        for candidate, producer in track_sids(publisher):
             if candidate == track_sid:
                 producer.set_muted(muted)
                 logger.info("track %s %s", track_sid, "muted" if muted else "unmuted")
@@ -168,7 +158,7 @@ class LoadMeter:
                 grown = producer.octets - self._octets.get(producer.key, producer.octets)
                 bits += max(grown, 0) * 8 / elapsed * (1 + len(room.viewers))
         self._octets = octets
-        roles = [leg.role for leg in self.node.legs.values()]
+        roles = [session.role for session in self.node.sessions.values()]
         return NodeRecord(
             id=self.node_id, url=self.url, publishers=roles.count("publisher"),
             viewers=roles.count("viewer"), cpu=round(cores, 3), bitrate_bps=int(bits),

@@ -14,8 +14,8 @@ def render(node: SfuNode) -> list[str]:
         "# TYPE shopcast_sessions gauge",
     ]
     roles = {"publisher": 0, "viewer": 0}
-    for leg in node.legs.values():
-        roles[leg.role] = roles.get(leg.role, 0) + 1
+    for session in node.sessions.values():
+        roles[session.role] = roles.get(session.role, 0) + 1
     lines += [f'shopcast_sessions{{role="{role}"}} {count}' for role, count in roles.items()]
     room_lines: dict[str, list[str]] = {
         "shopcast_room_viewers": [],

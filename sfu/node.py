@@ -1,10 +1,10 @@
-"""The SFU node: the rooms this process serves and the lifetime of every peer leg in them."""
+"""The SFU node: the rooms this process serves and the lifetime of every session in them."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from aiohttp import web
@@ -25,10 +25,11 @@ from sfu.ice import rtc_configuration, use_host_addresses
 from sfu.offer import Offer
 from sfu.peer import PeerLeg, negotiate
 from sfu.publisher import Publisher
-from sfu.room import Room, ViewerLeg
+from sfu.room import Room
+from sfu.session import PublisherSession, Session, ViewerSession
 from sfu.settings import NodeSettings
 from sfu.viewer import Viewer
-from sfu.worker_pool import RemoteViewer, WorkerPool
+from sfu.worker_pool import WorkerPool
 from signaling.claims import Claims, Grant
 
 logger = logging.getLogger("shopcast.sfu.node")
@@ -42,37 +43,50 @@ CohostAdmission = Callable[[str, str], Awaitable[bool]]
 class RoomObserver(Protocol):
     """Told when a room's publishers come and go: FLV output, events, webhooks hang here."""
 
-    def publisher_live(self, room: Room, publisher: Publisher) -> None: ...
+    def publisher_live(self, room: Room, publisher: PublisherSession) -> None: ...
 
-    def publisher_left(self, room: Room, publisher: Publisher) -> None: ...
+    def publisher_left(self, room: Room, publisher: PublisherSession) -> None: ...
 
 
 class SessionObserver(Protocol):
-    """Told when a WHIP/WHEP session starts (answered) and ends: the control plane's reports.
+    """Told when a session starts (answered) and ends: the control plane's reports. Every
+    kind of session arrives here, viewers in worker processes included."""
 
-    Ends of viewers in worker processes arrive here too, as ``RemoteViewer`` legs."""
+    def session_started(self, session: Session, name: str = "") -> None: ...
 
-    def session_started(self, leg: PeerLeg | RemoteViewer, name: str = "") -> None: ...
-
-    def session_ended(self, leg: PeerLeg | RemoteViewer) -> None: ...
+    def session_ended(self, session: Session) -> None: ...
 
 
 class SfuNode:
-    """Owns rooms and legs; the only place that creates or ends a WebRTC session."""
+    """Owns rooms and sessions; the only place that creates or ends a WebRTC session.
 
-    def __init__(self, settings: NodeSettings) -> None:
+    What it tells others is fixed at construction: ``events`` serves participants' ``events``
+    data channels (here and in the workers), ``cohost_admission`` asks the control plane for a
+    co-host's invitation (None: no invitation needed), the observers hear of publishers and
+    sessions coming and going."""
+
+    def __init__(
+        self,
+        settings: NodeSettings,
+        *,
+        events: EventBridge | None = None,
+        cohost_admission: CohostAdmission | None = None,
+        room_observers: Sequence[RoomObserver] = (),
+        session_observers: Sequence[SessionObserver] = (),
+    ) -> None:
         self.settings = settings
         self.rooms: dict[str, Room] = {}
-        self.legs: dict[str, PeerLeg | RemoteViewer] = {}
+        self.sessions: dict[str, Session] = {}
         self._rtc_configuration = rtc_configuration(
             settings.stun_url, settings.turn_url, settings.turn_username, settings.turn_password
         )
         self._ticker: asyncio.Task[None] | None = None
-        self.observers: list[RoomObserver] = []
-        self.sessions: list[SessionObserver] = []
-        self.events: EventBridge | None = None
-        self.cohost_admission: CohostAdmission | None = None  # the control plane's invitations
-        self.workers = WorkerPool(settings, self._leg_closed) if settings.workers > 0 else None
+        self.room_observers = tuple(room_observers)
+        self.session_observers = tuple(session_observers)
+        self.events = events
+        self.cohost_admission = cohost_admission
+        self.workers = (WorkerPool(settings, self._session_closed, events)
+                        if settings.workers > 0 else None)
         aiortc_private.install()  # checked already by the command line; once per process
         use_host_addresses(settings.ice_hosts, add_loopback=settings.ice_loopback)
 
@@ -83,7 +97,7 @@ class SfuNode:
 
     async def stop(self) -> None:
         await stop_task(self._ticker)
-        await asyncio.gather(*(leg.close() for leg in list(self.legs.values())))
+        await asyncio.gather(*(session.close() for session in list(self.sessions.values())))
         if self.events is not None:
             await self.events.close()
         if self.workers is not None:
@@ -107,14 +121,16 @@ class SfuNode:
             identity,
             self._rtc_configuration,
             public_ip=self.settings.ice_public_ip,
-            on_closed=self._leg_closed,
+            on_closed=self._session_closed,
+            claims=claims,
+            on_events_channel=self._events_opened,
             on_live=self._publisher_live,
+            slot=slot,
+            track_slots=room.slots[slot],
+            keyframe_throttle_s=self.settings.keyframe_throttle_ms / 1000,
+            fast_start_s=self.settings.fast_start_ms / 1000,
         )
-        publisher.keyframe_interval_s = self.settings.keyframe_interval_ms / 1000
-        publisher.fast_start_s = self.settings.fast_start_ms / 1000
-        publisher.slot, publisher.track_slots = slot, room.slots[slot]
         required = room.codecs() if slot > 0 else None
-        self._serve_events(publisher, claims)
         self.rooms[room_name] = room
         room.publishers[publisher.id] = publisher
         answer = await self._negotiate(
@@ -125,7 +141,7 @@ class SfuNode:
 
     async def play(
         self, room_name: str, identity: str, offer: Offer, claims: Claims | None = None
-    ) -> tuple[ViewerLeg, str]:
+    ) -> tuple[ViewerSession, str]:
         """Start a WHEP session on a live room (in a worker process when there are workers);
         ``NotLive`` otherwise."""
         room = self.rooms.get(room_name)
@@ -136,7 +152,7 @@ class SfuNode:
                 room_name, identity, offer.sdp, room.layout(), room.producers(), claims
             )
             room.viewers[remote.id] = remote
-            self.legs[remote.id] = remote
+            self.sessions[remote.id] = remote
             self._session_started(remote, claims)
             return remote, answer
         viewer = Viewer(
@@ -144,10 +160,11 @@ class SfuNode:
             identity,
             self._rtc_configuration,
             public_ip=self.settings.ice_public_ip,
-            on_closed=self._leg_closed,
+            on_closed=self._session_closed,
+            claims=claims,
+            on_events_channel=self._events_opened,
         )
         layout, producers = room.layout(), room.producers()
-        self._serve_events(viewer, claims)
         room.viewers[viewer.id] = viewer
         answer = await self._negotiate(
             viewer, offer, lambda: viewer.prepare(offer, layout, producers)
@@ -179,25 +196,15 @@ class SfuNode:
             )
 
     async def _negotiate(self, leg: PeerLeg, offer: Offer, prepare: Callable[[], None]) -> str:
-        self.legs[leg.id] = leg
+        self.sessions[leg.id] = leg
         return await negotiate(leg, offer, prepare)
 
-    def _session_started(self, leg: PeerLeg | RemoteViewer, claims: Claims | None) -> None:
+    def _session_started(self, session: Session, claims: Claims | None) -> None:
         """Report an answered session, unless it already closed (then it never joined)."""
-        if leg.closed or leg.id not in self.legs:
+        if session.closed or session.id not in self.sessions:
             return
-        for observer in self.sessions:
-            observer.session_started(leg, claims.name if claims is not None else "")
-
-    def attach_events(self, bridge: EventBridge) -> None:
-        """Serve participants' ``events`` data channels through ``bridge`` (and workers')."""
-        self.events = bridge
-        if self.workers is not None:
-            self.workers.events = bridge
-
-    def _serve_events(self, leg: PeerLeg, claims: Claims | None) -> None:
-        leg.claims = claims
-        leg.on_events_channel = self._events_opened
+        for observer in self.session_observers:
+            observer.session_started(session, claims.name if claims is not None else "")
 
     def _events_opened(self, leg: PeerLeg, channel: RTCDataChannel) -> None:
         bridge = self.events
@@ -210,13 +217,14 @@ class SfuNode:
             closed=lambda: bridge.close_local(leg.id, leg.room),
         )
 
-    def leg(self, room_name: str, leg_id: str, role: str) -> PeerLeg | RemoteViewer:
-        leg = self.legs.get(leg_id)
+    def session(self, room_name: str, leg_id: str, role: str) -> Session:
+        """The ``role`` session ``leg_id`` of ``room_name`` (a WHIP/WHEP resource)."""
+        leg = self.sessions.get(leg_id)
         if leg is None or leg.room != room_name or leg.role != role:
             raise SessionNotFound(f"no {role} session {leg_id!r} in room {room_name!r}")
         return leg
 
-    def _publisher_live(self, publisher: Publisher) -> None:
+    def _publisher_live(self, publisher: PublisherSession) -> None:
         room = self.rooms.get(publisher.room)
         if room is None:
             return
@@ -224,32 +232,33 @@ class SfuNode:
             for producer in publisher.producers:
                 viewer.on_producer_added(producer)
         if self.workers is not None:
-            self.workers.producers_added(room.name, publisher.producers)
-        for observer in self.observers:
+            self.workers.producers_added(room.name, list(publisher.producers))
+        for observer in self.room_observers:
             observer.publisher_live(room, publisher)
 
-    def _leg_closed(self, leg: PeerLeg | RemoteViewer) -> None:
-        self.legs.pop(leg.id, None)
-        self._leave_room(leg)
-        for observer in self.sessions:  # after publisher_left: tracks go before their session
-            observer.session_ended(leg)
+    def _session_closed(self, session: Session) -> None:
+        self.sessions.pop(session.id, None)
+        self._leave_room(session)
+        for observer in self.session_observers:  # after publisher_left: tracks go first
+            observer.session_ended(session)
 
-    def _leave_room(self, leg: PeerLeg | RemoteViewer) -> None:
-        if self.events is not None and isinstance(leg, PeerLeg):
-            self.events.close_local(leg.id, leg.room)
-        room = self.rooms.get(leg.room)
+    def _leave_room(self, session: Session) -> None:
+        if self.events is not None and isinstance(session, PeerLeg):
+            self.events.close_local(session.id, session.room)
+        room = self.rooms.get(session.room)
         if room is None:
             return
-        if isinstance(leg, Publisher):
-            room.remove_publisher(leg)
+        publisher = room.publishers.get(session.id)
+        if publisher is not None:
+            room.remove_publisher(publisher)
             if self.workers is not None:
-                for producer in leg.producers:
+                for producer in publisher.producers:
                     self.workers.producer_closed(producer)
-            if leg.connected_at is not None:
-                for observer in self.observers:
-                    observer.publisher_left(room, leg)
-        elif isinstance(leg, Viewer | RemoteViewer):
-            room.remove_viewer(leg)
+            if publisher.connected_at is not None:
+                for observer in self.room_observers:
+                    observer.publisher_left(room, publisher)
+        else:
+            room.remove_viewer(session)
         if room.empty:
             self.rooms.pop(room.name, None)
 

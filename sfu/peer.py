@@ -39,7 +39,8 @@ async def negotiate(leg: PeerLeg, offer: Offer, prepare: Callable[[], None]) -> 
 
 
 class PeerLeg:
-    """One WebRTC session of a participant (a WHIP publish or a WHEP play)."""
+    """One WebRTC session of a participant (a WHIP publish or a WHEP play), in this process;
+    a ``Session`` (``sfu/session.py``)."""
 
     role = "peer"
 
@@ -51,7 +52,11 @@ class PeerLeg:
         *,
         public_ip: str = "",
         on_closed: Callable[[PeerLeg], None] | None = None,
+        claims: Claims | None = None,
+        on_events_channel: Callable[[PeerLeg, RTCDataChannel], None] | None = None,
     ) -> None:
+        """``claims``: the token the session was opened with; ``on_events_channel`` serves its
+        ``events`` data channel (None: the channel is not served)."""
         self.id = uuid.uuid4().hex
         self.room = room
         self.identity = identity
@@ -63,8 +68,8 @@ class PeerLeg:
         self._on_closed = on_closed
         self._close_task: asyncio.Task[None] | None = None
         self._timeout: asyncio.TimerHandle | None = None
-        self.claims: Claims | None = None
-        self.on_events_channel: Callable[[PeerLeg, RTCDataChannel], None] | None = None
+        self.claims = claims
+        self._on_events_channel = on_events_channel
         self.pc.on("connectionstatechange", self._on_connection_state)
         self.pc.on("datachannel", self._on_datachannel)
 
@@ -111,8 +116,8 @@ class PeerLeg:
 
     def _on_datachannel(self, channel: RTCDataChannel) -> None:
         """Only the ``events`` channel is served, and only where a host was set for it."""
-        if channel.label == LABEL and self.on_events_channel is not None:
-            self.on_events_channel(self, channel)
+        if channel.label == LABEL and self._on_events_channel is not None:
+            self._on_events_channel(self, channel)
 
     def on_connected(self) -> None:
         """Called once when ICE and DTLS are up; subclasses start media here."""

@@ -21,6 +21,7 @@ from aiortc.rtp import RtpPacket
 
 from sfu.codecs import keyframe_detector
 from sfu.history import PacketHistory
+from sfu.settings import FAST_START_MS, KEYFRAME_THROTTLE_MS
 
 if TYPE_CHECKING:
     from sfu.consumer import Consumer
@@ -70,8 +71,8 @@ class Producer:
         *,
         publisher_id: str,
         request_keyframe: Callable[[int], None],
-        keyframe_interval_s: float = 0.5,
-        fast_start_s: float = 1.0,
+        keyframe_throttle_s: float = KEYFRAME_THROTTLE_MS / 1000,
+        fast_start_s: float = FAST_START_MS / 1000,
         ssrc: int | None = None,
         key: int | None = None,
         mirror: bool = False,
@@ -107,7 +108,7 @@ class Producer:
         self.muted = False
         self._is_keyframe = keyframe_detector(codec.name)
         self._request_keyframe = request_keyframe
-        self._keyframe_interval_s = keyframe_interval_s
+        self._keyframe_throttle_s = keyframe_throttle_s
         self._last_keyframe_request = -1e9
         self._sender_report: tuple[int, int] | None = None
         self._keyframe_pending = False
@@ -177,7 +178,7 @@ class Producer:
         if gop is not None:
             consumer.fast_start(gop, self.codec.clockRate // 1000)
             self.fast_starts += 1
-            if self._gop_within(self._keyframe_interval_s):
+            if self._gop_within(self._keyframe_throttle_s):
                 return
         self.request_keyframe()
 
@@ -186,7 +187,7 @@ class Producer:
         cached within the throttle interval, ask for one now, so that it is there to start
         from when the viewer connects rather than asked for only then."""
         if (self.kind == "video" and self._fast_start_s > 0
-                and not self._gop_within(self._keyframe_interval_s)):
+                and not self._gop_within(self._keyframe_throttle_s)):
             self.request_keyframe()
 
     def recent_gop(self) -> list[bytes] | None:
@@ -225,7 +226,7 @@ class Producer:
         if self.source_ssrc is None and not self.mirror:
             self._keyframe_pending = True
             return
-        wait = self._last_keyframe_request + self._keyframe_interval_s - time.monotonic()
+        wait = self._last_keyframe_request + self._keyframe_throttle_s - time.monotonic()
         if wait > 0 and not self.mirror:  # a mirror's requests meet the publisher's throttle
             if self._deferred is None:
                 self._deferred = asyncio.get_running_loop().call_later(wait, self._send_deferred)

@@ -14,27 +14,34 @@ from sfu.offer import Offer
 from sfu.peer import PeerLeg
 from sfu.producer import Producer, TrackSlot
 from sfu.receiver_tap import keyframe_requester, tap_receiver
+from sfu.settings import FAST_START_MS, KEYFRAME_THROTTLE_MS
 
 
 class Publisher(PeerLeg):
     """Receives an anchor's audio and video; one Producer per received track."""
 
     role = "publisher"
-    keyframe_interval_s = 0.5
-    fast_start_s = 1.0
 
     def __init__(
         self,
         *args: Any,
         on_live: Callable[[Publisher], None] | None = None,
+        slot: int = 0,
+        track_slots: dict[str, TrackSlot] | None = None,
+        keyframe_throttle_s: float = KEYFRAME_THROTTLE_MS / 1000,
+        fast_start_s: float = FAST_START_MS / 1000,
         **kwargs: Any,
     ) -> None:
+        """``slot`` is the room's publisher slot (0 = the anchor) and ``track_slots`` its
+        SSRCs per kind; the throttle and fast start go to each of its producers."""
         super().__init__(*args, **kwargs)
         self.producers: list[Producer] = []
         self._transceivers: list[RTCRtpTransceiver] = []
         self._on_live = on_live
-        self.slot = 0
-        self.track_slots: dict[str, TrackSlot] = {}
+        self.slot = slot
+        self.track_slots = track_slots or {}
+        self._keyframe_throttle_s = keyframe_throttle_s
+        self._fast_start_s = fast_start_s
 
     def on_connected(self) -> None:
         if self._on_live is not None:
@@ -81,8 +88,8 @@ class Publisher(PeerLeg):
                 codecs[0],
                 publisher_id=self.id,
                 request_keyframe=keyframe_requester(transceiver.receiver),
-                keyframe_interval_s=self.keyframe_interval_s,
-                fast_start_s=self.fast_start_s,
+                keyframe_throttle_s=self._keyframe_throttle_s,
+                fast_start_s=self._fast_start_s,
                 slot=self.track_slots.get(transceiver.kind),
                 slot_index=self.slot,
                 identity=self.identity,

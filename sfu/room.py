@@ -4,28 +4,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from aiortc import RTCRtpCodecParameters
 
 from sfu.producer import Producer, TrackSlot
-from sfu.publisher import Publisher
 from sfu.room_layout import KINDS, RoomLayout
-
-
-class ViewerLeg(Protocol):
-    """A viewer session, in this process (Viewer) or in a worker process (RemoteViewer)."""
-
-    id: str
-    room: str
-    identity: str
-    role: str
-
-    async def close(self) -> None: ...
-
-    def on_producer_closed(self, producer: Producer) -> None: ...
-
-    def on_producer_added(self, producer: Producer) -> None: ...
+from sfu.session import PublisherSession, Session, ViewerSession
 
 
 @dataclass
@@ -35,8 +19,8 @@ class Room:
 
     name: str
     max_publishers: int = 1
-    publishers: dict[str, Publisher] = field(default_factory=dict)
-    viewers: dict[str, ViewerLeg] = field(default_factory=dict)
+    publishers: dict[str, PublisherSession] = field(default_factory=dict)
+    viewers: dict[str, ViewerSession] = field(default_factory=dict)
     created_at: float = field(default_factory=time.monotonic)
     slots: list[dict[str, TrackSlot]] = field(init=False)
 
@@ -78,11 +62,11 @@ class Room:
             if not producer.closed
         ]
 
-    def remove_publisher(self, publisher: Publisher) -> None:
+    def remove_publisher(self, publisher: PublisherSession) -> None:
         self.publishers.pop(publisher.id, None)
         for viewer in list(self.viewers.values()):
             for producer in publisher.producers:
                 viewer.on_producer_closed(producer)
 
-    def remove_viewer(self, viewer: ViewerLeg) -> None:
+    def remove_viewer(self, viewer: Session) -> None:
         self.viewers.pop(viewer.id, None)

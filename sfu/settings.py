@@ -1,8 +1,22 @@
-"""What the media plane needs from the configuration (built by the launcher from Config)."""
+"""What the media plane needs from the configuration (built by the launcher from Config).
+
+Every media default is declared here, once: ``shopcast/config.py`` takes its flags' defaults
+from these classes, and the objects built from them (publishers, producers, FLV outputs) take
+the values as constructor arguments.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from signaling.live.schema import LAYOUTS
+
+KEYFRAME_THROTTLE_MS = 500
+"""Minimum gap between two keyframe requests (PLI/FIR) to a publisher, per track; a request
+inside the gap is deferred to its end, not dropped."""
+
+FAST_START_MS = 1000
+"""A joining viewer starts from the newest keyframe when it is at most this old (0: never)."""
 
 
 @dataclass
@@ -16,8 +30,22 @@ class NodeSettings:
     turn_url: str = ""
     turn_username: str = ""
     turn_password: str = ""
-    keyframe_interval_ms: int = 500
-    fast_start_ms: int = 1000
+    keyframe_throttle_ms: int = KEYFRAME_THROTTLE_MS
+    fast_start_ms: int = FAST_START_MS
     max_publishers: int = 4
     workers: int = 0
     log_level: str = "INFO"
+
+
+@dataclass
+class FlvSettings:
+    """What the FLV output needs from the configuration."""
+
+    latency_budget_ms: int = 1500
+    stuck_timeout_ms: int = 10_000
+    keyframe_period_ms: int = 2000
+    """Ask the anchor for a keyframe this often, to keep the GOP cache fresh (0: never); also
+    the GOP length of the H.264 the output encodes itself (VP8 anchors, the co-host mix)."""
+    flush_interval_ms: int = 50
+    send_buffer_bytes: int = 65536
+    layout: str = LAYOUTS[0]  # the co-host mix: one of LAYOUTS

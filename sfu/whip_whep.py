@@ -23,9 +23,7 @@ from sfu.errors import BadOffer, BadRoom
 from sfu.http_errors import media_errors
 from sfu.node import NODE_KEY
 from sfu.offer import parse_offer
-from sfu.peer import PeerLeg
-from sfu.room import ViewerLeg
-from sfu.worker_pool import RemoteViewer
+from sfu.session import Session
 from signaling.claims import Claims
 from signaling.errors import ApiError
 from signaling.http_errors import Handler
@@ -105,7 +103,7 @@ def _post(kind: str) -> Handler:
             return redirect(target, request)
         offer = parse_offer(await _read_offer(request), want=want)
         node = request.app[NODE_KEY]
-        leg: PeerLeg | RemoteViewer | ViewerLeg
+        leg: Session
         if kind == "whip":
             leg, answer = await node.publish(room, claims.identity, offer, claims)
         else:
@@ -128,7 +126,7 @@ def _delete(kind: str) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
         room = _room(request)
         _claims(request, kind, room)
-        leg = request.app[NODE_KEY].leg(room, request.match_info["id"], role)
+        leg = request.app[NODE_KEY].session(room, request.match_info["id"], role)
         await leg.close()
         return web.Response(status=204)
 

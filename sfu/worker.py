@@ -123,7 +123,7 @@ class Worker:
             codec_from_dict(message["codec"]),
             publisher_id=message["publisher"],
             request_keyframe=request_keyframe,
-            keyframe_interval_s=self.settings.keyframe_interval_ms / 1000,
+            keyframe_throttle_s=self.settings.keyframe_throttle_ms / 1000,
             fast_start_s=self.settings.fast_start_ms / 1000,
             ssrc=message["ssrc"],
             key=key,
@@ -148,10 +148,9 @@ class Worker:
             self._configuration,
             public_ip=self.settings.ice_public_ip,
             on_closed=self._leg_closed,
+            on_events_channel=self._events_opened if request.get("events") else None,
         )
         producers = [self.producers[k] for k in request["producers"] if k in self.producers]
-        if request.get("events"):
-            viewer.on_events_channel = self._events_opened
         try:
             offer = parse_offer(request["offer"], want="recv")
             layout = RoomLayout.from_message(request["layout"])

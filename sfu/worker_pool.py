@@ -42,7 +42,8 @@ class WorkerFeed:
 
 
 class RemoteViewer:
-    """The publisher's process's handle on a viewer leg that lives in a worker."""
+    """The publisher's process's handle on a viewer that lives in a worker: a ``Session``
+    (``sfu/session.py``) like the legs of this process."""
 
     role = "viewer"
 
@@ -91,15 +92,17 @@ class WorkerPool:
     """Spreads viewer legs over worker processes, least loaded first."""
 
     def __init__(
-        self, settings: NodeSettings, on_leg_closed: Callable[[RemoteViewer], None]
+        self, settings: NodeSettings, on_leg_closed: Callable[[RemoteViewer], None],
+        events: EventBridge | None = None,
     ) -> None:
+        """``events`` serves the ``events`` data channels of the workers' viewers."""
         self.count = settings.workers
         self._settings = settings
         self._on_leg_closed = on_leg_closed
         self.workers: list[WorkerHandle] = []
         self._producers: dict[int, Producer] = {}
         self._stopping = False
-        self.events: EventBridge | None = None
+        self.events = events
         self._endpoints: dict[str, Endpoint] = {}
 
     async def start(self) -> None:

@@ -14,10 +14,9 @@ from sfu.event_bridge import EventBridge
 from sfu.flv import http as flv_http
 from sfu.flv import metrics as flv_metrics
 from sfu.flv.manager import FLV_KEY, FlvManager
-from sfu.flv.output import FlvSettings
 from sfu.media_control import LoadMeter, NodeMediaControl, SessionBridge
 from sfu.node import NODE_KEY, SfuNode
-from sfu.settings import NodeSettings
+from sfu.settings import FlvSettings, NodeSettings
 from sfu.ws_negotiator import NodeNegotiator
 from shopcast.config import Config
 from shopcast.control_plane import add_control_plane, metrics_lines
@@ -39,7 +38,7 @@ def node_settings(config: Config) -> NodeSettings:
         turn_url=config.turn_url,
         turn_username=config.turn_username,
         turn_password=config.turn_password,
-        keyframe_interval_ms=config.pli_throttle_ms,
+        keyframe_throttle_ms=config.pli_throttle_ms,
         fast_start_ms=config.fast_start_ms,
         max_publishers=config.max_publishers,
         workers=worker_count(config.workers),
@@ -60,9 +59,11 @@ def create_app(config: Config) -> web.Application:
     app = base_app(config)
     signaling = add_control_plane(app, config)  # before the node: signaling starts first
     node = add_media_plane(app, config, signaling)
-    signaling.rooms.media = NodeMediaControl(node)  # REST close/kick/mute act on media here
-    signaling.local_node = LoadMeter(node, signaling.settings.node_id, config.base_url,
-                                     config.webrtc_viewer_cap)
+    signaling.attach_media(  # REST close/kick/mute act on media here; the playback plan asks it
+        NodeMediaControl(node),
+        local_node=LoadMeter(node, signaling.settings.node_id, config.base_url,
+                             config.webrtc_viewer_cap),
+    )
     pages.add_routes(app, Path(config.web_dir))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
@@ -79,27 +80,28 @@ def base_app(config: Config) -> web.Application:
 def add_media_plane(app: web.Application, config: Config, signaling: Signaling) -> SfuNode:
     """The SFU with its HTTP-FLV output and WHIP/WHEP/FLV routes; its sessions and tracks
     are reported to ``signaling``. Call after ``add_control_plane`` (stops before it)."""
-    node = SfuNode(node_settings(config))
+    flv = FlvManager(FlvSettings(
+        latency_budget_ms=config.flv_latency_budget_ms,
+        stuck_timeout_ms=config.flv_stuck_timeout_ms,
+        keyframe_period_ms=config.flv_keyframe_interval_ms,
+        layout=config.flv_layout,
+    ))
+    bridge = SessionBridge(signaling.reporter)
+    node = SfuNode(
+        node_settings(config),
+        events=EventBridge(signaling.bus, signaling.live),  # the events data channels
+        cohost_admission=signaling.live.cohosts.admits,  # co-hosts need an invitation
+        room_observers=[flv, bridge],
+        session_observers=[bridge],
+    )
     app[NODE_KEY] = node
+    app[FLV_KEY] = flv
 
     async def node_lifetime(app: web.Application) -> AsyncIterator[None]:
         await node.start()
         yield
         await node.stop()
 
-    app[FLV_KEY] = FlvManager(FlvSettings(
-        latency_budget_ms=config.flv_latency_budget_ms,
-        stuck_timeout_ms=config.flv_stuck_timeout_ms,
-        keyframe_interval_ms=config.flv_keyframe_interval_ms,
-        layout=config.flv_layout,
-    ))
-    node.observers.append(app[FLV_KEY])
-    node.attach_events(EventBridge(signaling.bus, signaling.live))  # the events data channels
-    node.cohost_admission = signaling.live.cohosts.admits  # co-hosts need an invitation
-    signaling.live.layout = config.flv_layout  # what `state` tells pages about the layout
-    bridge = SessionBridge(signaling.reporter)
-    node.sessions.append(bridge)
-    node.observers.append(bridge)
     app.cleanup_ctx.append(node_lifetime)
     whip_whep.add_routes(app)
     app.router.add_get("/live/{room}.flv", flv_http.play_flv)
@@ -110,7 +112,9 @@ def add_media_plane(app: web.Application, config: Config, signaling: Signaling) 
 
 async def healthz(request: web.Request) -> web.Response:
     node = request.app[NODE_KEY]
-    return web.json_response({"status": "ok", "rooms": len(node.rooms), "sessions": len(node.legs)})
+    return web.json_response(
+        {"status": "ok", "rooms": len(node.rooms), "sessions": len(node.sessions)}
+    )
 
 
 async def metrics(request: web.Request) -> web.Response:

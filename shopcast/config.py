@@ -2,6 +2,7 @@
 
 Every setting has a field here, an environment variable ``SHOPCAST_<NAME>`` and a CLI flag
 ``--<name>``; a flag beats the environment, which beats the default. The README lists them all.
+The media plane's defaults are declared once, in ``sfu/settings.py``, and read from there.
 """
 
 from __future__ import annotations
@@ -13,8 +14,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from sfu.settings import FlvSettings, NodeSettings
+from signaling.live.schema import LAYOUTS
+
 ENV_PREFIX = "SHOPCAST_"
-FLV_LAYOUTS = ("side_by_side", "pip")
+_NODE = NodeSettings()  # the media plane's defaults
+_FLV = FlvSettings()
 
 
 @dataclass
@@ -68,30 +73,32 @@ class Config:
     turn_username: str = field(default="", metadata={"help": "TURN username"})
     turn_password: str = field(default="", metadata={"help": "TURN password"})
     pli_throttle_ms: int = field(
-        default=500, metadata={"help": "minimum gap between keyframe requests per track"}
+        default=_NODE.keyframe_throttle_ms,
+        metadata={"help": "minimum gap between keyframe requests per track"},
     )
     fast_start_ms: int = field(
-        default=1000,
+        default=_NODE.fast_start_ms,
         metadata={"help": "a joining WebRTC viewer starts from the newest keyframe when it is "
                           "at most this old, without waiting for a new one (0: never)"},
     )
     max_publishers: int = field(
-        default=4, metadata={"help": "publishers per room: the anchor plus co-hosts"}
+        default=_NODE.max_publishers,
+        metadata={"help": "publishers per room: the anchor plus co-hosts"},
     )
     workers: int = field(
         default=-1,
         metadata={"help": "viewer worker processes: -1 = one per core (0 on one core), 0 = none"},
     )
     flv_latency_budget_ms: int = field(
-        default=1500,
+        default=_FLV.latency_budget_ms,
         metadata={"help": "HTTP-FLV: a reader further behind skips to the newest keyframe"},
     )
     flv_stuck_timeout_ms: int = field(
-        default=10000,
+        default=_FLV.stuck_timeout_ms,
         metadata={"help": "HTTP-FLV: drop a reader whose socket has not drained for this long"},
     )
     flv_keyframe_interval_ms: int = field(
-        default=2000,
+        default=_FLV.keyframe_period_ms,
         metadata={"help": "HTTP-FLV: ask the anchor for a keyframe this often (0: never)"},
     )
     ws_resume_s: int = field(
@@ -100,7 +107,7 @@ class Config:
                           "for the page to resume"},
     )
     flv_layout: str = field(
-        default="side_by_side",
+        default=_FLV.layout,
         metadata={"help": "HTTP-FLV with co-hosts: side_by_side or pip (picture-in-picture)"},
     )
     webrtc_viewer_cap: int = field(
@@ -108,7 +115,9 @@ class Config:
         metadata={"help": "WebRTC viewers a node takes before the playback plan answers "
                   "HTTP-FLV and no new room is placed there (0: no cap)"},
     )
-    log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
+    log_level: str = field(
+        default=_NODE.log_level, metadata={"help": "DEBUG, INFO, WARNING or ERROR"}
+    )
     log_json: bool = field(default=False, metadata={"help": "log one JSON object per line"})
     web_dir: str = field(
         default=str(Path(__file__).resolve().parent.parent / "web"),
@@ -178,7 +187,7 @@ def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = No
         elif not isinstance(value, bool):
             value = _parse(f.type, value)
         setattr(config, f.name, value)
-    if config.flv_layout not in FLV_LAYOUTS:
-        raise SystemExit(f"--flv-layout must be one of {', '.join(FLV_LAYOUTS)}, "
+    if config.flv_layout not in LAYOUTS:
+        raise SystemExit(f"--flv-layout must be one of {', '.join(LAYOUTS)}, "
                          f"not {config.flv_layout!r}")
     return config

@@ -20,6 +20,7 @@ def signaling_settings(config: Config) -> SignalingSettings:
         redis_url=config.redis,
         redis_prefix=config.redis_prefix,
         event_history=config.event_history,
+        layout=config.flv_layout,
         webhooks=WebhookSettings(
             urls=list(config.webhook_urls),
             secret=config.webhook_secret,

@@ -2,8 +2,8 @@
 
 The launcher builds one ``Signaling``, hangs it on the app under ``SIGNALING_KEY``, starts it
 before serving and closes it after; the SFU gets ``signaling.reporter`` to report sessions and
-sets ``signaling.rooms.media`` to its ``MediaControl``. ``signaling.live`` is the event
-gateway that every transport of client events (data channels, ``/ws/events``) calls.
+hands its ``MediaControl`` to ``attach_media``. ``signaling.live`` is the event gateway that
+every transport of client events (data channels, ``/ws/events``) calls.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from aiohttp import web
 
 from signaling.backends import open_backends
 from signaling.live.gateway import EventGateway
+from signaling.live.schema import LAYOUTS
 from signaling.media import MediaControl
 from signaling.rooms import RoomService
 from signaling.sessions import SessionReporter
@@ -32,6 +33,7 @@ class SignalingSettings:
     node_id: str = field(default_factory=lambda: "N_" + uuid.uuid4().hex[:10])
     auto_create_rooms: bool = True
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    layout: str = LAYOUTS[0]  # what `state` tells pages about the co-host layout
 
 
 class Signaling:
@@ -51,7 +53,19 @@ class Signaling:
         # the playback plan asks it directly (multi-node: None, the registry answers).
         self.local_node: Callable[[], NodeRecord] | None = None
         # chat and commerce: the SFU's data-channel bridge and /ws/events both call this
-        self.live = EventGateway(self.store, self.bus, self.webhooks, kick=self.rooms.kick)
+        self.live = EventGateway(self.store, self.bus, self.webhooks, kick=self.rooms.kick,
+                                 layout=settings.layout)
+
+    def attach_media(
+        self, media: MediaControl, *, local_node: Callable[[], NodeRecord] | None = None
+    ) -> None:
+        """Act on this process's media plane: REST close/kick/mute go to ``media``, and the
+        playback plan asks ``local_node`` (``shopcast serve``: the one node, not in the
+        registry). The one binding made after construction: the media plane is built from
+        this object's bus and reporter, and they in turn report to ``rooms``; a multi-node
+        deployment breaks the same cycle with the bus instead."""
+        self.rooms.media = media
+        self.local_node = local_node
 
     async def start(self) -> None:
         await self.store.start()

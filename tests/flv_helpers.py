@@ -102,7 +102,7 @@ class Feeder:
         requests: list[float] = []
         producer = Producer(kind, codec(name), publisher_id="pub1",
                             request_keyframe=lambda ssrc: requests.append(0.0),
-                            keyframe_interval_s=0.0)
+                            keyframe_throttle_s=0.0)
         return cls(producer, keyframe_requests=requests)
 
     def send(self, payloads: list[bytes], timestamp: int, drop: set[int] | None = None) -> None:

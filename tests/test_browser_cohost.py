@@ -113,7 +113,7 @@ async def test_pages_can_signal_over_the_websocket(
     await anchor.click("#stop")
     await wait_page(anchor, lambda n: n == 0,
                     "window.shopcast.resource === null ? 0 : 1", "anchor stopped")
-    node_legs = server.app[NODE_KEY].legs
+    node_legs = server.app[NODE_KEY].sessions
     await wait_page(viewer, lambda _: not any(leg.role == "publisher" for leg in
                                               node_legs.values()), "1", "publisher leg closed")
     assert http_signaling == [], http_signaling

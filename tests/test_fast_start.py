@@ -137,7 +137,7 @@ def test_the_gop_starts_at_the_keyframes_first_packet_not_its_last_slice() -> No
 def test_a_worker_mirror_leaves_the_throttle_to_the_publishers_process() -> None:
     requests: list[int] = []
     mirror = Producer("video", H264, publisher_id="p", request_keyframe=requests.append,
-                      keyframe_interval_s=0.5, mirror=True)
+                      keyframe_throttle_s=0.5, mirror=True)
     for _ in range(3):
         mirror.request_keyframe()
     assert len(requests) == 3  # each goes to the real producer, whose throttle applies once

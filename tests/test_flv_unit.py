@@ -27,8 +27,9 @@ from flv_helpers import (
 from sfu.flv.depacketizer import H264Depacketizer, split_annexb
 from sfu.flv.gop_cache import Entry, TagLog
 from sfu.flv.muxer import TAG_AUDIO, TAG_VIDEO
-from sfu.flv.output import FlvSettings, RoomFlvOutput
+from sfu.flv.output import RoomFlvOutput
 from sfu.flv.viewer_queue import FlvReader
+from sfu.settings import FlvSettings
 
 
 def canonical(payloads: list[bytes], seq: int, ts: int) -> list[bytes]:

@@ -38,7 +38,7 @@ def make_producer(codec: RTCRtpCodecParameters = H264) -> tuple[Producer, list[i
     requests: list[int] = []
     kind = "video" if codec.mimeType.startswith("video") else "audio"
     producer = Producer(
-        kind, codec, publisher_id="p1", request_keyframe=requests.append, keyframe_interval_s=0.5
+        kind, codec, publisher_id="p1", request_keyframe=requests.append, keyframe_throttle_s=0.5
     )
     return producer, requests
 

@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 from conftest import Server, free_port, loopback_config
 from flv_helpers import ffprobe
+from live_helpers import WsClient
 from waiting import wait_for
 
 from loadtest.clients import play
@@ -212,6 +213,20 @@ async def test_b_frames_reach_webrtc_viewers_without_them_and_flv_with_them(
             node = server.app[NODE_KEY]
             publisher = next(iter(node.rooms["rtmp7"].publishers.values()))
             assert publisher.video.transcoding
+            # the anchor is told: a room event, and a gauge in /metrics
+            console = await WsClient.open(server.url, "rtmp7",
+                                          server.token("rtmp7", "anchor", "publish", "subscribe"),
+                                          after_seq=0)
+            try:
+                warning = await console.until("publisher_warning")
+                assert (warning["identity"], warning["code"]) == ("anchor", "bframes")
+                assert "bframes=0" in warning["message"]
+            finally:
+                await console.close()
+            async with aiohttp.ClientSession() as http, http.get(
+                    f"{server.url}/metrics") as response:
+                text = await response.text()
+            assert f'shopcast_rtmp_bframes{{room="rtmp7",publisher="{publisher.id}"}} 1' in text
             token = server.token("rtmp7", "flv", "subscribe")
             probe = await asyncio.to_thread(
                 ffprobe, f"{server.url}/live/rtmp7.flv?token={token}")

@@ -119,7 +119,7 @@ async def test_rest_kick_ends_a_real_whep_session(server: Any, workers: int) -> 
         await eventually(listed, 10, "the viewer in the participants list")
         status, body = await admin.delete("/rooms/kick1/participants/troll")
         assert status == 200 and [s["sid"] for s in body["sessions"]] == [leg_id]
-        assert leg_id not in node.legs, "the WHEP leg is closed by the time kick answers"
+        assert leg_id not in node.sessions, "the WHEP leg is closed by the time kick answers"
         assert "troll" not in {p["identity"] for p in await participants(admin, "kick1")}
 
         async def viewer_cut_off() -> bool:
@@ -144,7 +144,7 @@ async def test_rest_close_ends_a_live_room(server: Any) -> None:
         status, _ = await admin.delete("/rooms/close1")
         assert status == 204
         assert "close1" not in node.rooms and not [
-            leg for leg in node.legs.values() if leg.room == "close1"]
+            leg for leg in node.sessions.values() if leg.room == "close1"]
         await signaling_of(server).reporter.drain()
         assert (await admin.get("/rooms/close1"))[0] == 404
         assert await participants(admin, "close1") == []

@@ -142,7 +142,7 @@ async def test_a_viewer_that_loses_packets_gets_them_back_through_nack(server: A
     ice._recv = lossy_recv
     try:
         await wait_for(lambda: len(dropped) >= 20 and viewer.frames >= 60, 20, "loss and frames")
-        server_viewer = next(leg for leg in node.legs.values() if isinstance(leg, Viewer))
+        server_viewer = next(leg for leg in node.sessions.values() if isinstance(leg, Viewer))
         retransmits = sum(c.retransmits for c in server_viewer.consumers)
         assert retransmits >= len(dropped) * 0.8, (retransmits, len(dropped))
         before = viewer.frames
@@ -183,7 +183,7 @@ async def test_five_viewers_make_no_encoder_or_decoder_on_the_server(
         assert created == before
         assert created["decoders"] == 0
         node = server.app[NODE_KEY]
-        for leg in node.legs.values():
+        for leg in node.sessions.values():
             if isinstance(leg, Viewer):
                 for transceiver in leg.pc.getTransceivers():
                     assert transceiver.sender._RTCRtpSender__encoder is None
@@ -203,7 +203,7 @@ async def test_anchor_leaving_ends_viewer_sessions_and_frees_everything(server: 
     await wait_for(lambda: all(v.packets > 50 for v in viewers), 10, "media flowing")
     await anchor.close()  # WHIP DELETE
     node = server.app[NODE_KEY]
-    await wait_for(lambda: not node.legs and not node.rooms, 5, "server legs and rooms freed")
+    await wait_for(lambda: not node.sessions and not node.rooms, 5, "server legs and rooms freed")
     await wait_for(
         lambda: all(v.pc.connectionState in ("closed", "failed") for v in viewers), 45,
         "viewers told the session ended",
@@ -275,7 +275,7 @@ async def test_ice_failure_ends_the_session(server: Any) -> None:
         for protocol in connection._protocols:
             protocol.transport.close()  # the viewer's network is gone
         await wait_for(lambda: not node.rooms["gone"].viewers, 45, "server drops the viewer")
-        assert all(leg.role == "publisher" for leg in node.legs.values())
+        assert all(leg.role == "publisher" for leg in node.sessions.values())
     finally:
         await viewer.close()
         await anchor.close()

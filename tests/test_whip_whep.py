@@ -95,7 +95,7 @@ async def test_malformed_sdp_is_400_and_leaves_nothing_behind(server: Any, body:
     assert got == 400
     assert payload["error"]["code"] in ("malformed_sdp", "no_media", "negotiation_failed")
     node = server.app[NODE_KEY]
-    assert node.legs == {} and node.rooms == {}
+    assert node.sessions == {} and node.rooms == {}
 
 
 async def test_offer_direction_must_match_the_endpoint(server: Any) -> None:
@@ -117,7 +117,7 @@ async def test_second_publisher_is_409_and_whep_before_live_is_404(server: Any) 
     assert got == 201
     got, body, _ = await post(f"{server.url}/whip/shop1", await make_offer("sendonly"), auth(token))
     assert (got, body["error"]["code"]) == (409, "publisher_exists")
-    assert len(server.app[NODE_KEY].legs) == 1
+    assert len(server.app[NODE_KEY].sessions) == 1
 
 
 async def test_delete_ends_the_session_and_unknown_resources_are_404(server: Any) -> None:
@@ -134,7 +134,7 @@ async def test_delete_ends_the_session_and_unknown_resources_are_404(server: Any
             assert (await r.json())["error"]["code"] == "not_found"
         async with http.delete(server.url + location) as r:
             assert r.status == 401
-    assert server.app[NODE_KEY].legs == {}
+    assert server.app[NODE_KEY].sessions == {}
 
 
 async def test_cors_preflight_and_headers(server: Any) -> None:

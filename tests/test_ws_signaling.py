@@ -154,7 +154,7 @@ async def test_publish_and_subscribe_over_the_socket(server: Any) -> None:
         assert chat["text"] == "hello over /ws" and chat["identity"] == "v"
         closed = await viewer_socket.request(type="close", leg=reply["leg"])
         assert closed == {"type": "closed", "leg": reply["leg"], "cid": closed["cid"]}
-        await wait_for(lambda: reply["leg"] not in node.legs, 5, "viewer leg closed")
+        await wait_for(lambda: reply["leg"] not in node.sessions, 5, "viewer leg closed")
     finally:
         await viewer.close()
         await publisher.close()
@@ -201,7 +201,7 @@ async def test_resume_keeps_the_legs_and_replays_missed_events(server: Any) -> N
         await anchor.send(type="chat", text="while you were away")
         await asyncio.sleep(1.0)
         before = viewer.painted
-        assert leg in node.legs, "the leg waits for a resume"
+        assert leg in node.sessions, "the leg waits for a resume"
         socket = await Socket.open(server.url, token)
         resumed = await socket.request(type="resume", session=joined["session"],
                                        after_seq=state["seq"])
@@ -209,10 +209,10 @@ async def test_resume_keeps_the_legs_and_replays_missed_events(server: Any) -> N
         missed = await socket.first("chat")
         assert missed["text"] == "while you were away"
         await asyncio.sleep(2.5)  # past the grace period: resumed, so nothing closes
-        assert leg in node.legs and viewer.painted > before + 30
+        assert leg in node.sessions and viewer.painted > before + 30
 
         await socket.close()  # this time nobody comes back
-        await wait_for(lambda: leg not in node.legs, 10, "leg closed after the grace period")
+        await wait_for(lambda: leg not in node.sessions, 10, "leg closed after the grace period")
         stranger = await Socket.open(server.url, server.token("wsres", "x", "subscribe"))
         late = await stranger.request(type="resume", session=joined["session"], after_seq=0)
         assert late["code"] == "unknown_session"

@@ -11,21 +11,22 @@ import logging
 
 from aiohttp import web
 
-from sfu.flv.output import FlvSettings, RoomFlvOutput
-from sfu.publisher import Publisher
+from sfu.flv.output import RoomFlvOutput
 from sfu.room import Room
+from sfu.session import PublisherSession
+from sfu.settings import FlvSettings
 
 logger = logging.getLogger("shopcast.sfu.flv")
 
 
 class FlvManager:
-    """Room name -> FLV output; registered in ``SfuNode.observers``."""
+    """Room name -> FLV output; one of ``SfuNode.room_observers``."""
 
     def __init__(self, settings: FlvSettings | None = None) -> None:
         self.settings = settings or FlvSettings()
         self.outputs: dict[str, RoomFlvOutput] = {}
 
-    def publisher_live(self, room: Room, publisher: Publisher) -> None:
+    def publisher_live(self, room: Room, publisher: PublisherSession) -> None:
         if publisher.slot != 0:
             self._cohosts_changed(room)  # co-hosts reach FLV viewers through the mix
             return
@@ -39,7 +40,7 @@ class FlvManager:
         logger.info("FLV output up room=%s publisher=%s", room.name, publisher.id)
         self._cohosts_changed(room)
 
-    def publisher_left(self, room: Room, publisher: Publisher) -> None:
+    def publisher_left(self, room: Room, publisher: PublisherSession) -> None:
         output = self.outputs.get(room.name)
         if output is not None and output.publisher_id == publisher.id:
             del self.outputs[room.name]

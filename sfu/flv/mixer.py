@@ -22,8 +22,8 @@ import av
 import numpy as np
 
 from sfu.flv.transcode import H264Encoder, H264Frame
+from signaling.live.schema import LAYOUTS
 
-LAYOUTS = ("side_by_side", "pip")
 PIP_SCALE = 4  # a co-host inset is 1/4 of the canvas width
 PIP_MARGIN = 16
 
@@ -114,7 +114,7 @@ class Canvas:
 class VideoMixer:
     """Decoders per slot, the latest picture per slot, the canvas and its encoder."""
 
-    def __init__(self, codec: str, layout: str = "side_by_side", bitrate: int = 1_500_000,
+    def __init__(self, codec: str, layout: str = LAYOUTS[0], bitrate: int = 1_500_000,
                  keyframe_interval_s: float = 2.0) -> None:
         if layout not in LAYOUTS:
             raise ValueError(f"FLV layout must be one of {LAYOUTS}, not {layout!r}")

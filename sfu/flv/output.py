@@ -3,10 +3,11 @@
 Video: H.264 access units are remuxed as they are (no re-encode); a VP8 anchor is transcoded
 to H.264 once here. Audio: Opus becomes AAC once here. Tags go into one shared log (GOP cache
 + every reader's queue); a tick every ``flush_interval_ms`` writes each reader's backlog in
-one send, trims the log and asks for keyframes on the FLV interval.
+one send, trims the log and asks for keyframes on the FLV keyframe period.
 
-FLV keyframe interval (like SRS's ``pli_for_rtmp``): a browser anchor sends keyframes only
-when asked, so without this a joiner could find only a minutes-old GOP. Asking every N ms
+FLV keyframe period (``FlvSettings.keyframe_period_ms``, like SRS's ``pli_for_rtmp``): a
+browser anchor sends keyframes only when asked, so without this a joiner could find only a
+minutes-old GOP. Asking every N ms
 keeps the GOP cache fresh (joiners start within budget from the cache), at the price of one
 keyframe per N ms for every viewer of the room, WebRTC ones included (a keyframe costs 5-10x a
 delta frame, so at a fixed bitrate the other frames get coarser). 0 disables it.
@@ -20,7 +21,6 @@ import enum
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import av
@@ -35,22 +35,11 @@ from sfu.flv.transcode import H264Frame, Vp8Frame, Vp8ToH264
 from sfu.flv.viewer_queue import FlvReader, Transport
 from sfu.flv.worker import OrderedWorker
 from sfu.producer import Producer
+from sfu.settings import FlvSettings
 
 logger = logging.getLogger("shopcast.sfu.flv")
 
 CLOCK_REFRESH_S = 1.0
-
-
-@dataclass
-class FlvSettings:
-    """What the FLV output needs from the configuration."""
-
-    latency_budget_ms: int = 1500
-    stuck_timeout_ms: int = 10_000
-    keyframe_interval_ms: int = 2000
-    flush_interval_ms: int = 50
-    send_buffer_bytes: int = 65536
-    layout: str = "side_by_side"  # the co-host mix: side_by_side | pip
 
 
 class _Sink:
@@ -161,7 +150,7 @@ class RoomFlvOutput:
             self._video_clock = self._clock(self.video)
             if self.video.codec.name.lower() == "vp8":
                 self._vp8 = Vp8Depacketizer(on_loss=self.video.request_keyframe)
-                converter = Vp8ToH264(keyframe_interval_s=settings.keyframe_interval_ms / 1000)
+                converter = Vp8ToH264(keyframe_interval_s=settings.keyframe_period_ms / 1000)
                 self._transcoder = OrderedWorker(
                     f"flv-vp8-{room}", converter.process, self._on_transcoded
                 )
@@ -240,7 +229,7 @@ class RoomFlvOutput:
         assert self.video is not None
         if self._mixer is None:
             self._mixer = VideoMixer(self.video.codec.name, self.settings.layout,
-                                     keyframe_interval_s=self.settings.keyframe_interval_ms / 1000)
+                                     keyframe_interval_s=self.settings.keyframe_period_ms / 1000)
             self._mix_worker = OrderedWorker(f"flv-mix-{self.room}", self._mixer.process,
                                              self._on_mixed)
         self._mix = _Mix.MIXING if self._mix is _Mix.STOPPING else _Mix.STARTING
@@ -419,7 +408,7 @@ class RoomFlvOutput:
 
     async def _tick(self) -> None:
         interval = self.settings.flush_interval_ms / 1000
-        keyframe_every = self.settings.keyframe_interval_ms / 1000
+        keyframe_every = self.settings.keyframe_period_ms / 1000
         next_refresh = 0.0
         while not self.closed:
             now = time.monotonic()

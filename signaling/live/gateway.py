@@ -31,7 +31,7 @@ from signaling.live.gifts import Gifts
 from signaling.live.likes import Likes
 from signaling.live.moderation import Kick, Moderation
 from signaling.live.sales import Sales
-from signaling.live.schema import EventError, EventSpec, event, pack
+from signaling.live.schema import LAYOUTS, EventError, EventSpec, event, pack
 from signaling.live.throttle import Coalescer
 from signaling.store import Store
 from signaling.tokens import Claims, Grant
@@ -55,7 +55,7 @@ async def _no_kick(room: str, identity: str) -> None:
 class EventGateway:
     def __init__(
         self, store: Store, bus: Bus, webhooks: Webhooks, kick: Kick = _no_kick,
-        *, interval_ms: int = 250, layout: str = "side_by_side",
+        *, interval_ms: int = 250, layout: str = LAYOUTS[0],
     ) -> None:
         self.store = store
         self.bus = bus

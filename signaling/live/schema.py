@@ -19,10 +19,11 @@ from typing import Any
 
 import msgpack
 
+from signaling.claims import Grant
 from signaling.events import RoomEvent
-from signaling.tokens import Grant
 
 MAX_EVENT_BYTES = 16 * 1024  # a client message larger than this is refused, whole
+LAYOUTS = ("side_by_side", "pip")  # how pages and the FLV mix place publishers; first: default
 MAX_CHAT_CHARS = 200
 MAX_ID = 128
 
@@ -154,7 +155,7 @@ SERVER_EVENTS: dict[str, EventSpec] = {s.type: s for s in [
             Field("cohosts", "list", "co-host invitations: [{identity, invited_by, "
                   "invited_at_ms, status: invited | accepted}]"),
             Field("layout", "str", "how pages and the FLV mix place publishers: "
-                  "side_by_side | pip"), reply=True),
+                  + " | ".join(LAYOUTS)), reply=True),
     _server("chat", "A chat message. Render `text` as text, never as HTML.",
             Field("id", "str", "message id (for `delete_chat`)"), IDENTITY,
             Field("name", "str", "display name"), Field("text", "str", "the message"),
