@@ -82,6 +82,8 @@ ACCEPTED_H264: tuple[tuple[H264Profile, str], ...] = (
     (H264Profile.CONSTRAINED_HIGH, "640c1f"),
     (H264Profile.HIGH, "64001f"),
 )
+# fmtp parameters that describe the sender's stream (RFC 6184 8.1), not the codec choice
+_SENDER_ONLY = frozenset(("sprop-parameter-sets", "sprop-level-parameter-sets"))
 PACKETIZATION_MODES = ("1", "0")  # single NAL unit mode only when nothing better is offered
 
 
@@ -234,8 +236,8 @@ def answer_as_offered(
     key = _h264_key(chosen.parameters)
     own = next((params for name, params in offered
                 if name.lower() == "h264" and _h264_key(params) == key), None)
-    if own is not None:
-        _answer_h264_with(transceiver, own)
+    if own is not None:  # its parameter sets describe what it sends: not ours to echo
+        _answer_h264_with(transceiver, {k: v for k, v in own.items() if k not in _SENDER_ONLY})
 
 
 def answer_with(transceiver: RTCRtpTransceiver, codec: RTCRtpCodecParameters) -> None:
