@@ -1,6 +1,6 @@
 """The dependency rule, checked: ``signaling`` never imports ``sfu``; ``loadtest`` imports neither
-(nor the launcher that wires them); ``common`` imports no ShopCast package; and a media worker
-process, which serves no HTTP, loads neither aiohttp nor PyJWT.
+(nor the launcher that wires them); ``common`` imports no ShopCast package; neither plane imports
+the launcher; and a media worker process, which serves no HTTP, loads neither aiohttp nor PyJWT.
 
 The first three read the source (every ``import``, including ones inside functions or under
 ``TYPE_CHECKING``); the last spawns a real worker the way ``WorkerPool`` does and reads its
@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # package -> top-level packages it must never import
 RULES = {
+    "sfu": ("shopcast", "loadtest", "benchmarks"),
     "signaling": ("sfu", "shopcast", "loadtest", "benchmarks"),
     "loadtest": ("sfu", "signaling", "shopcast", "benchmarks"),
     "common": ("sfu", "signaling", "shopcast", "loadtest", "benchmarks"),
