@@ -108,6 +108,7 @@ class ChunkReader:
         self._pos = 0
         self._streams: dict[int, _ChunkStream] = {}
         self._pending = 0
+        self._need = 0  # bytes the chunk under way needs in all; known once its header is in
 
     def feed(self, data: bytes) -> None:
         if self._pos:
@@ -126,6 +127,8 @@ class ChunkReader:
         Raises ``RtmpProtocolError`` on anything malformed or over a limit; the reader is not
         usable afterwards.
         """
+        if len(self._buf) - self._pos < self._need:
+            return None  # the chunk whose header we read is still incomplete
         while True:
             message = self._next_chunk()
             if message is None or message is not _PARTIAL:
@@ -186,7 +189,9 @@ class ChunkReader:
         # (more bytes needed) never adds its timestamp delta twice.
         want = min(self.chunk_size, length - stream.received)
         if avail < header_len + want:
+            self._need = header_len + want
             return None
+        self._need = 0
         if fmt <= 1:
             stream.length = length
             stream.type_id = type_id
