@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ import pytest
 from conftest import Server, free_port, loopback_config
 from flv_helpers import ffprobe
 from live_helpers import WsClient
+from test_flv_mixer import FlvReader
 from waiting import wait_for
 
 from loadtest.clients import play
@@ -208,7 +210,7 @@ async def test_b_frames_reach_webrtc_viewers_without_them_and_flv_with_them(
         try:
             await wait_for(lambda: len(pts) >= 60, 20, "60 decoded frames")
             assert pts == sorted(pts), "presentation order"
-            steps = [b - a for a, b in zip(pts, pts[1:], strict=False)]
+            steps = [b - a for a, b in itertools.pairwise(pts)]
             assert max(steps) <= 3 * 3000, f"no frame gap over 100 ms: {max(steps)}"
             node = server.app[NODE_KEY]
             publisher = next(iter(node.rooms["rtmp7"].publishers.values()))
@@ -247,18 +249,58 @@ async def test_an_encoder_that_drops_and_returns_keeps_its_viewers(server: Serve
         pts: list[int] = []
         viewer = await play(server.url, "rtmp8", server.token("rtmp8", "v", "subscribe"),
                             on_frame=lambda frame: pts.append(frame.pts))
-        await wait_for(lambda: len(pts) >= 30, 15, "30 frames before the drop")
+        reader = FlvReader(f"{server.url}/live/rtmp8.flv?token="
+                           f"{server.token('rtmp8', 'flv', 'subscribe')}")
+        reading = asyncio.create_task(reader.run())
+        await wait_for(lambda: len(pts) >= 30 and len(reader.pictures) >= 30, 15,
+                       "30 frames before the drop, over WebRTC and FLV")
         publisher = next(iter(node.rooms["rtmp8"].publishers.values()))
         viewer_ids = set(node.rooms["rtmp8"].viewers)
         first.kill()  # no unpublish: the connection just goes away
         await wait_for(lambda: publisher.state == "reconnecting", 5, "session waiting")
-        before = len(pts)
+        before, flv_before = len(pts), len(reader.pictures)
     try:
         with pushing(ffmpeg_push(url)):
             await wait_for(lambda: len(pts) >= before + 30, 15, "30 frames after the return")
+            await wait_for(lambda: len(reader.pictures) >= flv_before + 30, 15,
+                           "30 FLV pictures after the return, in the same response")
+            assert not reader.ended
+            assert reader.video_ts == sorted(reader.video_ts), "FLV time goes on forward"
             assert publisher.reconnects == 1 and not publisher.closed
             assert node.rooms["rtmp8"].publishers == {publisher.id: publisher}
             assert pts == sorted(pts), "timestamps continue forward across the return"
             assert set(node.rooms["rtmp8"].viewers) == viewer_ids, "the viewer never left"
     finally:
+        reading.cancel()
+        await asyncio.gather(reading, return_exceptions=True)
         await viewer.close()
+
+
+async def test_rest_mute_stops_the_video_for_webrtc_and_flv_alike(server: Server) -> None:
+    url = rtmp_url(server, "rtmp9", server.token("rtmp9", "anchor", "publish"))
+    admin = {"Authorization": f"Bearer {server.token('rtmp9', 'admin', 'admin')}"}
+    mute_url = f"{server.url}/api/v1/rooms/rtmp9/participants/anchor/mute"
+    with pushing(ffmpeg_push(url)):
+        await live(server, "rtmp9")
+        viewer = await play(server.url, "rtmp9", server.token("rtmp9", "v", "subscribe"))
+        reader = FlvReader(f"{server.url}/live/rtmp9.flv?token="
+                           f"{server.token('rtmp9', 'flv', 'subscribe')}")
+        reading = asyncio.create_task(reader.run())
+        try:
+            await wait_for(lambda: viewer.frames >= 20 and len(reader.pictures) >= 20, 15,
+                           "playing")
+            async with aiohttp.ClientSession(headers=admin) as http:
+                async with http.post(mute_url, json={"kind": "video"}) as response:
+                    assert response.status == 200, await response.text()
+                await asyncio.sleep(0.5)
+                frames, pictures = viewer.frames, len(reader.pictures)
+                await asyncio.sleep(1.5)
+                assert viewer.frames - frames <= 2 and len(reader.pictures) - pictures <= 2
+                async with http.post(mute_url, json={"kind": "video", "muted": False}) as response:
+                    assert response.status == 200, await response.text()
+            await wait_for(lambda: viewer.frames >= frames + 20
+                           and len(reader.pictures) >= pictures + 20, 10, "unmuted")
+        finally:
+            reading.cancel()
+            await asyncio.gather(reading, return_exceptions=True)
+            await viewer.close()

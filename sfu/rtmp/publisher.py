@@ -99,6 +99,7 @@ class RtmpPublisher:
         self._first_keyframe_at: float | None = None
         self._grace: asyncio.TimerHandle | None = None
         self._audio_packets = 0
+        self._flv_muted = False  # video was muted: FLV resumes at a keyframe
 
     # --- state -------------------------------------------------------------------------------
 
@@ -187,7 +188,8 @@ class RtmpPublisher:
             return
         if self.connected_at is None and not self._ready(unit.keyframe):
             return
-        self._feed.push(FeedTag(TAG_VIDEO, ms, payload, unit.keyframe, False))
+        if self._flv_allows(self.video.producer, unit.keyframe):
+            self._feed.push(FeedTag(TAG_VIDEO, ms, payload, unit.keyframe, False))
         if unit.keyframe:
             self._map_clock(self.video.producer, unit.pts_ms, CLOCK_KHZ)
         self.video.push(unit)
@@ -208,11 +210,25 @@ class RtmpPublisher:
             return
         if self.audio is None or self.connected_at is None:
             return
-        self._feed.push(FeedTag(TAG_AUDIO, ms, payload, False, False))
+        if self._flv_allows(self.audio.producer, True):
+            self._feed.push(FeedTag(TAG_AUDIO, ms, payload, False, False))
         self._audio_packets += 1
         if self._audio_packets % SENDER_REPORT_EVERY == 1:
             self._map_clock(self.audio.producer, ms, OPUS_KHZ)
         self.audio.push(ms, tag.data)
+
+    def _flv_allows(self, producer: Producer | None, keyframe: bool) -> bool:
+        """A muted track (REST mute) reaches FLV readers no more than WebRTC viewers; video
+        comes back at a keyframe."""
+        if producer is None or not producer.muted:
+            if producer is not None and producer.kind == "video" and self._flv_muted:
+                if not keyframe:
+                    return False
+                self._flv_muted = False
+            return True
+        if producer.kind == "video":
+            self._flv_muted = True
+        return False
 
     def _ready(self, keyframe: bool) -> bool:
         """Go live at a keyframe once the audio config is known (or announced as absent)."""
