@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -18,6 +19,7 @@ from aiortc import (
     RTCSessionDescription,
     sdp,
 )
+from conftest import loopback_config
 from waiting import wait_for
 
 from loadtest.clients import loopback_only, play
@@ -34,6 +36,7 @@ from sfu.codecs import (
     viewer_preferences,
 )
 from sfu.node import NODE_KEY
+from shopcast.config import Config
 
 CB = H264Profile.CONSTRAINED_BASELINE
 
@@ -244,12 +247,20 @@ async def spelled_publisher(
         await pc.close()
 
 
+@pytest.fixture
+def config(request: pytest.FixtureRequest, tmp_path: Path) -> Config:
+    """Viewers in the test's process, or (``indirect`` param 2) in two worker processes."""
+    return loopback_config(tmp_path, workers=getattr(request, "param", 0))
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(("registered", "spelled", "profile"), [
-    ("42e01f", "42c01e", "Constrained Baseline"),
-    ("4d001f", "4d4028", "Main"),
-    ("64001f", "640032", "High"),
-], ids=["cb-42c01e", "main-4d4028", "high-640032"])
+@pytest.mark.parametrize(("registered", "spelled", "profile", "config"), [
+    ("42e01f", "42c01e", "Constrained Baseline", 0),
+    ("4d001f", "4d4028", "Main", 0),
+    ("64001f", "640032", "High", 0),
+    ("64001f", "640028", "High", 2),
+], ids=["cb-42c01e", "main-4d4028", "high-640032", "high-640028-two-workers"],
+    indirect=["config"])
 async def test_answers_keep_the_publishers_spelling_and_a_viewer_decodes(
     server: Any, registered: str, spelled: str, profile: str
 ) -> None:
