@@ -33,6 +33,7 @@ from signaling.store import NodeRecord
 from signaling.tokens import mint
 
 SECRET = "test-secret"
+NODE_TTL_MS = 1500  # short, yet a loaded machine does not miss a beat by mistake
 OFFER = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
 
 
@@ -103,7 +104,7 @@ async def front(config: Config) -> AsyncIterator[tuple[str, web.Application]]:
 
 async def agent(signaling: Signaling, node_id: str, url: str, **load: Any) -> NodeAgent:
     node = NodeAgent(signaling.store, lambda: NodeRecord(node_id, url, **load),
-                     bus=signaling.bus, interval_s=0.05, ttl_ms=300)
+                     bus=signaling.bus, interval_s=0.1, ttl_ms=NODE_TTL_MS)
     await node.start()
     return node
 
@@ -285,7 +286,8 @@ async def test_a_node_that_does_not_answer_gives_502_or_503(
                                          headers=sdp_headers(publish_token))
                 return status == 201
 
-            await eventually(moved, 3, "the room re-placed once the heartbeat lapsed")
+            await eventually(moved, NODE_TTL_MS / 1000 + 3, "the room re-placed once the "
+                             "heartbeat lapsed")
             room = await signaling.store.get_room("shop")
             assert room is not None and room.node == "survivor"
         finally:
