@@ -179,10 +179,6 @@ class Bus(abc.ABC):
         """Kept events with ``seq > after_seq``, oldest first (at most ``limit`` if set)."""
 
     @abc.abstractmethod
-    async def recent(self, room: str, count: int) -> list[Event]:
-        """The last ``count`` kept events, oldest first (chat history for a late joiner)."""
-
-    @abc.abstractmethod
     async def last_seq(self, room: str) -> int: ...
 
     @abc.abstractmethod

@@ -38,10 +38,6 @@ class MemoryBus(Bus):
         stop = start + limit if limit > 0 else None
         return list(itertools.islice(kept, start, stop))
 
-    async def recent(self, room: str, count: int) -> list[Event]:
-        events = list(self._history.get(room, ()))
-        return events[-count:] if count > 0 else []
-
     async def last_seq(self, room: str) -> int:
         return self._seq.get(room, 0)
 

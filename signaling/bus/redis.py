@@ -146,12 +146,6 @@ class RedisBus(Bus):
         )
         return self._events(room, entries)
 
-    async def recent(self, room: str, count: int) -> list[Event]:
-        if count <= 0:
-            return []
-        entries = await self._r.xrevrange(self.keys.events(room), count=count)
-        return self._events(room, entries[::-1])
-
     async def last_seq(self, room: str) -> int:
         value = await self._r.get(self.keys.seq(room))
         return int(value or 0)

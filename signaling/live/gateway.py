@@ -7,7 +7,6 @@ The SFU's data-channel bridge and the ``/ws/events/{room}`` WebSocket both call 
   must see goes through the room's bus, which the transport delivers (``Event.packed``).
 - ``snapshot(room)``: the packed ``state`` a joiner gets first; it reflects the room up to its
   ``seq``, and the transport then delivers bus events from ``seq + 1`` on.
-- ``viewers_changed(room, count)``: the transport's viewer count, broadcast coalesced.
 - ``is_banned(room, identity)``: refuse a (re)joining banned identity.
 
 A refused message changes nothing and only its sender hears about it.
@@ -32,7 +31,6 @@ from signaling.live.likes import Likes
 from signaling.live.moderation import Kick, Moderation
 from signaling.live.sales import Sales
 from signaling.live.schema import LAYOUTS, EventError, EventSpec, event, pack
-from signaling.live.throttle import Coalescer
 from signaling.store import Store
 from signaling.tokens import Claims, Grant
 from signaling.webhooks import Webhooks
@@ -67,7 +65,6 @@ class EventGateway:
         self.gifts = Gifts(store, bus)
         self.catalog = Catalog(store, bus)
         self.sales = Sales(store, bus, webhooks, self.catalog, interval_ms)
-        self.viewers = Coalescer(store, "viewers", self._flush_viewers, interval_ms)
         self.refused = 0  # client messages answered with an error
         self._actions: dict[str, Action] = {
             "chat": self._chat, "like": self._like, "gift": self._gift,
@@ -118,15 +115,8 @@ class EventGateway:
             cohosts=[i.to_json() for i in await self.cohosts.list(room)], layout=self.layout,
         )
 
-    async def viewers_changed(self, room: str, count: int) -> None:
-        """The transport's viewer count; broadcast at most once per interval."""
-        await self.store.put(room, "viewers", str(max(count, 0)).encode())
-        self.viewers.mark(room)
-
     async def viewer_count(self, room: str) -> int:
-        raw = await self.store.get(room, "viewers")
-        if raw is not None:
-            return int(raw)
+        """The room's sessions with the viewer role (``RoomService`` broadcasts changes)."""
         return (await self.store.room_counts(room)).viewers
 
     async def is_banned(self, room: str, identity: str) -> bool:
@@ -135,7 +125,6 @@ class EventGateway:
     async def close(self) -> None:
         await self.likes.close()
         await self.sales.close()
-        await self.viewers.close()
 
     # --- actions ----------------------------------------------------------------------------
 
@@ -220,6 +209,3 @@ class EventGateway:
                               ) -> list[Reply]:
         await self.cohosts.decline(room, claims.identity)
         return self._ack(data)
-
-    async def _flush_viewers(self, room: str) -> None:
-        await self.bus.publish(room, event("viewers", count=await self.viewer_count(room)))
