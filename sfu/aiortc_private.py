@@ -17,9 +17,9 @@ A missing one stops ``shopcast serve`` with its name instead of a node that forw
 from __future__ import annotations
 
 import asyncio
+import importlib
 import importlib.metadata
 import re
-import types
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
@@ -225,6 +225,7 @@ _METHODS: tuple[tuple[type, str, tuple[str, ...], str], ...] = (
      "batched sender reports"),
     (RTCRtpSender, "_send_rtcp", (), "batched sender reports"),
     (RTCDtlsTransport, "_set_role", (), "the DTLS server role"),
+    (RTCPeerConnection, "setRemoteDescription", ("_codecs",), "codecs answered as offered"),
     (rate.RemoteBitrateEstimator, "__init__", ("RateCounter",), "lazy rate counters"),
     (_AIORTC_RATE_COUNTER, "__init__", ("_window_size", "reset"), "lazy rate counters"),
     (_AIORTC_RATE_COUNTER, "add", ("_buckets", "_total", "_origin_ms", "_origin_index"),
@@ -232,10 +233,11 @@ _METHODS: tuple[tuple[type, str, tuple[str, ...], str], ...] = (
     (aioice.ice.Connection, "gather_candidates", ("get_host_addresses",), "ICE host addresses"),
 )
 # (module, global the SFU reads or replaces)
-_GLOBALS: tuple[tuple[types.ModuleType, str], ...] = (
-    (rate, "RateCounter"),
-    (rate, "RateBucket"),
-    (aioice.ice, "get_host_addresses"),
+_GLOBALS: tuple[tuple[str, str], ...] = (
+    ("aiortc.rate", "RateCounter"),
+    ("aiortc.rate", "RateBucket"),
+    ("aiortc.codecs", "CODECS"),
+    ("aioice.ice", "get_host_addresses"),
 )
 # instance attributes, looked for on a throwaway peer connection's objects
 _INSTANCE: tuple[tuple[str, str], ...] = (
@@ -291,8 +293,8 @@ def _missing_on_classes() -> list[str]:
             continue
         missing += [f"{_readable(name, '')} (used by {cls.__name__}.{method})"
                     for name in uses if name not in code.co_names]
-    missing += [f"{module.__name__}.{name}" for module, name in _GLOBALS
-                if not hasattr(module, name)]
+    missing += [f"{module}.{name}" for module, name in _GLOBALS
+                if not hasattr(importlib.import_module(module), name)]
     return missing
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import aioice.ice
 import aiortc
+import aiortc.codecs
 import pytest
 from aiortc import (
     RTCConfiguration,
@@ -98,8 +99,10 @@ def test_a_module_global_that_is_gone_is_named(
     monkeypatch: pytest.MonkeyPatch, unchecked: None
 ) -> None:
     monkeypatch.delattr(aioice.ice, "get_host_addresses")
+    monkeypatch.delattr(aiortc.codecs, "CODECS")
     missing = aiortc_private.missing_names()
     assert "aioice.ice.get_host_addresses" in missing
+    assert "aiortc.codecs.CODECS" in missing
 
 
 async def test_a_tap_never_silently_taps_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
