@@ -146,6 +146,23 @@ def test_serve_refuses_an_unknown_aiortc(tmp_path: Path) -> None:
     assert "serving" not in proc.stdout
 
 
+@pytest.mark.slow
+def test_a_worker_process_refuses_an_unknown_aiortc() -> None:
+    """A worker checks too, before it touches its sockets."""
+    script = (
+        "import sys, aiortc\n"
+        "del aiortc.RTCRtpSender._send_rtcp\n"
+        "from sfu.worker import main\n"
+        "sys.argv[1:] = ['--control-fd', '0', '--media-fd', '0', '--settings', '{}']\n"
+        "main()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert proc.returncode != 0
+    assert "RTCRtpSender._send_rtcp" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 async def _connected_sender(
     monkeypatch: pytest.MonkeyPatch,
 ) -> tuple[RTCPeerConnection, RTCPeerConnection, RTCRtpSender]:
