@@ -66,8 +66,10 @@ async def healthy(url: str) -> bool:
     return False
 
 
-def spawn(name: str, role: str, redis_url: str, prefix: str, tmp_path: Path) -> Proc:
-    """``.venv/bin/shopcast <role>`` on a free loopback port, output to ``<name>.log``."""
+def spawn(name: str, role: str, redis_url: str, prefix: str, tmp_path: Path,
+          rtmp_port: int = 0) -> Proc:
+    """``.venv/bin/shopcast <role>`` on a free loopback port, output to ``<name>.log``; an SFU
+    node's RTMP door is off unless ``rtmp_port`` is given."""
     port = free_port()
     log = tmp_path / f"{name}.log"
     args = [SHOPCAST, role, "--redis", redis_url, "--redis-prefix", prefix,
@@ -75,7 +77,7 @@ def spawn(name: str, role: str, redis_url: str, prefix: str, tmp_path: Path) -> 
             "--secret-file", str(tmp_path / "secret"), "--workers", "0",
             "--ice-hosts", "127.0.0.1", "--log-level", "INFO"]
     if role == "sfu":
-        args += ["--node-id", name]
+        args += ["--node-id", name, "--rtmp-port", str(rtmp_port)]
     with log.open("wb") as out:
         popen = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
                                  env={**os.environ, "PYTHONUNBUFFERED": "1"})
