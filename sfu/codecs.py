@@ -122,14 +122,16 @@ def same_codec(
     a: RTCRtpCodecParameters | RTCRtpCodecCapability,
     b: RTCRtpCodecParameters | RTCRtpCodecCapability,
 ) -> bool:
-    """Whether one codec can stand for the other on the wire: the same name, and for H.264
-    the same profile and packetization mode (levels may differ, as in libwebrtc)."""
-    if a.mimeType.lower() != b.mimeType.lower():
+    """Whether one codec can stand for the other on the wire: the same name, clock rate and
+    channels, and for H.264 the same profile and packetization mode (levels may differ, as
+    in libwebrtc). Other fmtp parameters (Opus's ``useinbandfec``, ...) are preferences."""
+    if (a.mimeType.lower(), a.clockRate, a.channels) != (b.mimeType.lower(), b.clockRate,
+                                                          b.channels):
         return False
     if a.mimeType.lower() == "video/h264":
         key = _h264_key(a.parameters)
         return key[0] is not None and key == _h264_key(b.parameters)
-    return dict(a.parameters) == dict(b.parameters)
+    return True
 
 
 def describe(codec: RTCRtpCodecParameters | RTCRtpCodecCapability) -> str:

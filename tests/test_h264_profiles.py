@@ -35,6 +35,7 @@ from sfu.codecs import (
     viewer_offers,
     viewer_preferences,
 )
+from sfu.errors import UnsupportedCodec
 from sfu.node import NODE_KEY
 from shopcast.config import Config
 
@@ -192,6 +193,20 @@ def test_a_cohost_without_the_rooms_profile_is_refused(
     offered: list[tuple[str, dict[str, object]]], room: str
 ) -> None:
     assert restrict_to("video", offered, room_codec(room)) == []
+
+
+def test_a_cohost_sends_opus_whatever_its_opus_preferences() -> None:
+    room = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2,
+                                 payloadType=111, parameters={})
+    prefs = restrict_to("audio", [("opus", {"minptime": "10", "useinbandfec": "1"})], room)
+    assert [(p.mimeType, p.clockRate, p.channels) for p in prefs] == [("audio/opus", 48000, 2)]
+    assert restrict_to("audio", [("PCMU", {})], room) == []
+
+
+def test_a_room_codec_aiortc_cannot_negotiate_is_refused_not_widened() -> None:
+    """An empty preference list would let aiortc pick any codec: refuse instead."""
+    with pytest.raises(UnsupportedCodec):
+        viewer_preferences(room_codec("f4001f"))
 
 
 def test_a_viewer_is_offered_the_publishers_profile() -> None:
