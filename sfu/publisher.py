@@ -8,7 +8,7 @@ from typing import Any
 from aiortc import RTCRtpCodecParameters, RTCRtpTransceiver
 
 from sfu.aiortc_private import negotiated_codecs
-from sfu.codecs import answer_as_offered, publisher_preferences, restrict_to
+from sfu.codecs import answer_as_offered, describe, publisher_preferences, restrict_to
 from sfu.errors import CodecMismatch, UnsupportedCodec
 from sfu.offer import Offer
 from sfu.peer import PeerLeg
@@ -64,7 +64,7 @@ class Publisher(PeerLeg):
                 prefs = restrict_to(media.kind, offered, room_codec)
                 if not prefs:
                     raise CodecMismatch(
-                        f"this room's {media.kind} is {room_codec.mimeType}; offer it to co-host"
+                        f"this room's {media.kind} is {describe(room_codec)}; offer it to co-host"
                     )
             if not prefs:
                 wanted = "H.264 or VP8" if media.kind == "video" else "Opus"
