@@ -37,6 +37,29 @@ class ClientEventHandler(Protocol):
     async def snapshot(self, room: str) -> bytes: ...
 
 
+class EventGate:
+    """Live room events for one participant wait here until its join state has gone out, so
+    state always comes first. The one place for that rule, in this process and in workers."""
+
+    __slots__ = ("_held", "_send")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self._held: list[bytes] | None = []
+
+    def deliver(self, packed: bytes) -> None:
+        if self._held is None:
+            self._send(packed)
+        elif len(self._held) < MAX_HELD:
+            self._held.append(packed)
+
+    def release(self) -> None:
+        """Send what was held, then pass live events straight through."""
+        held, self._held = self._held or [], None
+        for packed in held:
+            self._send(packed)
+
+
 class Endpoint:
     """One participant's channel: where its replies go, and its messages handled in order."""
 
@@ -48,20 +71,16 @@ class Endpoint:
         self.send = send
         self._on_ready = on_ready
         self._last: asyncio.Task[None] | None = None
-        # live events wait here until the join state has gone out, so state always comes first
-        self._held: list[bytes] | None = []
+        self._gate = EventGate(send)
 
     def deliver(self, packed: bytes) -> None:
-        if self._held is None:
-            self.send(packed)
-        elif len(self._held) < MAX_HELD:
-            self._held.append(packed)
+        """A live room event: held until the join state went out."""
+        self._gate.deliver(packed)
 
     def release(self) -> None:
-        held, self._held = self._held or [], None
-        for packed in held:
-            self.send(packed)
-        if self._on_ready is not None:  # a worker holds its channel's events until now
+        """The join state went out: live events flow (in a worker, once told ``on_ready``)."""
+        self._gate.release()
+        if self._on_ready is not None:
             self._on_ready()
 
     def chain(self, work: Callable[[], Awaitable[None]]) -> None:

@@ -49,4 +49,12 @@ def render(node: SfuNode) -> list[str]:
         kind = "counter" if name.endswith("_total") else "gauge"
         lines.append(f"# TYPE {name} {kind}")
         lines += [name + sample for sample in samples]
+    if node.workers is not None:
+        lines += [
+            "# HELP shopcast_worker_bad_messages_total Worker control messages refused (logged,"
+            " not acted on), by reason, at both ends of every worker's channel.",
+            "# TYPE shopcast_worker_bad_messages_total counter",
+        ]
+        lines += [f'shopcast_worker_bad_messages_total{{reason="{reason}"}} {count}'
+                  for reason, count in sorted(node.workers.bad_messages().items())]
     return lines

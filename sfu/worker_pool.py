@@ -1,9 +1,13 @@
 """The publisher's process side of the worker processes: spawn them, route viewers to them, and
-feed each worker a room's canonical packets once, however many of its viewers watch."""
+feed each worker a room's canonical packets once, however many of its viewers watch.
+
+Control messages are the declared ones of ``sfu/worker_protocol.py``, handled through the
+table built in ``WorkerPool._dispatch``."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import functools
 import json
@@ -11,13 +15,38 @@ import logging
 import sys
 from collections.abc import Callable
 
+from sfu.errors import NoWorkers
 from sfu.event_bridge import Endpoint, EventBridge
-from sfu.ipc import ControlChannel, MediaSender, Message, codec_to_dict, socketpair
+from sfu.ipc import ControlChannel, Dispatch, MediaSender, socketpair
 from sfu.producer import Producer
 from sfu.room_layout import RoomLayout
 from sfu.settings import NodeSettings
+from sfu.worker_protocol import (
+    ClientEvent,
+    CloseLeg,
+    CloseLegReply,
+    Codec,
+    Direction,
+    EventsClosed,
+    EventsOpen,
+    EventsReady,
+    KeyframeRequest,
+    Layout,
+    LegClosed,
+    Play,
+    PlayReply,
+    ProducerClosed,
+    ProducerOpen,
+    ProducersAdded,
+    Ready,
+    Reason,
+    RoomEvent,
+    SenderReport,
+    Shutdown,
+    Stats,
+    ToLeg,
+)
 from signaling.claims import Claims
-from signaling.errors import ApiError
 
 logger = logging.getLogger("shopcast.sfu.workers")
 
@@ -63,7 +92,7 @@ class RemoteViewer:
 
     async def close(self) -> None:
         if not self.closed:
-            await self.worker.control.request({"op": "close_leg", "leg": self.id})
+            await self.worker.control.request(CloseLeg(self.id), CloseLegReply)
 
     def on_producer_closed(self, producer: Producer) -> None:
         """The worker closes its own legs when told the producer is gone."""
@@ -84,6 +113,7 @@ class WorkerHandle:
         self.legs: dict[str, RemoteViewer] = {}
         self.feeds: dict[int, WorkerFeed] = {}
         self.counters: dict[str, dict[int, int]] = {}  # name -> producer key -> count
+        self.bad_messages: dict[str, int] = {}  # reason -> messages the worker refused
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.alive = True
 
@@ -120,7 +150,10 @@ class WorkerPool:
             control_there.close()
             media_there.close()
             media_here.shutdown(0)  # the publisher's process only sends media
-            control = ControlChannel(control_here, functools.partial(self._on_message, index))
+            control = ControlChannel(
+                control_here, self._dispatch(index),
+                functools.partial(self._channel_closed, index), peer=f"worker {index}",
+            )
             handle = WorkerHandle(index, process, control, MediaSender(media_here))
             self.workers.append(handle)
         async with asyncio.timeout(START_TIMEOUT_S):
@@ -131,7 +164,7 @@ class WorkerPool:
     async def stop(self) -> None:
         self._stopping = True
         for worker in self.workers:
-            worker.control.send({"op": "shutdown"})
+            worker.control.send(Shutdown())
         for worker in self.workers:
             try:
                 async with asyncio.timeout(STOP_TIMEOUT_S):
@@ -145,27 +178,26 @@ class WorkerPool:
         self, room: str, identity: str, offer_sdp: str, layout: RoomLayout,
         producers: list[Producer], claims: Claims | None = None,
     ) -> tuple[RemoteViewer, str]:
-        """Create a viewer leg in the least loaded worker; raises the worker's ApiError."""
+        """Create a viewer leg in the least loaded worker; raises the worker's MediaError."""
         alive = [w for w in self.workers if w.alive]
         if not alive:
-            raise ApiError(503, "no_workers", "no media worker is running")
+            raise NoWorkers("no media worker is running")
         worker = min(alive, key=lambda w: len(w.legs))
         for producer in producers:
             self._announce(worker, producer)
         reply = await worker.control.request(
-            {"op": "play", "room": room, "identity": identity, "offer": offer_sdp,
-             "layout": layout.to_message(), "producers": [p.key for p in producers],
-             "events": claims is not None}
+            Play(room, identity, offer_sdp, Layout.of(layout), [p.key for p in producers],
+                 events=claims is not None),
+            PlayReply,
         )
-        if "error" in reply:
+        if reply.error is not None:
             self._release_unused(worker, [p.key for p in producers])
-            status, code, message = reply["error"]
-            raise ApiError(status, code, message)
+            raise reply.error.exception()
         leg = RemoteViewer(
-            reply["leg"], room, identity, worker, [p.key for p in producers], claims
+            reply.leg, room, identity, worker, [p.key for p in producers], claims
         )
         worker.legs[leg.id] = leg
-        return leg, str(reply["sdp"])
+        return leg, reply.sdp
 
     def producers_added(self, room: str, producers: list[Producer]) -> None:
         """A co-host went live: workers with viewers of the room start receiving it."""
@@ -174,14 +206,13 @@ class WorkerPool:
                 continue
             for producer in producers:
                 self._announce(worker, producer)
-            worker.control.send({"op": "producers_added", "room": room,
-                                 "keys": [p.key for p in producers]})
+            worker.control.send(ProducersAdded(room, [p.key for p in producers]))
 
     def producer_closed(self, producer: Producer) -> None:
         self._producers.pop(producer.key, None)
         for worker in self.workers:
             if worker.feeds.pop(producer.key, None) is not None:
-                worker.control.send({"op": "producer_closed", "key": producer.key})
+                worker.control.send(ProducerClosed(producer.key))
 
     def send_sender_reports(self) -> None:
         for worker in self.workers:
@@ -189,11 +220,19 @@ class WorkerPool:
                 producer = self._producers.get(key)
                 if producer is not None:
                     ntp, rtp = producer.sender_report()
-                    worker.control.send({"op": "sr", "key": key, "ntp": ntp, "rtp": rtp})
+                    worker.control.send(SenderReport(key, ntp, rtp))
 
     def counter(self, name: str, key: int) -> int:
         """A per-track counter summed over the workers' mirrors (their once-a-second stats)."""
         return sum(w.counters.get(name, {}).get(key, 0) for w in self.workers)
+
+    def bad_messages(self) -> dict[str, int]:
+        """Control messages refused, by reason, on both ends of every worker's channel."""
+        total: collections.Counter[str] = collections.Counter({r.value: 0 for r in Reason})
+        for worker in self.workers:
+            total.update(worker.control.bad)
+            total.update(worker.bad_messages)
+        return dict(total)
 
     def _announce(self, worker: WorkerHandle, producer: Producer) -> None:
         """Create the worker's mirror of ``producer`` and start feeding it, once per worker.
@@ -203,66 +242,72 @@ class WorkerPool:
         if producer.key in worker.feeds or producer.closed:
             return
         self._producers[producer.key] = producer
-        worker.control.send(
-            {"op": "producer", "key": producer.key, "kind": producer.kind,
-             "codec": codec_to_dict(producer.codec), "ssrc": producer.ssrc,
-             "publisher": producer.publisher_id, "slot": producer.slot_index,
-             "identity": producer.identity}
-        )
+        worker.control.send(ProducerOpen(
+            producer.key, producer.kind, Codec.of(producer.codec), producer.ssrc,
+            producer.publisher_id, producer.slot_index, producer.identity,
+        ))
         feed = WorkerFeed(producer.key, worker.media)
         worker.feeds[producer.key] = feed
         producer.attach(feed)
 
-    def _on_message(self, index: int, message: Message) -> None:
-        worker = self.workers[index]
-        op = message["op"]
-        if op == "ready":
-            if not worker.ready.done():
-                worker.ready.set_result(None)
-        elif op == "keyframe":
-            producer = self._producers.get(message["key"])
-            if producer is not None:
-                producer.request_keyframe()
-        elif op == "leg_closed":
-            self._leg_gone(worker, message["leg"])
-        elif op == "stats":
-            worker.counters = {name: dict(counts)
-                               for name, counts in message["counters"].items()}
-        elif op in ("events_open", "client_event", "events_closed"):
-            self._on_events(worker, op, message)
-        elif op == "channel_closed":
-            worker.alive = False
-            if not self._stopping:
-                logger.error("worker %d (pid %s) is gone; its viewers are lost", index,
-                             worker.process.pid)
-            for leg_id in list(worker.legs):
-                self._leg_gone(worker, leg_id)
+    def _dispatch(self, index: int) -> Dispatch:
+        """What each message from worker ``index`` does: one handler per declared op."""
+        dispatch = Dispatch(Direction.FROM_WORKER)
+        dispatch.on(Ready, lambda _: self._ready(index))
+        dispatch.on(KeyframeRequest, self._keyframe)
+        dispatch.on(LegClosed, lambda m: self._leg_gone(self.workers[index], m.leg))
+        dispatch.on(Stats, lambda m: self._stats(index, m))
+        dispatch.on(EventsOpen, lambda m: self._events_open(self.workers[index], m.leg))
+        dispatch.on(ClientEvent, self._client_event)
+        dispatch.on(EventsClosed, lambda m: self._events_closed(self.workers[index], m.leg))
+        return dispatch
 
-    def _on_events(self, worker: WorkerHandle, op: str, message: Message) -> None:
-        """A worker's participant opened, used or closed its ``events`` channel."""
-        leg_id = message["leg"]
+    def _ready(self, index: int) -> None:
+        worker = self.workers[index]
+        if not worker.ready.done():
+            worker.ready.set_result(None)
+
+    def _keyframe(self, message: KeyframeRequest) -> None:
+        producer = self._producers.get(message.key)
+        if producer is not None:
+            producer.request_keyframe()
+
+    def _stats(self, index: int, message: Stats) -> None:
+        worker = self.workers[index]
+        worker.counters = {name: dict(counts) for name, counts in message.counters.items()}
+        worker.bad_messages = dict(message.bad_messages)
+
+    def _channel_closed(self, index: int) -> None:
+        worker = self.workers[index]
+        worker.alive = False
+        if not self._stopping:
+            logger.error("worker %d (pid %s) is gone; its viewers are lost", index,
+                         worker.process.pid)
+        for leg_id in list(worker.legs):
+            self._leg_gone(worker, leg_id)
+
+    def _events_open(self, worker: WorkerHandle, leg_id: str) -> None:
+        """A worker's participant opened its ``events`` channel: join state, then room events."""
         bridge = self.events
         leg = worker.legs.get(leg_id)
-        if bridge is None:
+        if bridge is None or leg is None or leg.claims is None:
             return
-        if op == "events_open" and leg is not None and leg.claims is not None:
-            control = worker.control
-            endpoint = Endpoint(
-                leg.room, leg.claims,
-                lambda packed: control.send({"op": "to_leg", "leg": leg_id, "packed": packed}),
-                lambda: control.send({"op": "events_ready", "leg": leg_id}),
-            )
-            self._endpoints[leg_id] = endpoint
-            room = leg.room
-            bridge.open_remote(
-                worker.index,
-                lambda packed: control.send({"op": "event", "room": room, "packed": packed}),
-                endpoint,
-            )
-        elif op == "client_event" and leg_id in self._endpoints:
-            bridge.receive(self._endpoints[leg_id], message["raw"])
-        elif op == "events_closed":
-            self._events_closed(worker, leg_id)
+        control = worker.control
+        endpoint = Endpoint(
+            leg.room, leg.claims,
+            lambda packed: control.send(ToLeg(leg_id, packed)),
+            lambda: control.send(EventsReady(leg_id)),
+        )
+        self._endpoints[leg_id] = endpoint
+        room = leg.room
+        bridge.open_remote(
+            worker.index, lambda packed: control.send(RoomEvent(room, packed)), endpoint
+        )
+
+    def _client_event(self, message: ClientEvent) -> None:
+        endpoint = self._endpoints.get(message.leg)
+        if endpoint is not None and self.events is not None:
+            self.events.receive(endpoint, message.raw)
 
     def _events_closed(self, worker: WorkerHandle, leg_id: str) -> None:
         endpoint = self._endpoints.pop(leg_id, None)
@@ -289,4 +334,4 @@ class WorkerPool:
             producer = self._producers.get(key)
             if producer is not None:
                 producer.detach(feed)
-            worker.control.send({"op": "producer_closed", "key": key})
+            worker.control.send(ProducerClosed(key))
