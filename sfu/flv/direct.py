@@ -43,6 +43,7 @@ class DirectTags:
         self.feed = feed
         self._video_header: bytes | None = None  # the body of the header readers have
         self._glue = b""  # a new sequence header waiting for its keyframe
+        self._audio_glue = False  # the anchor's AAC config goes before its next audio tag
         self._started = False  # the first keyframe went out
         self._length_size = 4
         self._sps = b""
@@ -55,15 +56,18 @@ class DirectTags:
     def has_audio(self) -> bool:
         return self.feed.has_audio
 
-    def header(self, mixed_video: bytes | None = None) -> bytes:
-        """FLV file header + the sequence headers a joiner needs first (the mixer's video
-        sequence-header tag instead of the anchor's while a co-host mix is on air)."""
+    def header(self, mixed_video: bytes | None = None, mixed_audio: bytes | None = None
+               ) -> bytes:
+        """FLV file header + the sequence headers a joiner needs first (the mix's
+        sequence-header tags instead of the anchor's while a co-host mix is on air)."""
         parts = [file_header(audio=self.feed.has_audio, video=self._video_header is not None)]
         if mixed_video is not None:
             parts.append(mixed_video)
         elif self._video_header is not None:
             parts.append(flv_tag(TAG_VIDEO, 0, self._video_header))
-        if self.feed.audio_header is not None:
+        if mixed_audio is not None:
+            parts.append(mixed_audio)
+        elif self.feed.audio_header is not None:
             parts.append(flv_tag(TAG_AUDIO, 0, self.feed.audio_header.body))
         return b"".join(parts)
 
@@ -80,10 +84,14 @@ class DirectTags:
             if self._started:  # a new AAC config mid-stream goes in line, as it came
                 output.log.append(Entry(flv_tag(TAG_AUDIO, tag.timestamp_ms, tag.body),
                                         tag.timestamp_ms, False))
-            output.direct_header_changed()
-        elif self._started:
-            output.log.append(Entry(flv_tag(TAG_AUDIO, tag.timestamp_ms, tag.body),
-                                    tag.timestamp_ms, False))
+            output.publish_header()
+        elif self._started and not output.mixed_audio:
+            data = flv_tag(TAG_AUDIO, tag.timestamp_ms, tag.body)
+            header = self.feed.audio_header
+            if self._audio_glue and header is not None:  # back from the mix's AAC
+                data = flv_tag(TAG_AUDIO, tag.timestamp_ms, header.body) + data
+                self._audio_glue = False
+            output.log.append(Entry(data, tag.timestamp_ms, False))
 
     def _on_video_header(self, tag: FeedTag, announce: bool = True) -> None:
         body = tag.body
@@ -96,7 +104,7 @@ class DirectTags:
         if self._video_header is None or not self._started:
             self._video_header = body
             if announce:
-                self.output.direct_header_changed()
+                self.output.publish_header()
         elif body != self._video_header:
             self._video_header = body
             self._glue = body
@@ -113,9 +121,13 @@ class DirectTags:
         if tag.keyframe and self._glue:
             data = flv_tag(TAG_VIDEO, tag.timestamp_ms, self._glue) + data
             self._glue = b""
-            output.direct_header_changed()
+            output.publish_header()
         output.direct_video(data, tag.timestamp_ms, tag.keyframe)
         self._started = True
+
+    def audio_source_changed(self) -> None:
+        """The mix's AAC went off air: the anchor's own resumes, its config first."""
+        self._audio_glue = True
 
     def sequence_header_tag(self, timestamp_ms: int) -> bytes:
         """The anchor's video sequence header, to glue before a keyframe (after a mix)."""

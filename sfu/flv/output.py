@@ -18,18 +18,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
-import av
-
 from sfu.flv.audio import SAMPLES_PER_MS, AacPacket, OpusPacket, OpusToAac
 from sfu.flv.depacketizer import START_CODE, H264Depacketizer, Vp8Depacketizer, parse_rtp
+from sfu.flv.direct import DirectTags
+from sfu.flv.feeds import CohostFeed, ProducerSink, picture_size
 from sfu.flv.gop_cache import Entry, TagLog
 from sfu.flv.mixer import MixFrame, VideoMixer
-from sfu.flv.muxer import StreamMuxer, Tag, file_header, retime
+from sfu.flv.muxer import TAG_VIDEO, StreamMuxer, Tag, file_header, retime
+from sfu.flv.tag_feed import FlvFeed
 from sfu.flv.timeline import Timeline, TrackClock
 from sfu.flv.transcode import H264Frame, Vp8Frame, Vp8ToH264
 from sfu.flv.viewer_queue import FlvReader, Transport
@@ -42,16 +44,6 @@ logger = logging.getLogger("shopcast.sfu.flv")
 CLOCK_REFRESH_S = 1.0
 
 
-class _Sink:
-    """A producer sink that hands packets to the output (``PacketSink``)."""
-
-    def __init__(self, forward: Any) -> None:
-        self.forward = forward
-
-    def close(self) -> None:
-        pass
-
-
 class _Mix(enum.Enum):
     """Where the room's FLV video comes from while co-hosts come and go."""
 
@@ -61,57 +53,13 @@ class _Mix(enum.Enum):
     STOPPING = "stopping"  # no co-host left: the mix goes on until the anchor's next keyframe
 
 
-class _Cohost:
-    """One co-host's tracks feeding the room's mix: video frames to the mixer, audio packets
-    to the Opus->AAC mixer, on the codec threads."""
-
-    def __init__(self, output: RoomFlvOutput, slot: int, producers: list[Producer]) -> None:
-        self.slot = slot
-        self.output = output
-        self._sinks: list[tuple[Producer, _Sink]] = []
-        for producer in producers:
-            if producer.kind == "video":
-                name = producer.codec.name.lower()
-                on_loss = producer.request_keyframe
-                self._depacketizer: H264Depacketizer | Vp8Depacketizer = (
-                    Vp8Depacketizer(on_loss) if name == "vp8" else H264Depacketizer(on_loss))
-                self._add(producer, self._on_video)
-            elif producer.kind == "audio":
-                self._add(producer, self._on_audio)
-
-    def _add(self, producer: Producer, forward: Any) -> None:
-        sink = _Sink(forward)
-        self._sinks.append((producer, sink))
-        producer.attach(sink)  # a new video sink asks its publisher for a keyframe
-
-    def _on_video(self, packet: bytes, keyframe: bool) -> None:
-        for frame in self._depacketizer.push(packet):
-            self.output.mix_video(self.slot, frame.data, 0, frame.keyframe, frame.sps, frame.pps)
-
-    def _on_audio(self, packet: bytes, keyframe: bool) -> None:
-        rtp = parse_rtp(packet)
-        if rtp is not None:
-            self.output.mix_audio(self.slot, rtp.payload)
-
-    def detach(self) -> None:
-        for producer, sink in self._sinks:
-            producer.detach(sink)
-        self._sinks = []
-
-
-def _picture_size(access_unit: bytes) -> tuple[int, int]:
-    """Width and height of a keyframe, by decoding it (once per new SPS, ~1 ms)."""
-    decoder = av.CodecContext.create("h264", "r")
-    for frame in decoder.decode(av.Packet(access_unit)):
-        assert isinstance(frame, av.VideoFrame)
-        return frame.width, frame.height
-    return 0, 0
-
-
 class RoomFlvOutput:
     """Builds the room's FLV tags from its producers and serves them to readers."""
 
-    def __init__(self, room: str, producers: list[Producer], settings: FlvSettings) -> None:
+    def __init__(self, room: str, producers: list[Producer], settings: FlvSettings,
+                 feed: FlvFeed | None = None) -> None:
+        """``feed``: the anchor sends FLV tags itself (RTMP); they are remuxed as they came
+        (``sfu/flv/direct.py``) and its producers only serve the co-host mix."""
         self.room = room
         self.settings = settings
         self.log = TagLog(keep_ms=settings.latency_budget_ms + 1000)
@@ -133,7 +81,7 @@ class RoomFlvOutput:
         self.closed_readers: dict[str, int] = {}  # close reason -> readers
         self._past_skips = 0
         self._past_bytes = 0
-        self._sinks: list[tuple[Producer, _Sink]] = []
+        self._sinks: list[tuple[Producer, ProducerSink]] = []
         self._h264: H264Depacketizer | None = None
         self._vp8: Vp8Depacketizer | None = None
         self._transcoder: OrderedWorker[Vp8Frame, H264Frame] | None = None
@@ -143,10 +91,17 @@ class RoomFlvOutput:
         self._mix = _Mix.OFF
         self._mixer: VideoMixer | None = None
         self._mix_worker: OrderedWorker[MixFrame, H264Frame] | None = None
-        self._cohosts: dict[int, _Cohost] = {}
+        self._cohosts: dict[int, CohostFeed] = {}
         self._past_mixer_cpu = 0.0
         self._past_mixer_busy = 0.0  # closed mixers' codec time: the counter never steps back
-        if self.video is not None:
+        self._direct: DirectTags | None = None
+        self._announced_audio = False
+        self.mixed_audio = False  # RTMP anchor: the co-host mix's AAC is on air
+        self._anchor_opus = functools.partial(self.mix_audio, 0)
+        if feed is not None:
+            self._direct = DirectTags(self, feed)
+            self.publish_header()
+        if self.video is not None and self._direct is None:
             self._video_clock = self._clock(self.video)
             if self.video.codec.name.lower() == "vp8":
                 self._vp8 = Vp8Depacketizer(on_loss=self.video.request_keyframe)
@@ -157,7 +112,7 @@ class RoomFlvOutput:
             else:
                 self._h264 = H264Depacketizer(on_loss=self.video.request_keyframe)
             self._attach(self.video, self._on_video_packet)
-        if self.audio is not None:
+        if self.audio is not None and self._direct is None:
             self._audio_clock = self._clock(self.audio)
             self._audio_muxer = StreamMuxer.audio()
             self._aac = OrderedWorker(f"flv-aac-{room}", self._opus_to_aac.process, self._on_aac)
@@ -175,7 +130,7 @@ class RoomFlvOutput:
         return clock
 
     def _attach(self, producer: Producer, forward: Any) -> None:
-        sink = _Sink(forward)
+        sink = ProducerSink(forward)
         self._sinks.append((producer, sink))
         producer.attach(sink)
 
@@ -215,7 +170,7 @@ class RoomFlvOutput:
             self._cohosts.pop(slot).detach()
         for slot, producers in cohosts.items():
             if slot not in self._cohosts and self.video is not None:
-                self._cohosts[slot] = _Cohost(self, slot, producers)
+                self._cohosts[slot] = CohostFeed(self, slot, producers)
         slots = [0, *sorted(self._cohosts)]
         self._opus_to_aac.active = frozenset(slots)
         if self._cohosts and self._mix in (_Mix.OFF, _Mix.STOPPING):
@@ -233,6 +188,8 @@ class RoomFlvOutput:
             self._mix_worker = OrderedWorker(f"flv-mix-{self.room}", self._mixer.process,
                                              self._on_mixed)
         self._mix = _Mix.MIXING if self._mix is _Mix.STOPPING else _Mix.STARTING
+        if self._direct is not None:
+            self._mix_direct_audio(True)
         self.video.request_keyframe()  # the mixer's anchor decoder starts at a keyframe
         logger.info("FLV room=%s mixing %d co-host(s)", self.room, len(self._cohosts))
 
@@ -247,6 +204,8 @@ class RoomFlvOutput:
 
     def _close_mixer(self) -> None:
         self._mix = _Mix.OFF
+        if self._direct is not None:
+            self._mix_direct_audio(False)
         if self._mix_worker is not None:
             self._mix_worker.close()
             self._past_mixer_busy += self._mix_worker.busy_s
@@ -254,10 +213,28 @@ class RoomFlvOutput:
             self._past_mixer_cpu += self._mixer.cpu_s
         self._mixer, self._mix_worker = None, None
 
-    def mix_audio(self, slot: int, opus: bytes) -> None:
-        """A co-host's Opus payload, for the AAC mix (on the codec thread)."""
+    def _mix_direct_audio(self, on: bool) -> None:
+        """An RTMP anchor's room: while co-hosts are mixed, FLV audio is the AAC of every
+        publisher's Opus summed (the anchor's as made for WebRTC), not the anchor's own AAC."""
+        assert self._direct is not None
+        if not on:
+            self._direct.feed.remove_opus(self._anchor_opus)
+            if self.mixed_audio:
+                self.mixed_audio = False
+                self._direct.audio_source_changed()
+                self.publish_header()
+            return
+        if self._aac is None:
+            self._audio_muxer = StreamMuxer.audio()
+            self._aac = OrderedWorker(f"flv-aac-{self.room}", self._opus_to_aac.process,
+                                      self._on_aac)
+        self._direct.feed.add_opus(self._anchor_opus)
+
+    def mix_audio(self, slot: int, opus: bytes, ms: int = 0) -> None:
+        """A publisher's Opus payload, for the AAC mix (on the codec thread); ``ms`` times the
+        output (the anchor's, slot 0)."""
         if self._aac is not None:
-            self._aac.submit(OpusPacket(opus, 0, slot))
+            self._aac.submit(OpusPacket(opus, ms * SAMPLES_PER_MS, slot))
 
     def mix_video(self, slot: int, data: bytes, ms: int, keyframe: bool, sps: bytes, pps: bytes
                   ) -> None:
@@ -322,7 +299,7 @@ class RoomFlvOutput:
         Readers already playing get the new sequence header glued before this keyframe.
         Returns False if the keyframe could not be read (the old muxer carries on).
         """
-        width, height = size or _picture_size(data)
+        width, height = size or picture_size(data)
         if not width:
             return False
         old = self._video_muxer
@@ -333,7 +310,7 @@ class RoomFlvOutput:
             old.close()
         logger.info("FLV room=%s video %dx%d", self.room, width, height)
         tags = muxer.mux(data, ms, True)  # the sequence header appears with the first packet
-        self._publish_header()
+        self.publish_header()
         glue = b""
         if old is not None and muxer.sequence_header is not None:
             glue = retime(muxer.sequence_header, ms).data
@@ -349,25 +326,80 @@ class RoomFlvOutput:
             self.log.append(Entry(glue + tag.data, tag.timestamp, tag.keyframe))
             glue = b""
 
-    def _publish_header(self) -> None:
-        has_audio = self._audio_muxer is not None
+    def publish_header(self) -> None:
+        if self._direct is not None:
+            video = self._video_muxer if self._mix is not _Mix.OFF else None
+            audio = self._audio_muxer if self.mixed_audio else None
+            self.log.header = self._direct.header(
+                video.sequence_header.data if video and video.sequence_header else None,
+                audio.sequence_header.data if audio and audio.sequence_header else None)
+            return
+        # only audio that has come is announced: a reader told of audio waits for it (ffprobe
+        # ~10 s) when the anchor's offer had an audio section but nothing is sent on it
+        has_audio = self._audio_muxer is not None and self.audio is not None \
+            and self.audio.packets > 0
+        self._announced_audio = has_audio
         parts = [file_header(audio=has_audio, video=self.video is not None)]
-        for muxer in (self._video_muxer, self._audio_muxer):
+        for muxer in (self._video_muxer, self._audio_muxer if has_audio else None):
             if muxer is not None and muxer.sequence_header is not None:
                 parts.append(muxer.sequence_header.data)
         self.log.header = b"".join(parts)
+
+    # --- an anchor's own FLV tags (RTMP; see sfu/flv/direct.py) ------------------------------
+
+    def mixing_input_wanted(self) -> bool:
+        return self._mix_worker is not None
+
+    def direct_video(self, data: bytes, ms: int, keyframe: bool) -> bool:
+        """The anchor's tag, unless the mix replaces it; a keyframe ends a stopping mix (its
+        sequence header goes first again). True when it went out."""
+        if self._mix is _Mix.MIXING or self.closed:
+            return False
+        if self._mix is _Mix.STOPPING:
+            if not keyframe or self._direct is None:
+                return False
+            self._close_mixer()
+            self._video_muxer = None
+            data = self._direct.sequence_header_tag(ms) + data
+            self.publish_header()
+        self._append_video([Tag(data, TAG_VIDEO, max(ms, self._last_video_ms), keyframe, False)],
+                           b"")
+        return True
 
     def _on_aac(self, packets: list[AacPacket]) -> None:
         muxer = self._audio_muxer
         if muxer is None or self.closed:
             return
+        if self._direct is not None:
+            self._on_mixed_aac(muxer, packets)
+            return
         if self.video is not None and self._video_muxer is None:
             return  # the stream starts at the first video keyframe
-        if not self.log.header:
-            self._publish_header()  # audio-only room
         for packet in packets:
             for tag in muxer.mux(packet.data, packet.timestamp_ms, False):
-                self.log.append(Entry(tag.data, tag.timestamp, self.video is None))
+                data = tag.data
+                if not self._announced_audio and muxer.sequence_header is not None:
+                    # the first audio (an audio-only room, or audio after the header went
+                    # out): joiners' header announces it; readers already in get its config
+                    glue = bool(self.log.header)
+                    self.publish_header()
+                    if glue:
+                        data = retime(muxer.sequence_header, tag.timestamp).data + data
+                self.log.append(Entry(data, tag.timestamp, self.video is None))
+
+    def _on_mixed_aac(self, muxer: StreamMuxer, packets: list[AacPacket]) -> None:
+        """An RTMP anchor's room with co-hosts: the mix's AAC replaces the anchor's own from
+        its first packet on (its config glued before it), until the mix stops."""
+        if self._mix is _Mix.OFF:
+            return
+        for packet in packets:
+            for tag in muxer.mux(packet.data, packet.timestamp_ms, False):
+                data = tag.data
+                if not self.mixed_audio and muxer.sequence_header is not None:
+                    self.mixed_audio = True
+                    data = retime(muxer.sequence_header, tag.timestamp).data + data
+                    self.publish_header()
+                self.log.append(Entry(data, tag.timestamp, False))
 
     # --- readers and housekeeping -------------------------------------------------------------
 
@@ -436,6 +468,8 @@ class RoomFlvOutput:
         self._task.cancel()
         for producer, sink in self._sinks:
             producer.detach(sink)
+        if self._direct is not None:
+            self._direct.close()
         for cohost in self._cohosts.values():
             cohost.detach()
         self._cohosts.clear()

@@ -27,6 +27,9 @@ class FeedTag:
 
 
 FeedListener = Callable[[FeedTag], None]
+OpusListener = Callable[[bytes, int], None]
+"""(Opus payload, ms on the room timeline): the anchor's audio as WebRTC viewers get it, for
+the co-host mix, whose AAC sums every publisher's Opus."""
 
 
 class FlvFeed:
@@ -37,6 +40,7 @@ class FlvFeed:
         self.audio_header: FeedTag | None = None
         self.has_audio = False
         self._listeners: list[FeedListener] = []
+        self._opus_listeners: list[OpusListener] = []
 
     def add(self, listener: FeedListener) -> None:
         self._listeners.append(listener)
@@ -54,3 +58,14 @@ class FlvFeed:
                 self.has_audio = True
         for listener in self._listeners:
             listener(tag)
+
+    def add_opus(self, listener: OpusListener) -> None:
+        self._opus_listeners.append(listener)
+
+    def remove_opus(self, listener: OpusListener) -> None:
+        if listener in self._opus_listeners:
+            self._opus_listeners.remove(listener)
+
+    def push_opus(self, payload: bytes, timestamp_ms: int) -> None:
+        for listener in self._opus_listeners:
+            listener(payload, timestamp_ms)

@@ -8,6 +8,7 @@ anchor's own AAC tags (``sfu/flv/tag_feed.py``).
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiortc import RTCRtpCodecParameters
@@ -38,8 +39,10 @@ class AacJob:
 class RtmpAudio:
     """AAC tags in (after the AudioSpecificConfig), Opus RTP out through ``producer``."""
 
-    def __init__(self, room: str, audio_specific_config: bytes) -> None:
+    def __init__(self, room: str, audio_specific_config: bytes,
+                 on_opus: Callable[[bytes, int], None] | None = None) -> None:
         self.room = room
+        self._on_opus_ms = on_opus  # the FLV co-host mix takes the anchor's Opus too
         self.config = audio_specific_config
         self.producer: Producer | None = None
         self.packets = 0
@@ -66,13 +69,15 @@ class RtmpAudio:
         if producer is None or producer.closed:
             return
         for timestamp, payload in packets:
+            ticks = timestamp + self._offset
             packet = RtpPacket(payload_type=AUDIO_PAYLOAD_TYPE, marker=0,
-                               sequence_number=self._seq,
-                               timestamp=(timestamp + self._offset) & 0xFFFFFFFF,
+                               sequence_number=self._seq, timestamp=ticks & 0xFFFFFFFF,
                                ssrc=self._ssrc, payload=payload)
             self._seq = (self._seq + 1) & 0xFFFF
             self.packets += 1
             producer.ingest(packet)
+            if self._on_opus_ms is not None and not producer.muted:
+                self._on_opus_ms(payload, ticks // OPUS_KHZ)
 
     @property
     def cpu_s(self) -> float:

@@ -204,7 +204,7 @@ class RtmpPublisher:
                 if self.audio is not None:
                     self.audio.close()
                 producer = self.audio.producer if self.audio is not None else None
-                self.audio = RtmpAudio(self.room, tag.data)
+                self.audio = RtmpAudio(self.room, tag.data, on_opus=self._feed.push_opus)
                 self.audio.producer = producer
             self._feed.push(FeedTag(TAG_AUDIO, ms, payload, False, True))
             return
