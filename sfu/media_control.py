@@ -41,7 +41,9 @@ def track_sids(publisher: PublisherSession) -> list[tuple[str, Producer]]:
 
 
 def _transport(session: Session) -> Transport:
-    return Transport.WHIP if session.role == "publisher" else Transport.WHEP
+    if session.role != "publisher":
+        return Transport.WHEP
+    return Transport.WHIP if getattr(session, "flv_feed", None) is None else Transport.RTMP
 
 
 class SessionBridge:

@@ -12,6 +12,7 @@ from aiortc import RTCDataChannel
 
 from common.tasks import stop_task
 from sfu import aiortc_private
+from sfu.background import spawn
 from sfu.errors import (
     NoAnchor,
     NotInvited,
@@ -26,11 +27,14 @@ from sfu.offer import Offer
 from sfu.peer import PeerLeg, negotiate
 from sfu.publisher import Publisher
 from sfu.room import Room
+from sfu.rtmp.connection import RtmpConnection
+from sfu.rtmp.publisher import RtmpOptions, RtmpPublisher
 from sfu.session import PublisherSession, Session, ViewerSession
 from sfu.settings import NodeSettings
 from sfu.viewer import Viewer
 from sfu.worker_pool import WorkerPool
 from signaling.claims import Claims, Grant
+from signaling.live.schema import event
 
 logger = logging.getLogger("shopcast.sfu.node")
 
@@ -139,6 +143,37 @@ class SfuNode:
         self._session_started(publisher, claims)
         return publisher, answer
 
+    async def publish_rtmp(
+        self, room_name: str, claims: Claims, connection: RtmpConnection
+    ) -> RtmpPublisher:
+        """Start an RTMP publish (``sfu/rtmp/door.py`` authorized it) as the room's anchor, or
+        resume the same identity's session whose encoder dropped within the grace period.
+        Co-hosts join over WHIP (``PublisherExists`` here)."""
+        room = self.rooms.get(room_name)
+        if room is not None:
+            for publisher in room.publishers.values():
+                if (isinstance(publisher, RtmpPublisher) and publisher.waiting_for_return
+                        and publisher.identity == claims.identity):
+                    publisher.resume(connection)
+                    return publisher
+        room = room or Room(room_name, self.settings.max_publishers)
+        if self._publisher_slot(room, room_name, claims) != 0:
+            raise PublisherExists(
+                f"room {room_name!r} already has an anchor; co-hosts join over WHIP")
+        rtmp = RtmpPublisher(
+            room_name, claims.identity,
+            claims=claims, slot=0, track_slots=room.slots[0], connection=connection,
+            options=RtmpOptions(keyframe_throttle_s=self.settings.keyframe_throttle_ms / 1000,
+                                grace_s=self.settings.rtmp_grace_ms / 1000),
+            on_live=self._publisher_live, on_closed=self._session_closed,
+            on_warning=self._publisher_warning,
+        )
+        self.rooms[room_name] = room
+        room.publishers[rtmp.id] = rtmp
+        self.sessions[rtmp.id] = rtmp
+        self._session_started(rtmp, claims)
+        return rtmp
+
     async def play(
         self, room_name: str, identity: str, offer: Offer, claims: Claims | None = None
     ) -> tuple[ViewerSession, str]:
@@ -235,6 +270,14 @@ class SfuNode:
             self.workers.producers_added(room.name, list(publisher.producers))
         for observer in self.room_observers:
             observer.publisher_live(room, publisher)
+
+    def _publisher_warning(self, publisher: PublisherSession, code: str, message: str) -> None:
+        """Tell the room (the anchor's console) that the encoder should change a setting."""
+        logger.warning("publisher %s room=%s: %s (%s)", publisher.id, publisher.room, message,
+                       code)
+        if self.events is not None:
+            spawn(self.events.bus.publish(publisher.room, event(
+                "publisher_warning", identity=publisher.identity, code=code, message=message)))
 
     def _session_closed(self, session: Session) -> None:
         self.sessions.pop(session.id, None)

@@ -73,6 +73,7 @@ class Producer:
         request_keyframe: Callable[[int], None],
         keyframe_throttle_s: float = KEYFRAME_THROTTLE_MS / 1000,
         fast_start_s: float = FAST_START_MS / 1000,
+        fast_start_packets: int = FAST_START_PACKETS,
         ssrc: int | None = None,
         key: int | None = None,
         mirror: bool = False,
@@ -114,6 +115,7 @@ class Producer:
         self._keyframe_pending = False
         self._deferred: asyncio.TimerHandle | None = None
         self._fast_start_s = fast_start_s
+        self._fast_start_packets = fast_start_packets
         self._gop_seq: int | None = None  # the newest keyframe's first packet, for fast starts
         self._gop_ts = 0
         self._gop_at = 0.0
@@ -192,12 +194,12 @@ class Producer:
 
     def recent_gop(self) -> list[bytes] | None:
         """The newest keyframe and every packet since, if it started within the fast-start
-        window, is whole in the history and fits in FAST_START_PACKETS; else None."""
+        window, is whole in the history and fits in ``fast_start_packets``; else None."""
         start = self._gop_seq
         if start is None or not self._gop_within(self._fast_start_s):
             return None
         count = ((self.last_seq - start) & 0xFFFF) + 1
-        if count > FAST_START_PACKETS:
+        if count > self._fast_start_packets:
             return None
         packets = []
         for offset in range(count):

@@ -10,6 +10,7 @@ from aiortc import RTCRtpCodecParameters, RTCRtpTransceiver
 from sfu.aiortc_private import negotiated_codecs
 from sfu.codecs import answer_as_offered, describe, publisher_preferences, restrict_to
 from sfu.errors import CodecMismatch, UnsupportedCodec
+from sfu.flv.tag_feed import FlvFeed
 from sfu.offer import Offer
 from sfu.peer import PeerLeg
 from sfu.producer import Producer, TrackSlot
@@ -21,6 +22,7 @@ class Publisher(PeerLeg):
     """Receives an anchor's audio and video; one Producer per received track."""
 
     role = "publisher"
+    flv_feed: FlvFeed | None = None  # FLV is made from its RTP (sfu/flv/output.py)
 
     def __init__(
         self,

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from sfu.flv.tag_feed import FlvFeed
     from sfu.producer import Producer
     from signaling.claims import Claims
 
@@ -70,6 +71,12 @@ class PublisherSession(Session, Protocol):
     @property
     def connected_at(self) -> float | None:
         """When media started (``time.monotonic()``), None before."""
+        ...
+
+    @property
+    def flv_feed(self) -> FlvFeed | None:
+        """The publisher's own FLV tags (an RTMP encoder's), remuxed as they are for HTTP-FLV;
+        None when FLV is made from its RTP (WHIP)."""
         ...
 
 

@@ -18,6 +18,13 @@ inside the gap is deferred to its end, not dropped."""
 FAST_START_MS = 1000
 """A joining viewer starts from the newest keyframe when it is at most this old (0: never)."""
 
+RTMP_PORT = 1935
+"""RTMP ingest port (0: no RTMP door)."""
+
+RTMP_GRACE_MS = 5000
+"""An RTMP encoder whose connection drops keeps its session (and its viewers) this long: a
+re-publish in time continues the tracks."""
+
 
 @dataclass
 class NodeSettings:
@@ -35,6 +42,7 @@ class NodeSettings:
     max_publishers: int = 4
     workers: int = 0
     log_level: str = "INFO"
+    rtmp_grace_ms: int = RTMP_GRACE_MS
 
 
 @dataclass

@@ -47,6 +47,11 @@ class Placement(Protocol):
         """The base URL of the node where ``room`` is live, if not this one."""
         ...
 
+    async def publish_here(self, room: str) -> str | None:
+        """For RTMP, which cannot be redirected: claim ``room`` for this node, or name the
+        live node that owns it."""
+        ...
+
 
 PLACEMENT_KEY = web.AppKey("node_placement", Placement)
 

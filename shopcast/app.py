@@ -16,6 +16,8 @@ from sfu.flv import metrics as flv_metrics
 from sfu.flv.manager import FLV_KEY, FlvManager
 from sfu.media_control import LoadMeter, NodeMediaControl, SessionBridge
 from sfu.node import NODE_KEY, SfuNode
+from sfu.rtmp import metrics as rtmp_metrics
+from sfu.rtmp.door import RTMP_KEY, RtmpDoor
 from sfu.settings import FlvSettings, NodeSettings
 from sfu.ws_negotiator import NodeNegotiator
 from shopcast.config import Config
@@ -43,6 +45,7 @@ def node_settings(config: Config) -> NodeSettings:
         max_publishers=config.max_publishers,
         workers=worker_count(config.workers),
         log_level=config.log_level,
+        rtmp_grace_ms=config.rtmp_grace_ms,
     )
 
 
@@ -97,9 +100,21 @@ def add_media_plane(app: web.Application, config: Config, signaling: Signaling) 
     app[NODE_KEY] = node
     app[FLV_KEY] = flv
 
+    rtmp = None
+    if config.rtmp_port:
+        placement = app.get(whip_whep.PLACEMENT_KEY)
+        rtmp = RtmpDoor(node.publish_rtmp, config.resolve_secret(), host=config.host,
+                        port=config.rtmp_port,
+                        placement=placement.publish_here if placement is not None else None)
+        app[RTMP_KEY] = rtmp
+
     async def node_lifetime(app: web.Application) -> AsyncIterator[None]:
         await node.start()
+        if rtmp is not None:
+            await rtmp.start()
         yield
+        if rtmp is not None:
+            await rtmp.close()
         await node.stop()
 
     app.cleanup_ctx.append(node_lifetime)
@@ -119,5 +134,6 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     lines = sfu_metrics.render(request.app[NODE_KEY]) + flv_metrics.render(request.app[FLV_KEY])
+    lines += rtmp_metrics.render(request.app.get(RTMP_KEY), request.app[NODE_KEY])
     lines += await metrics_lines(request.app)
     return web.Response(text="\n".join(lines) + "\n", content_type="text/plain", charset="utf-8")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from sfu.settings import FlvSettings, NodeSettings
+from sfu.settings import RTMP_PORT, FlvSettings, NodeSettings
 from signaling.live.schema import LAYOUTS
 
 ENV_PREFIX = "SHOPCAST_"
@@ -100,6 +100,15 @@ class Config:
     flv_keyframe_interval_ms: int = field(
         default=_FLV.keyframe_period_ms,
         metadata={"help": "HTTP-FLV: ask the anchor for a keyframe this often (0: never)"},
+    )
+    rtmp_port: int = field(
+        default=RTMP_PORT,
+        metadata={"help": "RTMP ingest port, rtmp://HOST:PORT/live/{room}?token=... (0: off)"},
+    )
+    rtmp_grace_ms: int = field(
+        default=_NODE.rtmp_grace_ms,
+        metadata={"help": "RTMP: an encoder that drops keeps its session this long; a "
+                          "re-publish in time continues the stream for its viewers"},
     )
     ws_resume_s: int = field(
         default=15,

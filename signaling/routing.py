@@ -22,7 +22,7 @@ from signaling.errors import ApiError, bad_request, not_found
 from signaling.negotiation import Elsewhere
 from signaling.nodes import NoNodeAvailable, RoomRouter
 from signaling.rooms import RoomService, valid_room_name
-from signaling.store import NodeRecord, Store
+from signaling.store import NodeRecord, RoomRecord, Store
 from signaling.tokens import Claims
 
 logger = logging.getLogger("shopcast.signaling.routing")
@@ -54,6 +54,23 @@ class RoomPlacement:
         """The node a publisher of ``room`` must use, assigning one when the room has none,
         its owner died, or its owner is draining and holds none of the room's sessions (a
         room created over REST outlives its sessions; a drained node takes no new ones)."""
+        await self._free_if_gone(room)
+        return await self.router.owner(room)
+
+    async def claim(self, room: str, node_id: str) -> str:
+        """For a publisher that cannot be redirected (RTMP): ``room`` is placed on ``node_id``,
+        where the publish landed, unless a live node already owns it. Returns the owner's id."""
+        record = await self._free_if_gone(room)
+        if record is None:
+            if not self.rooms.auto_create:
+                raise not_found(f"room {room!r} does not exist", "room_not_found")
+            await self.store.create_room(room, auto=True)
+        return await self.store.claim_room_node(room, node_id)
+
+    async def _free_if_gone(self, room: str) -> RoomRecord | None:
+        """Release ``room`` from an owner that died, or that drains and holds none of its
+        sessions (a room created over REST outlives its sessions; a drained node takes no new
+        ones). Returns the room's record."""
         record = await self.store.get_room(room)
         if record is not None and record.node:
             owner = (await self.nodes()).get(record.node)
@@ -61,7 +78,7 @@ class RoomPlacement:
                 await self.forget_node(room, record.node)
             elif owner.draining and not await self._sessions_on(room, owner.id):
                 await self.store.release_room_node(room, owner.id)
-        return await self.router.owner(room)
+        return record
 
     async def forget_node(self, room: str, node_id: str) -> int:
         """``node_id`` is dead: its sessions in ``room`` left, and the room is free to claim."""
@@ -129,6 +146,11 @@ class NodePlacement:
         except NoNodeAvailable as exc:
             raise ApiError(503, "no_node", str(exc)) from exc
         return None if owner.id == self.node_id else owner.url
+
+    async def publish_here(self, room: str) -> str | None:
+        """RTMP: serve ``room`` here (claiming it), or name the live node that owns it."""
+        owner = await self.placement.claim(room, self.node_id)
+        return None if owner == self.node_id else owner
 
     async def play_elsewhere(self, room: str) -> str | None:
         owner = await self.placement.live_owner(room)

@@ -147,7 +147,9 @@ def config(tmp_path: Path) -> Config:
 def loopback_config(tmp_path: Path, **overrides: Any) -> Config:
     settings: dict[str, Any] = {
         "host": "127.0.0.1", "port": free_port(), "secret": "test-secret",
-        "secret_file": str(tmp_path / "secret"), "ice_hosts": ["127.0.0.1"], **overrides,
+        "secret_file": str(tmp_path / "secret"), "ice_hosts": ["127.0.0.1"],
+        "rtmp_port": 0,  # tests that push RTMP ask for a free port
+        **overrides,
     }
     return Config(**settings)
 

@@ -36,7 +36,8 @@ class FlvManager:
         old = self.outputs.pop(room.name, None)
         if old is not None:
             old.close()
-        self.outputs[room.name] = RoomFlvOutput(room.name, producers, self.settings)
+        self.outputs[room.name] = RoomFlvOutput(room.name, producers, self.settings,
+                                                feed=publisher.flv_feed)
         logger.info("FLV output up room=%s publisher=%s", room.name, publisher.id)
         self._cohosts_changed(room)
 

@@ -195,6 +195,11 @@ SERVER_EVENTS: dict[str, EventSpec] = {s.type: s for s in [
             Field("action", "str", "invited | accepted | declined | removed | joined | left"),
             Field("by", "str", "who invited or removed", required=False),
             Field("slot", "int", "the co-host's publisher slot (joined, left)", required=False)),
+    _server("publisher_warning", "A publisher's stream needs its encoder changed (RTMP: "
+            "`bframes` when it sends B-frames, which costs WebRTC viewers a transcode). The "
+            "anchor's console shows it; admins can act on it.",
+            IDENTITY, Field("code", "str", "what to change: bframes"),
+            Field("message", "str", "the advice, human-readable")),
     _server("kicked", "A participant was removed (banned); that client disconnects.",
             IDENTITY, Field("reason", "str", "why, e.g. banned")),
     _server("ack", "Reply to an admin action that succeeded.",
@@ -287,8 +292,15 @@ def event(type_: str, **fields: Any) -> dict[str, Any]:
     return data
 
 
-def error(code: str, message: str, cid: str = "") -> dict[str, Any]:
-    return event("error", code=code, message=message, cid=cid or None)
+def error(code: str, message: str, cid: object = None) -> dict[str, Any]:
+    """The ``error`` reply; ``cid`` echoes the client's message id when it sent a string one."""
+    return event("error", code=code, message=message,
+                 cid=cid if isinstance(cid, str) and cid else None)
+
+
+def packed_error(code: str, message: str, cid: object = None) -> bytes:
+    """``error`` packed for a socket or a data channel: the one builder every door uses."""
+    return pack(error(code, message, cid))
 
 
 def pack(data: Mapping[str, Any]) -> bytes:

@@ -49,6 +49,7 @@ class Transport(StrEnum):
     """How a participant's session reaches the room; viewer counts are kept per transport."""
 
     WHIP = "whip"
+    RTMP = "rtmp"
     WHEP = "whep"
     FLV = "flv"
     WS = "ws"
