@@ -16,7 +16,7 @@ import asyncio
 import logging
 import struct
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from sfu.errors import MediaError
 from sfu.rtmp import amf0, chunks, messages
@@ -122,14 +122,14 @@ class RtmpConnection(asyncio.Protocol):
     # --- asyncio.Protocol ----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A stream transport; uvloop's (what `shopcast serve` runs) does not subclass asyncio's.
+        self._transport = cast(asyncio.Transport, transport)
         self.ip, self.peer = _peer_name(transport)
         refusal = self._server._admit(self)
         if refusal is not None:
             self._log_close(refusal)
             self.state = State.CLOSED
-            transport.abort()
+            self._transport.abort()
             return
         self._accepted_at = self._loop.time()
         self._deadline = self._loop.call_later(
