@@ -3,7 +3,9 @@
 Scenarios: ``webrtc`` (one painted publisher, N viewers over K processes, floor and baseline in
 the same run), ``floor`` (SRTP protect + sendto per packet per viewer, nothing else), ``events``
 and ``flashsale`` (loadtest.live_bench), ``cohost`` (anchor <-> co-host latency, FLV mixer CPU;
-loadtest.cohost), ``split`` (a viewer's server CPU: per packet vs fixed; loadtest.split).
+loadtest.cohost), ``split`` (a viewer's server CPU: per packet vs fixed; loadtest.split),
+``rtmp`` (RTMP ingest: CPU per anchor, glass-to-glass to WebRTC and FLV, viewer cost against a
+WHIP anchor; loadtest.rtmp).
 The FLV probe is ``python -m loadtest.flv_probe``. The white-box per-packet path benchmark,
 which imports ``sfu``, is not here: ``python -m benchmarks.path``.
 """
@@ -18,7 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-from loadtest import cohost, live_bench, paced_floor, split
+from loadtest import cohost, live_bench, paced_floor, rtmp, split
 from loadtest.floor import print_floor, run_floor
 from loadtest.procstat import resolve_server_pids
 from loadtest.stats import write_report
@@ -76,12 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     cohost.add_parser(sub)
     split.add_parser(sub)
     paced_floor.add_parser(sub)
+    rtmp.add_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper())
     if args.command in ("events", "flashsale"):
         return live_bench.run(args)
     if args.command == "paced-floor":
         return paced_floor.main(args)
+    if args.command == "rtmp":
+        return rtmp.main(args)
     if args.command in ("cohost", "split"):
         if not args.url.startswith(("http://127.0.0.1", "http://localhost")):
             parser.error("loopback only: --url must be http://127.0.0.1:PORT")
