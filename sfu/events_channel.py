@@ -10,19 +10,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-import msgpack
 from aiortc import RTCDataChannel
+
+from signaling.live.schema import MAX_EVENT_BYTES, packed_error
 
 logger = logging.getLogger("shopcast.sfu.events")
 
 LABEL = "events"
-MAX_CLIENT_MESSAGE = 16 * 1024  # DESIGN: events larger than 16 KiB are refused
 MAX_BUFFERED = 512 * 1024  # bytes queued in SCTP for one client before we drop its events
-
-
-def error_event(code: str, message: str) -> bytes:
-    packed: bytes = msgpack.packb({"type": "error", "code": code, "message": message})
-    return packed
 
 
 class EventsChannel:
@@ -51,8 +46,8 @@ class EventsChannel:
 
     def _receive(self, message: bytes | str) -> None:
         if isinstance(message, str):
-            self.send(error_event("bad_message", "events are binary msgpack maps"))
-        elif len(message) > MAX_CLIENT_MESSAGE:
-            self.send(error_event("too_large", f"events are at most {MAX_CLIENT_MESSAGE} bytes"))
+            self.send(packed_error("bad_message", "events are binary msgpack maps"))
+        elif len(message) > MAX_EVENT_BYTES:
+            self.send(packed_error("too_large", f"events are at most {MAX_EVENT_BYTES} bytes"))
         else:
             self._on_message(message)

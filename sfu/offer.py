@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from aiortc import sdp
 
 from sfu.errors import BadOffer, OfferTooLarge
-
-MAX_SDP_BYTES = 64 * 1024
+from signaling.negotiation import MAX_SDP_BYTES
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from signaling.tokens import Claims
+from signaling.claims import Claims
+
+MAX_SDP_BYTES = 64 * 1024
+"""The largest SDP offer any door takes (WHIP, WHEP and their ``/ws`` twins)."""
 
 
 class Elsewhere(Exception):

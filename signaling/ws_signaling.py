@@ -38,10 +38,9 @@ from aiohttp import WSMsgType, web
 
 from signaling.errors import ApiError, forbidden
 from signaling.live.gateway import EventGateway, allowed
-from signaling.live.schema import MAX_EVENT_BYTES, pack
-from signaling.live.schema import error as schema_error
+from signaling.live.schema import MAX_EVENT_BYTES, pack, packed_error
 from signaling.live.websocket import stream_room
-from signaling.negotiation import Elsewhere, Negotiator
+from signaling.negotiation import MAX_SDP_BYTES, Elsewhere, Negotiator
 from signaling.service import SIGNALING_KEY
 from signaling.tokens import Claims, Grant, bearer, verify
 
@@ -49,14 +48,8 @@ logger = logging.getLogger("shopcast.signaling.ws")
 
 PATH = "/ws"
 HEARTBEAT_S = 15.0
-MAX_SDP = 64 * 1024
 JOIN_GRANTS = (Grant.SUBSCRIBE, Grant.PUBLISH, Grant.COHOST, Grant.CHAT, Grant.ADMIN)
 SIGNALING = {"publish", "subscribe", "close", "ping"}
-
-
-def error(code: str, message: str, cid: Any = None) -> bytes:
-    """The events schema's ``error`` reply (the same shape on every socket)."""
-    return pack(schema_error(code, message, cid if isinstance(cid, str) else ""))
 
 
 class Refused(Exception):
@@ -152,7 +145,7 @@ async def _first(ws: web.WebSocketResponse) -> dict[str, Any] | None:
             data = _decode(message.data)
             if data is not None:
                 return data
-        await ws.send_bytes(error("bad_frame", "send binary msgpack maps"))
+        await ws.send_bytes(packed_error("bad_frame", "send binary msgpack maps"))
     return None
 
 
@@ -188,12 +181,13 @@ class _Connection:
         async for message in self.ws:
             if message.type != WSMsgType.BINARY:
                 if message.type == WSMsgType.TEXT:
-                    await self.send(error("bad_frame", "send binary msgpack maps"))
+                    await self.send(packed_error("bad_frame", "send binary msgpack maps"))
                     continue
                 break
             data = _decode(message.data)
             if data is None:
-                await self.send(error("malformed", "a message is a msgpack map with a 'type'"))
+                await self.send(
+                    packed_error("malformed", "a message is a msgpack map with a 'type'"))
             elif data["type"] in SIGNALING:
                 await self.send(await self._signal(data))
             else:  # chat, like, purchase, ...: the room's live events
@@ -215,7 +209,7 @@ class _Connection:
                 await negotiator.close(session.room, leg)
                 return pack({"type": "closed", "leg": leg, "cid": cid})
             sdp = data.get("sdp")
-            if not isinstance(sdp, str) or not sdp or len(sdp) > MAX_SDP:
+            if not isinstance(sdp, str) or not sdp or len(sdp) > MAX_SDP_BYTES:
                 raise Refused("malformed_sdp", f"{kind} needs an SDP offer in 'sdp'")
             negotiate = negotiator.publish if kind == "publish" else negotiator.play
             leg, answer = await negotiate(session.room, session.claims, sdp)
@@ -224,16 +218,17 @@ class _Connection:
         except Elsewhere as moved:
             return pack({"type": "redirect", "url": moved.url, "cid": cid})
         except Refused as exc:
-            return error(exc.code, exc.message, cid)
+            return packed_error(exc.code, exc.message, cid)
         except ApiError as exc:
-            return error(exc.code, exc.message, cid)
+            return packed_error(exc.code, exc.message, cid)
 
 
 async def ws_signaling(request: web.Request) -> web.StreamResponse:
     claims = _claims(request)
     signaling = request.app[WS_KEY]
     gateway = request.app[SIGNALING_KEY].live
-    ws = web.WebSocketResponse(max_msg_size=MAX_SDP + 4 * MAX_EVENT_BYTES, heartbeat=HEARTBEAT_S)
+    ws = web.WebSocketResponse(max_msg_size=MAX_SDP_BYTES + 4 * MAX_EVENT_BYTES,
+                               heartbeat=HEARTBEAT_S)
     await ws.prepare(request)
     first = await _first(ws)
     if first is None:
@@ -241,7 +236,7 @@ async def ws_signaling(request: web.Request) -> web.StreamResponse:
     try:
         session, after_seq, reply = await _join(signaling, gateway, claims, first)
     except Refused as exc:
-        await ws.send_bytes(error(exc.code, exc.message, first.get("cid")))
+        await ws.send_bytes(packed_error(exc.code, exc.message, first.get("cid")))
         await ws.close()
         return ws
     session.socket = ws

@@ -90,13 +90,13 @@ class EventGateway:
             replies = await self._actions[spec.type](room, claims, data)
         except EventError as exc:
             self.refused += 1
-            return [pack(schema.error(exc.code, exc.message, exc.cid or cid))]
+            return [schema.packed_error(exc.code, exc.message, exc.cid or cid)]
         except LiveError as exc:
             self.refused += 1
-            return [pack(schema.error(exc.code, exc.message, cid))]
+            return [schema.packed_error(exc.code, exc.message, cid)]
         except Exception:  # a bug here must not take the client's connection down with it
             logger.exception("handling a client event failed in room %s", room)
-            return [pack(schema.error("internal", "the server failed to handle that", cid))]
+            return [schema.packed_error("internal", "the server failed to handle that", cid)]
         return [pack(reply) for reply in replies]
 
     async def snapshot(self, room: str) -> bytes:

@@ -25,7 +25,7 @@ from common.tasks import stop_tasks
 from signaling.bus import Subscription
 from signaling.errors import bad_request, forbidden
 from signaling.live.gateway import EventGateway, allowed
-from signaling.live.schema import MAX_EVENT_BYTES, error, pack
+from signaling.live.schema import MAX_EVENT_BYTES, pack, packed_error
 from signaling.service import SIGNALING_KEY
 from signaling.tokens import Claims, Grant, bearer, verify
 
@@ -120,7 +120,7 @@ class _Socket:
                 for reply in await self.gateway.handle(self.room, self.claims, message.data):
                     await self.send(reply)
             elif message.type == WSMsgType.TEXT:
-                await self.send(pack(error("bad_frame", "send binary msgpack frames")))
+                await self.send(packed_error("bad_frame", "send binary msgpack frames"))
             else:
                 break
 
