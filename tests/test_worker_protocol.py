@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import types
 import typing
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 from waiting import wait_for
 
 from sfu import errors as media_errors
+from sfu import ipc
 from sfu import worker_protocol as wp
 from sfu import worker_protocol_docs as docs
 from sfu.event_bridge import MAX_HELD, EventGate
@@ -23,7 +25,7 @@ WAIT_S = 5.0
 def sample(tp: Any, depth: int = 0) -> Any:
     """A value of type ``tp`` that is not a default, so a lost field shows."""
     origin = typing.get_origin(tp)
-    if origin in (typing.Union, __import__("types").UnionType):
+    if origin in (typing.Union, types.UnionType):
         return sample(next(a for a in typing.get_args(tp) if a is not type(None)), depth)
     if origin is list:
         return [sample(typing.get_args(tp)[0], depth + 1) for _ in range(2)]
@@ -174,8 +176,9 @@ def full_dispatch(direction: wp.Direction, seen: list[wp.WorkerMessage]) -> Disp
 
 
 async def test_a_channel_counts_and_logs_bad_messages_and_keeps_serving(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(ipc, "BAD_MESSAGES", BadMessageLog())  # nothing logged before counts
     here, there = socketpair()
     to_worker: list[wp.WorkerMessage] = []
     from_worker: list[wp.WorkerMessage] = []
