@@ -48,7 +48,8 @@ TTL = 4 * 3600
 PHASES = ("cpu", "latency", "viewers")
 HIGH_PROFILES = ("640c1f", "64001f")  # Constrained High, High: what browsers offer besides
 LIVE_TIMEOUT_S = 15.0
-MAX_PENDING_DECODES = 60  # an FLV reader's decoder further behind than this drops tags
+MAX_PENDING_DECODES = 60
+MAX_SAMPLES = 200_000  # an FLV reader's decoder further behind than this drops tags
 TARGETS = {"rtmp_to_webrtc_p95_ms": 400.0, "ingest_cpu_pct": 5.0, "viewer_cost_ratio": 1.25}
 CODEC_METRIC = re.compile(r'^shopcast_rtmp_codec_seconds_total\{room="(?P<room>[^"]+)",'
                           r'[^}]*kind="(?P<kind>\w+)"\} (?P<v>\S+)$', re.M)
@@ -115,6 +116,7 @@ class FlvClock:
         self.ended = ""
         self.video_tags = self.decoded = self.painted = self.dropped = self.headers = 0
         self.latencies: list[tuple[float, int]] = []  # (monotonic, ms)
+        self.decode_ms: list[float] = []  # time in the decoder per video tag
         self._submitted = self._done = 0
         self._tags = FlvTags()
         self._decoder: Any = None
@@ -186,7 +188,11 @@ class FlvClock:
         try:
             if self._decoder is None:
                 return
-            for frame in self._decoder.decode(av.Packet(nalus)):
+            t0 = time.perf_counter()
+            frames = self._decoder.decode(av.Packet(nalus))
+            if len(self.decode_ms) < MAX_SAMPLES:
+                self.decode_ms.append(1000 * (time.perf_counter() - t0))
+            for frame in frames:
                 self.decoded += 1
                 painted = read_painted(frame)
                 if painted is not None:
@@ -303,9 +309,13 @@ async def latency_phase(run: Run, http: aiohttp.ClientSession) -> dict[str, Any]
     webrtc = [ms for v in viewers for ms, at in zip(v.latencies_ms, v.latency_at, strict=True)
               if at >= start]
     flv_ms = [ms for r in readers for at, ms in r.latencies if at >= start]
+    sent = [ms for at, ms in pusher.sent_ms if at >= start]
     return {
         "room": room, "seconds": args.seconds, "server": cpu, "pusher": pusher.stats(),
         "rtmp_to_webrtc_ms": percentiles(webrtc), "rtmp_to_flv_ms": percentiles(flv_ms),
+        # the parts that are not the server's: the pusher's paint -> sent, an FLV decode
+        "pusher_paint_to_sent_ms": percentiles(sent),
+        "flv_decode_ms": percentiles([round(ms, 2) for r in readers for ms in r.decode_ms]),
         "webrtc_viewers": [{"decoded": v.decoded, "painted": v.painted,
                             "frame_gaps": v.frame_gaps, "lost": v.lost} for v in viewers],
         "flv_readers": [{"status": r.status, "video_tags": r.video_tags, "decoded": r.decoded,
@@ -459,6 +469,12 @@ def print_summary(report: dict[str, Any]) -> None:
             print(f"{label:17} glass-to-glass p50 {_pct(p.get('p50'), 0)} ms"
                   f"  p95 {_pct(p.get('p95'), 0)} ms  p99 {_pct(p.get('p99'), 0)} ms"
                   f"  (n={p.get('n', 0)})")
+        sent, dec = lat["pusher_paint_to_sent_ms"], lat["flv_decode_ms"]
+        print(f"  of which the pusher's paint -> sent p50 {_pct(sent.get('p50'), 0)} ms"
+              f" p95 {_pct(sent.get('p95'), 0)} ms; an FLV reader's decode p50"
+              f" {_pct(dec.get('p50'))} ms p95 {_pct(dec.get('p95'))} ms; server"
+              f" {_pct(lat['server']['server_cpu_pct'])} % of a core, machine"
+              f" {_pct(lat['server']['machine_busy_pct'], 0)} % busy")
     if view := report.get("viewers"):
         cost, pkt = view["cpu_pct_per_viewer"], view["us_per_forwarded_packet"]
         print(f"{view['viewers']} WebRTC viewers: WHIP anchor {_pct(cost['whip'], 3)} %/viewer"

@@ -31,6 +31,7 @@ AAC_SAMPLES = 1024  # samples per AAC frame
 AUDIO_LEAD_S = 0.1
 MAX_PUSH_S = 3600.0
 JOIN_TIMEOUT_S = 10.0
+MAX_SAMPLES = 200_000
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class RtmpPusher:
         self.keyframes = 0
         self.skipped_frames = 0  # capture slots skipped because encoding fell behind
         self.first_write_at: float | None = None  # monotonic
+        self.sent_ms: list[tuple[float, int]] = []  # (monotonic, ms from paint to sent)
         self.error: str | None = None
         self.thread_cpu_s = 0.0  # this thread's CPU (x264's own threads not included)
         self._stop = threading.Event()
@@ -158,7 +160,8 @@ class RtmpPusher:
                 while audio is not None and samples < (slot * period + AUDIO_LEAD_S) * AUDIO_RATE:
                     self._audio(out, audio, wave, samples)
                     samples += AAC_SAMPLES
-                frame = painter.paint(slot, now_ms())
+                capture = now_ms()
+                frame = painter.paint(slot, capture)
                 frame.pts = slot
                 frame.time_base = fractions.Fraction(1, cfg.fps)
                 if slot // cfg.gop != last_gop:  # keyframes on the clock, skipped frames or not
@@ -167,6 +170,8 @@ class RtmpPusher:
                 for packet in video.encode(frame):
                     self.keyframes += int(packet.is_keyframe)
                     self._mux(out, packet)
+                if len(self.sent_ms) < MAX_SAMPLES:  # paint + encode + mux + TCP send
+                    self.sent_ms.append((time.monotonic(), now_ms() - capture))
                 self.frames += 1
                 slot += 1
         finally:
