@@ -28,6 +28,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
@@ -66,8 +67,8 @@ def offer_h264_high() -> None:
     feedback = next((c.rtcpFeedback for c in video if c.mimeType.lower() != "video/rtx"), [])
     pt = max(c.payloadType or 0 for c in video) + 1
     for plid in HIGH_PROFILES:
-        params = {"level-asymmetry-allowed": "1", "packetization-mode": "1",
-                  "profile-level-id": plid}
+        params: dict[str, int | str | None] = {
+            "level-asymmetry-allowed": "1", "packetization-mode": "1", "profile-level-id": plid}
         if any(c.parameters == params for c in video):
             continue
         video.append(RTCRtpCodecParameters(mimeType="video/H264", clockRate=90000,
@@ -412,7 +413,7 @@ def verdicts(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     ingest = ((report.get("cpu") or {}).get("ingest_cpu_pct") or {}).get("video_aac")
     ratio = ((report.get("viewers") or {}).get("cpu_pct_per_viewer") or {}).get("rtmp_over_whip")
     limit = TARGETS["viewer_cost_ratio"]
-    rows = {
+    rows: dict[str, tuple[float | None, float | str, Callable[[float], bool]]] = {
         "rtmp_to_webrtc_p95_ms": (lat.get("p95"), TARGETS["rtmp_to_webrtc_p95_ms"],
                                   lambda v: v <= TARGETS["rtmp_to_webrtc_p95_ms"]),
         "ingest_cpu_pct": (ingest, TARGETS["ingest_cpu_pct"],
