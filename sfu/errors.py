@@ -8,6 +8,8 @@ The ``code`` is the public, machine-readable part of the error and is the same a
 
 from __future__ import annotations
 
+from signaling.room_names import ROOM_NAME_RULE, valid_room_name
+
 
 class MediaError(Exception):
     """Base of every error the media plane reports to a client."""
@@ -50,9 +52,16 @@ class CodecMismatch(MediaError):
 
 
 class BadRoom(MediaError):
-    """A room name outside the rule (see ``signaling.rooms.valid_room_name``)."""
+    """A room name outside the rule (``signaling/room_names.py``)."""
 
     code = "bad_room"
+
+
+def require_room_name(room: str) -> str:
+    """``room`` when it follows the rule every door shares; else ``BadRoom``."""
+    if not valid_room_name(room):
+        raise BadRoom(ROOM_NAME_RULE)
+    return room
 
 
 class NotLive(MediaError):

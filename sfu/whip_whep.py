@@ -14,12 +14,11 @@ answers each with its status and JSON body. What is HTTP's own (content type, me
 
 from __future__ import annotations
 
-import re
 from typing import Protocol
 
 from aiohttp import web
 
-from sfu.errors import BadOffer, BadRoom
+from sfu.errors import BadOffer, require_room_name
 from sfu.http_errors import media_errors
 from sfu.node import NODE_KEY
 from sfu.offer import parse_offer
@@ -30,7 +29,6 @@ from signaling.http_errors import Handler
 from signaling.routing import redirect
 from signaling.tokens import bearer, verify
 
-ROOM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SECRET_KEY = web.AppKey("token_secret", str)
 
 
@@ -73,10 +71,7 @@ _KINDS = {"whip": ("send", "publisher"), "whep": ("recv", "viewer")}
 
 
 def _room(request: web.Request) -> str:
-    room = request.match_info["room"]
-    if not ROOM_NAME.match(room):
-        raise BadRoom("room names are 1-64 letters, digits, '.', '_' or '-'")
-    return room
+    return require_room_name(request.match_info["room"])
 
 
 async def _read_offer(request: web.Request) -> str:

@@ -6,19 +6,18 @@ would answer (``sfu/http_errors.py``), whose code and message the socket sends b
 
 from __future__ import annotations
 
-from sfu.errors import BadRoom, MediaError
+from sfu.errors import MediaError, require_room_name
 from sfu.http_errors import api_error
 from sfu.media_control import NodeMediaControl
 from sfu.node import SfuNode
 from sfu.offer import parse_offer
-from sfu.whip_whep import ROOM_NAME, Placement
+from sfu.whip_whep import Placement
 from signaling.claims import Claims
 from signaling.negotiation import Elsewhere
 
 
 def _check(room: str, claims: Claims, publish: bool) -> None:
-    if not ROOM_NAME.match(room):
-        raise BadRoom("room names are 1-64 letters, digits, '.', '_' or '-'")
+    require_room_name(room)
     claims.require_media(publish, room)
 
 

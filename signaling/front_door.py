@@ -29,9 +29,9 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from signaling.errors import ApiError, bad_request, not_found
+from signaling.errors import ApiError, not_found
 from signaling.nodes import HEARTBEAT_TTL_MS, NoNodeAvailable
-from signaling.rooms import valid_room_name
+from signaling.room_names import require_room_name
 from signaling.routing import RETRY_AFTER_S, RoomPlacement, redirect
 from signaling.tokens import Grant, authorize, bearer, verify
 
@@ -194,10 +194,7 @@ SECRET = web.AppKey("front_door_secret", str)
 
 
 def _room(request: web.Request) -> str:
-    room = request.match_info["room"]
-    if not valid_room_name(room):
-        raise bad_request("room names are 1-64 letters, digits, '.', '_' or '-'", "bad_room")
-    return room
+    return require_room_name(request.match_info["room"])
 
 
 def _authorized(request: web.Request, publish: bool) -> str:

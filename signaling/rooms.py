@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -30,14 +29,6 @@ from signaling.store import (
 from signaling.webhooks import Webhooks
 
 logger = logging.getLogger("shopcast.signaling.rooms")
-
-ROOM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
-def valid_room_name(name: str) -> bool:
-    """1-64 letters, digits, '.', '_' or '-', starting with a letter or digit (WHIP agrees)."""
-    return bool(ROOM_NAME.match(name))
-
 
 VIEWERS_INTERVAL_S = 1.0  # at most one `viewers` count event per room per second
 

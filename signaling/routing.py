@@ -18,10 +18,11 @@ import logging
 from aiohttp import web
 
 from common.tasks import stop_task
-from signaling.errors import ApiError, bad_request, not_found
+from signaling.errors import ApiError, not_found
 from signaling.negotiation import Elsewhere
 from signaling.nodes import NoNodeAvailable, RoomRouter
-from signaling.rooms import RoomService, valid_room_name
+from signaling.room_names import require_room_name
+from signaling.rooms import RoomService
 from signaling.store import NodeRecord, RoomRecord, Store
 from signaling.tokens import Claims
 
@@ -169,8 +170,7 @@ class FrontDoorNegotiator:
         self.placement = placement
 
     async def publish(self, room: str, claims: Claims, offer_sdp: str) -> tuple[str, str]:
-        if not valid_room_name(room):
-            raise bad_request("room names are 1-64 letters, digits, '.', '_' or '-'", "bad_room")
+        require_room_name(room)
         claims.require_media(True, room)
         try:
             owner = await self.placement.assign(room)

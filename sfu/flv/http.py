@@ -24,12 +24,12 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from sfu.errors import BadRoom, RoomNotFound
+from sfu.errors import RoomNotFound, require_room_name
 from sfu.flv.manager import FLV_KEY
 from sfu.flv.viewer_queue import FlvReader
 from sfu.http_errors import media_errors
 from sfu.node import NODE_KEY
-from sfu.whip_whep import ROOM_NAME, SECRET_KEY, elsewhere
+from sfu.whip_whep import SECRET_KEY, elsewhere
 from signaling.errors import ApiError
 from signaling.routing import redirect
 from signaling.tokens import Grant, authorize
@@ -60,8 +60,7 @@ def _kernel_queue(fd: int) -> Callable[[], int]:
 @media_errors
 async def play_flv(request: web.Request) -> web.StreamResponse:
     room = request.match_info["room"]
-    if not ROOM_NAME.match(room):
-        raise BadRoom("room names are 1-64 letters, digits, '.', '_' or '-'")
+    require_room_name(room)
     authorize(
         request.app[SECRET_KEY],
         request.headers.get("Authorization"),

@@ -32,7 +32,7 @@ from sfu.rtmp.contract import (
 from sfu.rtmp.server import RtmpServer
 from signaling.claims import Claims
 from signaling.errors import ApiError
-from signaling.rooms import valid_room_name
+from signaling.room_names import ROOM_NAME_RULE, valid_room_name
 from signaling.tokens import verify
 
 logger = logging.getLogger("shopcast.sfu.rtmp")
@@ -97,8 +97,7 @@ class RtmpDoor:
             raise RtmpRefused(BAD_NAME, f"bad_app: publish to rtmp://HOST:PORT/{APP}/ROOM")
         room = request.stream
         if not valid_room_name(room):
-            raise RtmpRefused(
-                BAD_NAME, "bad_room: room names are 1-64 letters, digits, '.', '_' or '-'")
+            raise RtmpRefused(BAD_NAME, f"bad_room: {ROOM_NAME_RULE}")
         token = request.query.get("token", "")
         if not token:
             raise RtmpRefused(UNAUTHORIZED, "missing_token: add ?token=<token with publish> "

@@ -13,7 +13,7 @@ from signaling.api.schema import Schema, array, obj
 from signaling.errors import bad_request
 from signaling.live.catalog import Product
 from signaling.live.gateway import allowed
-from signaling.rooms import valid_room_name
+from signaling.room_names import require_room_name
 from signaling.tokens import Grant
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -34,10 +34,7 @@ ORDER: Schema = {"type": "object", "description": "id, room, sale_id, sku, title
 
 
 def room_of(call: Call) -> str:
-    room = call.param("room")
-    if not valid_room_name(room):
-        raise bad_request("room names are 1-64 letters, digits, '.', '_' or '-'", "bad_room")
-    return room
+    return require_room_name(call.param("room"))
 
 
 async def add_product(call: Call) -> web.StreamResponse:

@@ -6,8 +6,8 @@ from aiohttp import web
 
 from signaling.api.routes import Call, Route, json_response
 from signaling.api.schema import METADATA, array, obj, ref
-from signaling.errors import bad_request, conflict, not_found
-from signaling.rooms import valid_room_name
+from signaling.errors import conflict, not_found
+from signaling.room_names import require_room_name
 from signaling.store import RoomRecord
 
 ROOM_NAME_SCHEMA = {
@@ -24,9 +24,7 @@ async def _room(call: Call) -> RoomRecord:
 
 
 async def create_room(call: Call) -> web.StreamResponse:
-    name = call.body["name"]
-    if not valid_room_name(name):
-        raise bad_request("room names are 1-64 letters, digits, '.', '_' or '-'", "bad_room")
+    name = require_room_name(call.body["name"])
     room, created = await call.signaling.rooms.create(name, call.body.get("metadata"))
     if not created:
         raise conflict(f"room {name!r} already exists", "room_exists")
