@@ -8,9 +8,12 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver
 from conftest import loopback_config
 from waiting import wait_for
 
+from loadtest.clients import publish
+from loadtest.media import PaintedVideoTrack, ToneAudioTrack
 from sfu.errors import BadOffer
 from sfu.node import NODE_KEY
 from sfu.room_layout import RoomLayout
@@ -76,3 +79,40 @@ async def test_metrics_show_refused_worker_messages(server: Any) -> None:
     await wait_for(lambda: pool.bad_messages()["unknown_op"] == 1, WAIT_S, "the worker's stats")
     assert await metric("unknown_op") == "1"
     assert await metric("malformed") == "0"
+
+
+async def vp8_only_offer() -> str:
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    video = pc.addTransceiver("video", direction="recvonly")
+    capabilities = RTCRtpReceiver.getCapabilities("video")
+    assert capabilities is not None
+    video.setCodecPreferences([c for c in capabilities.codecs if c.mimeType == "video/VP8"])
+    pc.addTransceiver("audio", direction="recvonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    await pc.close()
+    return sdp
+
+
+async def test_a_media_error_in_a_worker_reaches_the_whep_client_as_its_code(server: Any) -> None:
+    """The worker refuses the viewer (UnsupportedCodec); the door answers as it would for a
+    viewer in its own process, and the worker is left with no leg and no feed."""
+    pool = server.app[NODE_KEY].workers
+    anchor = await publish(server.url, "shop", server.token("shop", "anchor", "publish"),
+                           PaintedVideoTrack(), ToneAudioTrack(), prefer="H264")
+    try:
+        node = server.app[NODE_KEY]
+        await wait_for(lambda: "shop" in node.rooms and node.rooms["shop"].live, WAIT_S, "live")
+        headers = {"Authorization": f"Bearer {server.token('shop', 'v', 'subscribe')}",
+                   "Content-Type": "application/sdp"}
+        async with aiohttp.ClientSession() as http, http.post(
+            f"{server.url}/whep/shop", data=await vp8_only_offer(), headers=headers
+        ) as resp:
+            status, body = resp.status, await resp.json()
+        assert status == 400, body
+        assert body["error"]["code"] == "unsupported_codec"
+        assert "H264" in body["error"]["message"] or "H.264" in body["error"]["message"]
+        assert pool.workers[0].legs == {}
+        assert pool.workers[0].feeds == {}
+    finally:
+        await anchor.close()
