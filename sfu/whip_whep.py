@@ -27,7 +27,7 @@ from signaling.claims import Claims
 from signaling.errors import ApiError
 from signaling.http_errors import Handler
 from signaling.routing import redirect
-from signaling.tokens import bearer, verify
+from signaling.tokens import authorize
 
 SECRET_KEY = web.AppKey("token_secret", str)
 
@@ -86,9 +86,8 @@ async def _read_offer(request: web.Request) -> str:
 
 
 def _claims(request: web.Request, kind: str, room: str) -> Claims:
-    claims = verify(request.app[SECRET_KEY], bearer(request.headers.get("Authorization")))
-    claims.require_media(kind == "whip", room)
-    return claims
+    return authorize(request.app[SECRET_KEY], request.headers.get("Authorization"),
+                     publish=kind == "whip", room=room)
 
 
 def _post(kind: str) -> Handler:

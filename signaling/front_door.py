@@ -33,7 +33,7 @@ from signaling.errors import ApiError, not_found
 from signaling.nodes import HEARTBEAT_TTL_MS, NoNodeAvailable
 from signaling.room_names import require_room_name
 from signaling.routing import RETRY_AFTER_S, RoomPlacement, redirect
-from signaling.tokens import Grant, authorize, bearer, verify
+from signaling.tokens import Grant, authorize
 
 logger = logging.getLogger("shopcast.signaling.front_door")
 
@@ -201,8 +201,8 @@ def _authorized(request: web.Request, publish: bool) -> str:
     """The room, once its name, the token and the media grant are checked (the node checks
     them again: it does the one authorization step)."""
     room = _room(request)
-    claims = verify(request.app[SECRET], bearer(request.headers.get("Authorization")))
-    claims.require_media(publish, room)
+    authorize(request.app[SECRET], request.headers.get("Authorization"), publish=publish,
+              room=room)
     return room
 
 

@@ -91,13 +91,23 @@ def authorize(
     secret: str,
     authorization: str | None,
     *,
-    grant: Grant,
-    room: str | None,
+    room: str | None = None,
+    grant: Grant | None = None,
+    publish: bool | None = None,
     query_token: str | None = None,
 ) -> Claims:
-    """Verify the request's token and require ``grant`` in ``room`` in one call."""
+    """Every door's token check, in one place: the token (``Authorization: Bearer``, else
+    ``query_token``), verified, then the rule the door needs: ``grant`` in ``room``
+    (``Claims.require``), or, with ``publish`` given, the media rule of WHIP/WHEP, RTMP and
+    their ``/ws`` twins (``Claims.require_media``). With neither, the caller checks the grants
+    itself (a socket that carries several kinds of message)."""
     claims = verify(secret, bearer(authorization, query_token))
-    claims.require(grant, room)
+    if grant is not None:
+        claims.require(grant, room)
+    if publish is not None:
+        if room is None:
+            raise ValueError("the media rule needs the room")
+        claims.require_media(publish, room)
     return claims
 
 

@@ -42,7 +42,7 @@ from signaling.live.schema import MAX_EVENT_BYTES, pack, packed_error
 from signaling.live.websocket import stream_room
 from signaling.negotiation import MAX_SDP_BYTES, Elsewhere, Negotiator
 from signaling.service import SIGNALING_KEY
-from signaling.tokens import Claims, Grant, bearer, verify
+from signaling.tokens import Claims, Grant, authorize
 
 logger = logging.getLogger("shopcast.signaling.ws")
 
@@ -132,8 +132,8 @@ WS_KEY = web.AppKey("ws_signaling", WsSignaling)
 
 
 def _claims(request: web.Request) -> Claims:
-    claims = verify(request.app[SIGNALING_KEY].settings.secret,
-                    bearer(request.headers.get("Authorization"), request.query.get("token")))
+    claims = authorize(request.app[SIGNALING_KEY].settings.secret,
+                       request.headers.get("Authorization"), query_token=request.query.get("token"))
     if not any(allowed(claims, grant) for grant in JOIN_GRANTS):
         raise forbidden("the token grants nothing to join with", "missing_grant")
     return claims

@@ -33,7 +33,7 @@ from sfu.rtmp.server import RtmpServer
 from signaling.claims import Claims
 from signaling.errors import ApiError
 from signaling.room_names import ROOM_NAME_RULE, valid_room_name
-from signaling.tokens import verify
+from signaling.tokens import authorize
 
 logger = logging.getLogger("shopcast.sfu.rtmp")
 
@@ -102,8 +102,7 @@ class RtmpDoor:
         if not token:
             raise RtmpRefused(UNAUTHORIZED, "missing_token: add ?token=<token with publish> "
                                             "to the stream key")
-        claims = verify(self._secret, token)
-        claims.require_media(True, room)
+        claims = authorize(self._secret, None, query_token=token, publish=True, room=room)
         if self._placement is not None:
             owner = await self._placement(room)
             if owner is not None:

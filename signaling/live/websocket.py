@@ -27,7 +27,7 @@ from signaling.errors import bad_request, forbidden
 from signaling.live.gateway import EventGateway, allowed
 from signaling.live.schema import MAX_EVENT_BYTES, pack, packed_error
 from signaling.service import SIGNALING_KEY
-from signaling.tokens import Claims, Grant, bearer, verify
+from signaling.tokens import Claims, Grant, authorize
 
 logger = logging.getLogger("shopcast.signaling.live.ws")
 
@@ -39,8 +39,8 @@ JOIN_GRANTS = (Grant.SUBSCRIBE, Grant.CHAT, Grant.ADMIN)
 
 def _claims(request: web.Request, room: str) -> Claims:
     secret = request.app[SIGNALING_KEY].settings.secret
-    claims = verify(secret, bearer(request.headers.get("Authorization"),
-                                   request.query.get("token")))
+    claims = authorize(secret, request.headers.get("Authorization"),
+                       query_token=request.query.get("token"))
     if claims.room not in (room, "*"):
         raise forbidden(f"token is for room {claims.room!r}, not {room!r}", "wrong_room")
     if not any(allowed(claims, grant) for grant in JOIN_GRANTS):
