@@ -21,7 +21,8 @@ from aiortc import RTCRtpSender
 from aiortc import codecs as aiortc_codecs
 from conftest import free_port
 
-from loadtest.rtmp import FlvClock, FlvTags, offer_h264_high, verdicts
+from loadtest.flv_clock import FlvClock, FlvTags
+from loadtest.rtmp import offer_h264_high, verdicts
 from loadtest.rtmp_pusher import PushConfig, RtmpPusher, x264_params
 
 ROOT = Path(__file__).resolve().parent.parent
