@@ -18,6 +18,7 @@ from sfu import worker_protocol as wp
 from sfu import worker_protocol_docs as docs
 from sfu.event_bridge import MAX_HELD, EventGate
 from sfu.ipc import BadMessageLog, ControlChannel, Dispatch, socketpair
+from sfu.typed_maps import Struct
 
 WAIT_S = 5.0
 
@@ -32,12 +33,12 @@ def sample(tp: Any, depth: int = 0) -> Any:
     if origin is dict:
         key, val = typing.get_args(tp)
         return {sample(key, depth + 1): sample(val, depth + 1)}
-    if isinstance(tp, type) and issubclass(tp, wp.Struct):
+    if isinstance(tp, type) and issubclass(tp, Struct):
         return sample_struct(tp)
     return {int: 2**40 + depth, str: f"s{depth}", bytes: b"\x00\xff", bool: True}[tp]
 
 
-def sample_struct(cls: type[wp.Struct]) -> Any:
+def sample_struct(cls: type[Struct]) -> Any:
     return cls(**{spec.name: sample(spec.type) for spec in cls.specs})  # type: ignore[call-arg]
 
 
