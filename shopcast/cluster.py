@@ -33,7 +33,7 @@ from signaling.ws_signaling import WsSignaling
 def create_signaling_app(config: Config) -> web.Application:
     app = base_app(config)
     signaling = add_control_plane(app, config)
-    signaling.rooms.media = BusMediaControl(signaling.bus)
+    signaling.attach_media(BusMediaControl(signaling.bus))  # close/kick/mute: to the nodes
     placement = RoomPlacement(signaling.store, signaling.rooms)
     forwarder = add_front_door(app, placement, signaling.settings.secret)
     ws_signaling.add_routes(app, WsSignaling(FrontDoorNegotiator(placement), config.ws_resume_s))
