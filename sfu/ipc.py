@@ -148,7 +148,7 @@ class BadMessageLog:
             self._last.clear()
         self._last[key] = now
         logger.warning(
-            "bad control message refused reason=%s op=%s peer=%s detail=%s",
+            "bad control message refused reason=%s op=%r peer=%s detail=%r",
             error.reason.value, key[1], peer, error.detail[:200],
         )
         return True
@@ -162,7 +162,7 @@ class ControlChannel:
 
     def __init__(
         self, sock: socket.socket, dispatch: Dispatch, on_closed: Callable[[], None],
-        peer: str = "worker",
+        peer: str = "peer",
     ) -> None:
         dispatch.check()
         self._sock = sock

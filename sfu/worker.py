@@ -94,7 +94,7 @@ class Worker:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         self.control = ControlChannel(
-            self._control_sock, self.dispatch, self._stopped.set, peer="publisher's process"
+            self._control_sock, self.dispatch, self._stopped.set, peer="pool"
         )
         loop.add_reader(self._media_sock.fileno(), read_media(self._media_sock, self._deliver))
         self.control.send(Ready(os.getpid()))

@@ -152,7 +152,7 @@ class WorkerPool:
             media_here.shutdown(0)  # the publisher's process only sends media
             control = ControlChannel(
                 control_here, self._dispatch(index),
-                functools.partial(self._channel_closed, index), peer=f"worker {index}",
+                functools.partial(self._channel_closed, index), peer=f"worker-{index}",
             )
             handle = WorkerHandle(index, process, control, MediaSender(media_here))
             self.workers.append(handle)

@@ -185,7 +185,7 @@ async def test_a_channel_counts_and_logs_bad_messages_and_keeps_serving(
     from_worker: list[wp.WorkerMessage] = []
     closed: list[bool] = []
     pool = ControlChannel(here, full_dispatch(wp.Direction.FROM_WORKER, from_worker),
-                          lambda: closed.append(True), peer="worker 0")
+                          lambda: closed.append(True), peer="worker-0")
     worker = ControlChannel(there, full_dispatch(wp.Direction.TO_WORKER, to_worker),
                             lambda: closed.append(True), peer="pool")
     caplog.set_level(logging.WARNING, logger="shopcast.sfu.ipc")
@@ -201,7 +201,7 @@ async def test_a_channel_counts_and_logs_bad_messages_and_keeps_serving(
                           "wrong_direction": 1}
     lines = [r.getMessage() for r in caplog.records if "bad control message" in r.getMessage()]
     assert len(lines) == 4, lines  # the second "nope" within the minute is counted, not logged
-    assert any("reason=unknown_op op=nope" in line for line in lines)
+    assert any("reason=unknown_op op='nope' peer=pool" in line for line in lines)
     worker.send(wp.Stats({"retransmits": {1: 2}}, viewers=3, bad_messages=dict(worker.bad)))
     await wait_for(lambda: len(from_worker) == 1, WAIT_S, "stats")
     assert from_worker[0] == wp.Stats({"retransmits": {1: 2}}, 3, dict(worker.bad))
