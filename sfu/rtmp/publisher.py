@@ -30,6 +30,7 @@ from sfu.rtmp.avc import AvcConfig
 from sfu.rtmp.connection import RtmpConnection
 from sfu.rtmp.flv_tags import parse_audio_tag, parse_video_tag
 from sfu.rtmp.video import CLOCK_KHZ, RtmpVideo
+from sfu.settings import KEYFRAME_THROTTLE_MS, RTMP_GRACE_MS
 from signaling.tokens import Claims
 
 logger = logging.getLogger("shopcast.sfu.rtmp")
@@ -42,10 +43,10 @@ SENDER_REPORT_EVERY = 50  # audio packets between clock mappings
 class RtmpOptions:
     """What an RTMP publisher takes from the node's settings."""
 
-    keyframe_throttle_s: float = 0.5
+    keyframe_throttle_s: float = KEYFRAME_THROTTLE_MS / 1000
     fast_start_s: float = 4.0  # an encoder can't be asked for a keyframe: replay up to a GOP
     fast_start_packets: int = 1024
-    grace_s: float = 5.0
+    grace_s: float = RTMP_GRACE_MS / 1000
     keyframe_interval_s: float = 2.0  # of our own transcode, when the anchor sends B-frames
 
 
