@@ -15,8 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
-import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,7 +25,7 @@ import pytest
 import pytest_asyncio
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from multidict import CIMultiDict
-from test_multinode import START_LIMIT_S, Proc, eventually, healthy, spawn, token
+from test_multinode import Proc, eventually, spawn, stop_all, token, wait_started
 
 from loadtest.clients import loopback_only, play, publish
 from loadtest.media import PaintedVideoTrack, ToneAudioTrack
@@ -41,23 +39,10 @@ async def cluster(redis_server: str, tmp_path: Path) -> AsyncIterator[dict[str, 
     procs = {name: spawn(name, role, redis_server, prefix, tmp_path) for name, role in (
         ("sfu-1", "sfu"), ("sig-a", "signaling"), ("sig-b", "signaling"))}
     try:
-        deadline = time.monotonic() + START_LIMIT_S
-        for proc in procs.values():
-            while not await healthy(proc.url):
-                if proc.popen.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"{proc.name} did not start:\n{proc.tail()}")
-                await asyncio.sleep(0.1)
+        await wait_started(procs)
         yield procs
     finally:
-        for proc in procs.values():
-            if proc.popen.poll() is None:
-                proc.popen.send_signal(signal.SIGTERM)
-        for proc in procs.values():
-            try:
-                proc.popen.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.popen.kill()
-                proc.popen.wait(timeout=5)
+        stop_all(procs)
 
 
 def one_url_session(seen: list[str]) -> aiohttp.ClientSession:

@@ -90,24 +90,34 @@ async def cluster(redis_server: str, tmp_path: Path) -> AsyncIterator[dict[str, 
     procs = {name: spawn(name, role, redis_server, prefix, tmp_path) for name, role in (
         ("sfu-a", "sfu"), ("sfu-b", "sfu"), ("sig-a", "signaling"), ("sig-b", "signaling"))}
     try:
-        deadline = time.monotonic() + START_LIMIT_S
-        for proc in procs.values():
-            while not await healthy(proc.url):
-                if proc.popen.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"{proc.name} did not start:\n{proc.tail()}")
-                await asyncio.sleep(0.1)
+        await wait_started(procs)
         say("up: " + ", ".join(f"{p.name}={p.url} (pid {p.popen.pid})" for p in procs.values()))
         yield procs
     finally:
-        for proc in procs.values():
-            if proc.popen.poll() is None:
-                proc.popen.send_signal(signal.SIGTERM)
-        for proc in procs.values():
-            try:
-                proc.popen.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.popen.kill()
-                proc.popen.wait(timeout=5)
+        stop_all(procs)
+
+
+async def wait_started(procs: dict[str, Proc]) -> None:
+    """Every process answers /healthz within START_LIMIT_S, or the test fails with its log."""
+    deadline = time.monotonic() + START_LIMIT_S
+    for proc in procs.values():
+        while not await healthy(proc.url):
+            if proc.popen.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"{proc.name} did not start:\n{proc.tail()}")
+            await asyncio.sleep(0.1)
+
+
+def stop_all(procs: dict[str, Proc]) -> None:
+    """SIGTERM every process, then wait (SIGKILL after 10 s)."""
+    for proc in procs.values():
+        if proc.popen.poll() is None:
+            proc.popen.send_signal(signal.SIGTERM)
+    for proc in procs.values():
+        try:
+            proc.popen.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.popen.kill()
+            proc.popen.wait(timeout=5)
 
 
 async def eventually(check: Any, limit_s: float, what: str, every_s: float = 0.1) -> Any:

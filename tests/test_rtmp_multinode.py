@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,7 +16,7 @@ import pytest
 import pytest_asyncio
 from conftest import free_port
 from flv_helpers import ffprobe
-from test_multinode import START_LIMIT_S, Proc, healthy, spawn, token
+from test_multinode import Proc, spawn, stop_all, token, wait_started
 from test_rtmp_ingest import ffmpeg_push, pushing
 from waiting import wait_for
 
@@ -38,23 +36,10 @@ async def cluster(redis_server: str, tmp_path: Path
         "sig": spawn("sig", "signaling", redis_server, prefix, tmp_path),
     }
     try:
-        deadline = time.monotonic() + START_LIMIT_S
-        for proc in procs.values():
-            while not await healthy(proc.url):
-                if proc.popen.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"{proc.name} did not start:\n{proc.tail()}")
-                await asyncio.sleep(0.1)
+        await wait_started(procs)
         yield procs, rtmp
     finally:
-        for proc in procs.values():
-            if proc.popen.poll() is None:
-                proc.popen.send_signal(signal.SIGTERM)
-        for proc in procs.values():
-            try:
-                proc.popen.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.popen.kill()
-                proc.popen.wait(timeout=5)
+        stop_all(procs)
 
 
 async def test_rtmp_lands_on_a_node_and_plays_through_the_front_door(

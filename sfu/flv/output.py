@@ -33,7 +33,7 @@ from sfu.flv.mixer import MixFrame, VideoMixer
 from sfu.flv.muxer import TAG_VIDEO, StreamMuxer, Tag, file_header, retime
 from sfu.flv.tag_feed import FlvFeed
 from sfu.flv.timeline import Timeline, TrackClock
-from sfu.flv.transcode import H264Frame, Vp8Frame, Vp8ToH264
+from sfu.flv.transcode import H264Frame, SourceFrame, ToH264
 from sfu.flv.viewer_queue import FlvReader, Transport
 from sfu.flv.worker import OrderedWorker
 from sfu.producer import Producer
@@ -84,7 +84,7 @@ class RoomFlvOutput:
         self._sinks: list[tuple[Producer, ProducerSink]] = []
         self._h264: H264Depacketizer | None = None
         self._vp8: Vp8Depacketizer | None = None
-        self._transcoder: OrderedWorker[Vp8Frame, H264Frame] | None = None
+        self._transcoder: OrderedWorker[SourceFrame, H264Frame] | None = None
         self._aac: OrderedWorker[OpusPacket, AacPacket] | None = None
         self._opus_to_aac = OpusToAac()
         self._last_video_ms = -1
@@ -105,7 +105,7 @@ class RoomFlvOutput:
             self._video_clock = self._clock(self.video)
             if self.video.codec.name.lower() == "vp8":
                 self._vp8 = Vp8Depacketizer(on_loss=self.video.request_keyframe)
-                converter = Vp8ToH264(keyframe_interval_s=settings.keyframe_period_ms / 1000)
+                converter = ToH264("vp8", keyframe_interval_s=settings.keyframe_period_ms / 1000)
                 self._transcoder = OrderedWorker(
                     f"flv-vp8-{room}", converter.process, self._on_transcoded
                 )
@@ -153,7 +153,7 @@ class RoomFlvOutput:
                 if self._mix is _Mix.MIXING:
                     continue  # the mix replaces the transcoded anchor: spare the encoder
                 force, self._force_keyframe = self._force_keyframe, False
-                self._transcoder.submit(Vp8Frame(frame.data, ms, force))
+                self._transcoder.submit(SourceFrame(frame.data, ms, force))
 
     def _on_audio_packet(self, packet: bytes, keyframe: bool) -> None:
         rtp = parse_rtp(packet)

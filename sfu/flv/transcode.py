@@ -1,4 +1,5 @@
-"""VP8 to H.264, once per room, for anchors whose browser would not send H.264.
+"""To H.264, once per room: VP8 from anchors whose browser would not send H.264 (for FLV), and
+H.264 with B-frames from RTMP encoders (for WebRTC viewers, ``sfu/rtmp/video.py``).
 
 Runs on the room's codec thread. libx264 Constrained Baseline, ``tune=zerolatency`` (no
 lookahead, no B-frames: one frame in, one frame out) and ``ultrafast``, so the added latency
@@ -19,7 +20,9 @@ _MS = Fraction(1, 1000)
 
 
 @dataclass(frozen=True)
-class Vp8Frame:
+class SourceFrame:
+    """One encoded frame to transcode (a VP8 frame, or an Annex-B H.264 access unit)."""
+
     data: bytes
     timestamp_ms: int
     force_keyframe: bool
@@ -95,14 +98,19 @@ class H264Encoder:
         return H264Frame(data, timestamp_ms, keyframe, self._sps, self._pps, width, height)
 
 
-class Vp8ToH264:
-    """Stateful decoder + encoder; call ``process`` from one thread only."""
+class ToH264:
+    """Stateful decoder (VP8, or H.264 with B-frames) + H.264 encoder; call ``process`` from
+    one thread only. Output frames carry the decoder's presentation times, so a source that
+    reorders (B-frames) comes out in presentation order."""
 
-    def __init__(self, bitrate: int = 1_200_000, keyframe_interval_s: float = 2.0) -> None:
-        self._decoder = av.CodecContext.create("vp8", "r")
+    def __init__(self, source: str = "vp8", bitrate: int = 1_200_000,
+                 keyframe_interval_s: float = 2.0) -> None:
+        decoder = av.CodecContext.create(source, "r")
+        assert isinstance(decoder, av.VideoCodecContext)
+        self._decoder = decoder
         self._encoder = H264Encoder(bitrate, keyframe_interval_s)
 
-    def process(self, frame: Vp8Frame) -> list[H264Frame]:
+    def process(self, frame: SourceFrame) -> list[H264Frame]:
         packet = av.Packet(frame.data)
         packet.pts = frame.timestamp_ms
         packet.time_base = _MS
@@ -113,5 +121,6 @@ class Vp8ToH264:
         out: list[H264Frame] = []
         for picture in pictures:
             assert isinstance(picture, av.VideoFrame)
-            out += self._encoder.encode(picture, frame.timestamp_ms, frame.force_keyframe)
+            pts = frame.timestamp_ms if picture.pts is None else int(picture.pts)
+            out += self._encoder.encode(picture, pts, frame.force_keyframe)
         return out

@@ -22,15 +22,13 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from fractions import Fraction
 
-import av
 from aiortc import RTCRtpCodecParameters
 from aiortc.rtcrtpparameters import RTCRtcpFeedback
 from aiortc.rtp import RtpPacket
 
 from sfu.flv.depacketizer import START_CODE, split_annexb
-from sfu.flv.transcode import H264Encoder, H264Frame
+from sfu.flv.transcode import H264Frame, SourceFrame, ToH264
 from sfu.flv.worker import OrderedWorker
 from sfu.producer import Producer
 from sfu.rtmp.avc import AvcConfig, nal_type, split_avcc
@@ -41,7 +39,6 @@ logger = logging.getLogger("shopcast.sfu.rtmp")
 VIDEO_PAYLOAD_TYPE = 102
 CLOCK_KHZ = 90
 NAL_IDR = 5
-_MS = Fraction(1, 1000)
 
 
 def h264_codec(profile_level_id: str) -> RTCRtpCodecParameters:
@@ -76,27 +73,15 @@ class BFrameRemover:
     """Decode + re-encode without B-frames, on the room's codec thread (see module doc)."""
 
     def __init__(self, keyframe_interval_s: float) -> None:
-        self._decoder = av.CodecContext.create("h264", "r")
-        self._encoder = H264Encoder(keyframe_interval_s=keyframe_interval_s)
+        self._transcoder = ToH264("h264", keyframe_interval_s=keyframe_interval_s)
         self.force_keyframe = False
         self.parameter_sets: list[bytes] = []  # SPS and PPS: RTMP sends them out of band
 
     def process(self, unit: AccessUnit) -> list[H264Frame]:
         nals = [*self.parameter_sets, *unit.nals] if unit.keyframe else unit.nals
-        packet = av.Packet(b"".join(START_CODE + nal for nal in nals))
-        packet.pts = unit.pts_ms
-        packet.time_base = _MS
-        try:
-            pictures = self._decoder.decode(packet)
-        except av.FFmpegError:
-            return []
-        out: list[H264Frame] = []
-        for picture in pictures:
-            assert isinstance(picture, av.VideoFrame)
-            force, self.force_keyframe = self.force_keyframe, False
-            pts = picture.pts if picture.pts is not None else unit.pts_ms
-            out += self._encoder.encode(picture, int(pts), force)
-        return out
+        force, self.force_keyframe = self.force_keyframe, False
+        return self._transcoder.process(
+            SourceFrame(b"".join(START_CODE + nal for nal in nals), unit.pts_ms, force))
 
 
 class RtmpVideo:
