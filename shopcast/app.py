@@ -24,6 +24,7 @@ from shopcast.config import Config
 from shopcast.control_plane import add_control_plane, metrics_lines
 from signaling import pages, ws_signaling
 from signaling.cors import cors_middleware
+from signaling.front_door import MAX_BODY_BYTES
 from signaling.http_errors import error_middleware
 from signaling.service import Signaling
 from signaling.ws_signaling import WsSignaling
@@ -74,7 +75,8 @@ def create_app(config: Config) -> web.Application:
 
 
 def base_app(config: Config) -> web.Application:
-    app = web.Application(middlewares=[cors_middleware, error_middleware], client_max_size=1 << 20)
+    app = web.Application(middlewares=[cors_middleware, error_middleware],
+                          client_max_size=MAX_BODY_BYTES)
     app[CONFIG_KEY] = config
     app[whip_whep.SECRET_KEY] = config.resolve_secret()
     return app
