@@ -252,12 +252,12 @@ class SfuNode:
             closed=lambda: bridge.close_local(leg.id, leg.room),
         )
 
-    def session(self, room_name: str, leg_id: str, role: str) -> Session:
-        """The ``role`` session ``leg_id`` of ``room_name`` (a WHIP/WHEP resource)."""
-        leg = self.sessions.get(leg_id)
-        if leg is None or leg.room != room_name or leg.role != role:
-            raise SessionNotFound(f"no {role} session {leg_id!r} in room {room_name!r}")
-        return leg
+    def session(self, room_name: str, session_id: str, role: str) -> Session:
+        """The ``role`` session ``session_id`` of ``room_name`` (a WHIP/WHEP resource)."""
+        session = self.sessions.get(session_id)
+        if session is None or session.room != room_name or session.role != role:
+            raise SessionNotFound(f"no {role} session {session_id!r} in room {room_name!r}")
+        return session
 
     def _publisher_live(self, publisher: PublisherSession) -> None:
         room = self.rooms.get(publisher.room)

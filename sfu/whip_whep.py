@@ -102,17 +102,17 @@ def _post(kind: str) -> Handler:
             return redirect(target, request)
         offer = parse_offer(await _read_offer(request), want=want)
         node = request.app[NODE_KEY]
-        leg: Session
+        session: Session
         if kind == "whip":
-            leg, answer = await node.publish(room, claims.identity, offer, claims)
+            session, answer = await node.publish(room, claims.identity, offer, claims)
         else:
-            leg, answer = await node.play(room, claims.identity, offer, claims)
-        location = f"/{kind}/{room}/{leg.id}"
+            session, answer = await node.play(room, claims.identity, offer, claims)
+        location = f"/{kind}/{room}/{session.id}"
         return web.Response(
             status=201,
             text=answer,
             content_type="application/sdp",
-            headers={"Location": location, "ETag": f'"{leg.id}"'},
+            headers={"Location": location, "ETag": f'"{session.id}"'},
         )
 
     return handler
@@ -125,8 +125,8 @@ def _delete(kind: str) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
         room = _room(request)
         _claims(request, kind, room)
-        leg = request.app[NODE_KEY].session(room, request.match_info["id"], role)
-        await leg.close()
+        session = request.app[NODE_KEY].session(room, request.match_info["id"], role)
+        await session.close()
         return web.Response(status=204)
 
     return handler
