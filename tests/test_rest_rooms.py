@@ -124,7 +124,7 @@ async def test_live_state_and_participants(server: Any, admin: Api, media: Recor
     assert {t["kind"] for t in state["publishers"][0]["tracks"]} == {"audio", "video"}
     assert state["counts"] == {
         "participants": 4, "viewers": 3,
-        "by_transport": {"whip": 1, "whep": 1, "flv": 1, "ws": 1},
+        "by_transport": {"whip": 1, "rtmp": 0, "whep": 1, "flv": 1, "ws": 1},
     }
     assert state["seq"] > 0
 

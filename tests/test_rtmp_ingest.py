@@ -149,6 +149,10 @@ async def test_rest_kick_ends_the_encoder_and_the_room(server: Server) -> None:
                                 headers={"Authorization": f"Bearer {admin}"}) as response:
                 listed = (await response.json())["participants"]
             assert [(p["identity"], p["transport"]) for p in listed] == [("anchor", "rtmp")]
+            async with http.get(f"{server.url}/api/v1/rooms/rtmp4",
+                                headers={"Authorization": f"Bearer {admin}"}) as response:
+                counts = (await response.json())["counts"]
+            assert (counts["participants"], counts["viewers"]) == (1, 0), counts
             async with http.delete(f"{server.url}/api/v1/rooms/rtmp4/participants/anchor",
                                    headers={"Authorization": f"Bearer {admin}"}) as response:
                 assert response.status == 200, await response.text()

@@ -102,7 +102,7 @@ PARTICIPANT: Schema = obj(
     ["sid", "identity", "transport", "role", "name", "node", "joined_at", "metadata", "tracks"],
     sid={"type": "string", "description": "session id (one WHIP/WHEP/FLV/WS session)"},
     identity={"type": "string", "description": "the token's sub"},
-    transport={"type": "string", "enum": ["whip", "whep", "flv", "ws"]},
+    transport={"type": "string", "enum": ["whip", "rtmp", "whep", "flv", "ws"]},
     role=STRING, name=STRING, node=STRING,
     joined_at={"type": "number", "description": "unix seconds"},
     metadata=METADATA, tracks=array(ref("Track")),

@@ -189,7 +189,7 @@ SERVER_EVENTS: dict[str, EventSpec] = {s.type: s for s in [
             Field("duplicate", "bool", "true when a retry returned the first order"), CID,
             reply=True),
     _server("viewers", "The live viewer count.", Field("count", "int", "viewers"),
-            Field("by_transport", "map", "{whip, whep, flv, ws}", required=False)),
+            Field("by_transport", "map", "{whip, rtmp, whep, flv, ws}", required=False)),
     _server("cohost", "The anchor's call changed: an invitation, its answer, a co-host "
             "joining or leaving the stage.", IDENTITY,
             Field("action", "str", "invited | accepted | declined | removed | joined | left"),

@@ -49,10 +49,14 @@ class Transport(StrEnum):
     """How a participant's session reaches the room; viewer counts are kept per transport."""
 
     WHIP = "whip"
-    RTMP = "rtmp"
+    RTMP = "rtmp"  # an encoder publishing over RTMP
     WHEP = "whep"
     FLV = "flv"
     WS = "ws"
+
+
+PUBLISHING = frozenset((Transport.WHIP, Transport.RTMP))
+"""Transports of publishers: every other session counts as a viewer."""
 
 
 @dataclass(frozen=True)
@@ -137,7 +141,7 @@ class RoomCounts:
 
     @property
     def viewers(self) -> int:
-        return sum(n for t, n in self.by_transport.items() if t != Transport.WHIP)
+        return sum(n for t, n in self.by_transport.items() if t not in PUBLISHING)
 
     def to_json(self) -> JsonObject:
         return {
