@@ -95,7 +95,8 @@ class Run:
     async def pusher(self, room: str, video_bitrate: int, audio_bitrate: int) -> RtmpPusher:
         url = f"{self.rtmp}/live/{room}?token={self.token(room, 'rtmp-anchor', 'publish')}"
         pusher = RtmpPusher(PushConfig(url=url, video_bitrate=video_bitrate,
-                                       audio_bitrate=audio_bitrate, preset=self.args.preset))
+                                       audio_bitrate=audio_bitrate, preset=self.args.preset,
+                                       audio_channels=self.args.audio_channels))
         pusher.start()
         if not await pusher.wait_started(LIVE_TIMEOUT_S):
             await pusher.stop()
@@ -374,6 +375,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--phases", type=_phases, default=list(PHASES), help="cpu,latency,viewers")
     p.add_argument("--bitrate", type=int, default=1_200_000, help="anchor video bps (cpu, latency)")
     p.add_argument("--audio-bitrate", type=int, default=128_000, help="AAC bps")
+    p.add_argument("--audio-channels", type=int, choices=(1, 2), default=2, help="AAC channels")
     p.add_argument("--preset", default="veryfast", help="x264 preset of the pusher")
     p.add_argument("--cpu-seconds", type=float, default=20.0, help="each CPU window")
     p.add_argument("--webrtc-viewers", type=int, default=3, help="decoding WHEP viewers")

@@ -41,6 +41,7 @@ class PushConfig:
     url: str
     video_bitrate: int = 1_200_000
     audio_bitrate: int = 128_000  # 0: video only
+    audio_channels: int = 2  # OBS sends stereo
     fps: int = FPS
     gop: int = FPS  # frames between keyframes: 1 s at 30 fps
     preset: str = "veryfast"
@@ -108,7 +109,8 @@ class RtmpPusher:
         return {"frames": self.frames, "audio_frames": self.audio_frames, "bytes": self.bytes,
                 "keyframes": self.keyframes, "skipped_frames": self.skipped_frames,
                 "thread_cpu_s": round(self.thread_cpu_s, 3), "error": self.error,
-                "video_bitrate": self.cfg.video_bitrate, "audio_bitrate": self.cfg.audio_bitrate}
+                "video_bitrate": self.cfg.video_bitrate, "audio_bitrate": self.cfg.audio_bitrate,
+                "audio_channels": self.cfg.audio_channels}
 
     def _run(self) -> None:
         try:
@@ -134,7 +136,8 @@ class RtmpPusher:
                          "forced-idr": "1", "x264-params": x264_params(cfg)}
         audio: Any = None
         if cfg.audio_bitrate:
-            audio = out.add_stream("aac", rate=AUDIO_RATE, layout="mono")
+            layout = "stereo" if cfg.audio_channels == 2 else "mono"
+            audio = out.add_stream("aac", rate=AUDIO_RATE, layout=layout)
             audio.bit_rate = cfg.audio_bitrate
         return out, video, audio
 
@@ -184,8 +187,10 @@ class RtmpPusher:
 
     def _audio(self, out: Any, stream: Any, wave: np.ndarray, samples: int) -> None:
         offset = samples % AUDIO_RATE
-        chunk = wave[offset : offset + AAC_SAMPLES].reshape(1, -1)
-        frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="mono")
+        channels = self.cfg.audio_channels
+        chunk = np.tile(wave[offset : offset + AAC_SAMPLES], (channels, 1))
+        frame = av.AudioFrame.from_ndarray(chunk, format="fltp",
+                                           layout="stereo" if channels == 2 else "mono")
         frame.sample_rate = AUDIO_RATE
         frame.pts = samples
         frame.time_base = fractions.Fraction(1, AUDIO_RATE)

@@ -92,7 +92,8 @@ async def test_pusher_file_reads_back_as_a_painted_high_stream(tmp_path: Path) -
     with av.open(str(path)) as container:
         video = container.streams.video[0].codec_context
         assert (video.profile, video.max_b_frames, video.width) == ("High", 0, 640)
-        assert container.streams.audio[0].codec_context.name == "aac"
+        audio = container.streams.audio[0].codec_context
+        assert (audio.name, audio.channels, audio.sample_rate) == ("aac", 2, 48000)
     clock = FlvClock("unused")
     data = path.read_bytes()
     for at in range(0, len(data), 1000):
