@@ -42,13 +42,14 @@ from loadtest.procstat import CpuWindow, resolve_server_pids
 from loadtest.rtmp_pusher import PushConfig, RtmpPusher
 from loadtest.stats import mint_token, percentiles, write_report
 from loadtest.webrtc import START_TIMEOUT_S, LoadProc, WebrtcConfig, _join, machine
-from loadtest.webrtc_report import step_row, table_line
+from loadtest.webrtc_report import COLUMNS, step_row, table_line
 
 SCHEMA = "shopcast.loadtest.rtmp/1"
 TTL = 4 * 3600
 PHASES = ("cpu", "latency", "viewers")
 HIGH_PROFILES = ("640c1f", "64001f")  # Constrained High, High: what browsers offer besides
 LIVE_TIMEOUT_S = 15.0
+LIVE_POLL_S = 0.25
 TARGETS = {"rtmp_to_webrtc_p95_ms": 400.0, "ingest_cpu_pct": 5.0, "viewer_cost_ratio": 1.25}
 CODEC_METRIC = re.compile(r'^shopcast_rtmp_codec_seconds_total\{room="(?P<room>[^"]+)",'
                           r'[^}]*kind="(?P<kind>\w+)"\} (?P<v>\S+)$', re.M)
@@ -106,13 +107,14 @@ class Run:
     async def play_when_live(self, room: str, identity: str) -> Viewer:
         """A decoding WHEP viewer, retried while the room is not live yet (first keyframe)."""
         deadline = time.monotonic() + LIVE_TIMEOUT_S
-        while True:
+        for _ in range(int(LIVE_TIMEOUT_S / LIVE_POLL_S)):
             try:
                 return await play(self.url, room, self.token(room, identity, "subscribe"))
             except SignalingError as exc:
                 if exc.status != 404 or time.monotonic() > deadline:
                     raise
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(LIVE_POLL_S)
+        raise RuntimeError(f"room {room} did not go live in {LIVE_TIMEOUT_S} s")
 
     async def codec_seconds(self, http: aiohttp.ClientSession, room: str) -> float | None:
         """The room's AAC -> Opus codec thread time from /metrics (None if not exported)."""
@@ -243,14 +245,14 @@ async def viewer_cost(run: Run, kind: str) -> dict[str, Any]:
             anchor = await run.pusher(room, args.compare_bitrate, args.audio_bitrate)
         await asyncio.sleep(args.settle)
         steps.append(await _window(procs, cfg, 0, args.step_seconds, None, groups))
-        print(f"{kind}: " + table_line(steps[-1]), flush=True)
+        print(f"{kind:>7} " + table_line(steps[-1]), flush=True)
         errors: list[str] = []
         await _join(procs, None, cfg, args.viewers, args.viewers, errors)
         run.errors += [f"{kind}: {e}" for e in errors[:20]]
         await asyncio.sleep(args.settle)
         steps.append(await _window(procs, cfg, args.viewers, args.step_seconds,
                                    steps[0]["server_cpu_pct"], groups))
-        print(f"{kind}: " + table_line(steps[-1]), flush=True)
+        print(f"{kind:>7} " + table_line(steps[-1]), flush=True)
         await asyncio.gather(*(p.call({"op": "close"}, 60) for p in procs),
                              return_exceptions=True)
     finally:
@@ -267,6 +269,7 @@ async def viewer_cost(run: Run, kind: str) -> dict[str, Any]:
 async def viewers_phase(run: Run) -> dict[str, Any]:
     """WHIP then RTMP (``--rounds 2``: WHIP, RTMP, RTMP, WHIP, so a drift cancels out)."""
     order = ["whip", "rtmp"] if run.args.rounds == 1 else ["whip", "rtmp", "rtmp", "whip"]
+    print(" ".join(f"{c:>7}" for c in ("anchor", *COLUMNS)), flush=True)
     runs = [await viewer_cost(run, kind) for kind in order]
     out: dict[str, Any] = {"viewers": run.args.viewers, "order": order, "runs": runs}
     for key in ("cpu_pct_per_viewer", "us_per_forwarded_packet"):
