@@ -40,12 +40,6 @@ def track_sids(publisher: PublisherSession) -> list[tuple[str, Producer]]:
     return out
 
 
-def _transport(session: Session) -> Transport:
-    if session.role != "publisher":
-        return Transport.WHEP
-    return Transport.WHIP if getattr(session, "flv_feed", None) is None else Transport.RTMP
-
-
 class SessionBridge:
     """Reports the node's sessions and tracks to the control plane, in order per session."""
 
@@ -57,8 +51,9 @@ class SessionBridge:
 
     def session_started(self, session: Session, name: str = "") -> None:
         self._joined.add(session.id)
-        self.reporter.joined(session.room, session.id, session.identity, _transport(session),
-                             role=session.role, name=name, slot=getattr(session, "slot", -1))
+        self.reporter.joined(session.room, session.id, session.identity,
+                             Transport(session.transport), role=session.role, name=name,
+                             slot=getattr(session, "slot", -1))
 
     def session_ended(self, session: Session) -> None:
         """Only sessions that were reported: a failed negotiation never joined, never leaves."""

@@ -43,6 +43,7 @@ class PeerLeg:
     a ``Session`` (``sfu/session.py``)."""
 
     role = "peer"
+    transport = "webrtc"  # whip or whep in the subclasses
 
     def __init__(
         self,

@@ -22,6 +22,7 @@ class Publisher(PeerLeg):
     """Receives an anchor's audio and video; one Producer per received track."""
 
     role = "publisher"
+    transport = "whip"
     flv_feed: FlvFeed | None = None  # FLV is made from its RTP (sfu/flv/output.py)
 
     def __init__(

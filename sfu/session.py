@@ -40,6 +40,12 @@ class Session(Protocol):
         ...
 
     @property
+    def transport(self) -> str:
+        """How it reaches the room: ``whip``, ``rtmp`` (publishers) or ``whep`` (viewers), as
+        the control plane counts sessions."""
+        ...
+
+    @property
     def claims(self) -> Claims | None:
         """The token the session was opened with (None for sessions opened without one)."""
         ...

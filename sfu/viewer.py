@@ -42,6 +42,7 @@ class Viewer(PeerLeg):
     """Sends the producers' tracks to one viewer; closes itself when none is left."""
 
     role = "viewer"
+    transport = "whep"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

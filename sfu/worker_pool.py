@@ -75,6 +75,7 @@ class RemoteViewer:
     (``sfu/session.py``) like the legs of this process."""
 
     role = "viewer"
+    transport = "whep"
 
     def __init__(self, leg_id: str, room: str, identity: str, worker: WorkerHandle,
                  keys: list[int], claims: Claims | None = None) -> None:
