@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -86,10 +87,13 @@ def demo_urls(cfg: config_module.Config, room: str) -> dict[str, str]:
     guest = mint(secret, room=room, identity="guest",
                  grants=[Grant.COHOST, Grant.SUBSCRIBE, Grant.CHAT], name="Guest", ttl=DEMO_TTL)
     base = cfg.base_url
+    rtmp_host = urlsplit(base).hostname or cfg.host
     return {
         "anchor": f"{base}/anchor?room={room}&token={anchor}",
         "cohost": f"{base}/cohost?room={room}&token={guest}",
         "viewer": f"{base}/viewer?room={room}&token={viewer}",
+        "rtmp_server": f"rtmp://{rtmp_host}:{cfg.rtmp_port}/live",
+        "rtmp_key": f"{room}?token={anchor}",
     }
 
 
@@ -112,6 +116,9 @@ async def serve_forever(cfg: config_module.Config, role: str, demo_room: str) ->
         print(f"  anchor page: {urls['anchor']}", flush=True)
         print(f"  co-host page: {urls['cohost']}  (the anchor invites 'guest')", flush=True)
         print(f"  viewer page: {urls['viewer']}", flush=True)
+        if role == "serve" and cfg.rtmp_port:
+            print(f"  OBS / RTMP: server {urls['rtmp_server']}  stream key {urls['rtmp_key']}",
+                  flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
