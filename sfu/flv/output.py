@@ -31,6 +31,7 @@ from sfu.flv.feeds import CohostFeed, ProducerSink, picture_size
 from sfu.flv.gop_cache import Entry, TagLog
 from sfu.flv.mixer import MixFrame, VideoMixer
 from sfu.flv.muxer import TAG_VIDEO, StreamMuxer, Tag, file_header, retime
+from sfu.flv.readers import ReaderBook
 from sfu.flv.tag_feed import FlvFeed
 from sfu.flv.timeline import Timeline, TrackClock
 from sfu.flv.transcode import H264Frame, SourceFrame, ToH264
@@ -63,7 +64,8 @@ class RoomFlvOutput:
         self.room = room
         self.settings = settings
         self.log = TagLog(keep_ms=settings.latency_budget_ms + 1000)
-        self.readers: set[FlvReader] = set()
+        self.book = ReaderBook()
+        self.readers = self.book.active
         self.video = next((p for p in producers if p.kind == "video"), None)
         self.audio = next((p for p in producers if p.kind == "audio"), None)
         self.publisher_id = producers[0].publisher_id if producers else ""
@@ -76,11 +78,6 @@ class RoomFlvOutput:
         self._last_keyframe = time.monotonic()
         self.keyframes = 0
         self.closed = False
-        # cumulative over this output's readers, for /metrics (sfu/flv/metrics.py)
-        self.readers_total = 0
-        self.closed_readers: dict[str, int] = {}  # close reason -> readers
-        self._past_skips = 0
-        self._past_bytes = 0
         self._sinks: list[tuple[Producer, ProducerSink]] = []
         self._h264: H264Depacketizer | None = None
         self._vp8: Vp8Depacketizer | None = None
@@ -409,12 +406,7 @@ class RoomFlvOutput:
         """A new HTTP-FLV response: start it from the GOP cache (or the next keyframe)."""
 
         def closed(reader: FlvReader) -> None:
-            if reader in self.readers:
-                self.readers.discard(reader)
-                self._past_skips += reader.skips
-                self._past_bytes += reader.bytes_sent
-                reason = reader.close_reason or "closed"
-                self.closed_readers[reason] = self.closed_readers.get(reason, 0) + 1
+            self.book.remove(reader)
             on_closed(reader)
 
         reader = FlvReader(
@@ -426,8 +418,7 @@ class RoomFlvOutput:
             on_closed=closed,
             unsent=unsent,
         )
-        self.readers.add(reader)
-        self.readers_total += 1
+        self.book.add(reader)
         reader.join()
         return reader
 
@@ -486,17 +477,11 @@ class RoomFlvOutput:
                     muxer.close()
 
     def stats(self) -> dict[str, Any]:
-        readers = list(self.readers)
         return {
-            "readers": len(readers),
+            **self.book.stats(),
             "keyframes": self.keyframes,
             "tags": self.log.appended,
             "gop_age_ms": self.log.gop_age_ms(),
-            "skips": sum(r.skips for r in readers),
-            "readers_total": self.readers_total,
-            "closed_readers": dict(self.closed_readers),
-            "skips_total": self._past_skips + sum(r.skips for r in readers),
-            "bytes_sent_total": self._past_bytes + sum(r.bytes_sent for r in readers),
             "codec_busy_s": self._past_mixer_busy + sum(
                 w.busy_s for w in (self._transcoder, self._aac, self._mix_worker) if w is not None
             ),
