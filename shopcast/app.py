@@ -107,7 +107,8 @@ def add_media_plane(app: web.Application, config: Config, signaling: Signaling) 
         placement = app.get(whip_whep.PLACEMENT_KEY)
         rtmp = RtmpDoor(node.publish_rtmp, config.resolve_secret(), host=config.host,
                         port=config.rtmp_port,
-                        placement=placement.publish_here if placement is not None else None)
+                        placement=placement.publish_here if placement is not None else None,
+                        banned=signaling.live.is_banned)
         app[RTMP_KEY] = rtmp
 
     async def node_lifetime(app: web.Application) -> AsyncIterator[None]:

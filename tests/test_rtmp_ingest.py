@@ -308,3 +308,20 @@ async def test_rest_mute_stops_the_video_for_webrtc_and_flv_alike(server: Server
             reading.cancel()
             await asyncio.gather(reading, return_exceptions=True)
             await viewer.close()
+
+
+async def test_a_banned_identity_cannot_publish_over_rtmp(server: Server) -> None:
+    admin = {"Authorization": f"Bearer {server.token('rtmp10', 'admin', 'admin')}"}
+    async with aiohttp.ClientSession(headers=admin) as http, http.post(
+        f"{server.url}/api/v1/rooms/rtmp10/chat/ban", json={"identity": "anchor"}
+    ) as response:
+        assert response.status == 200, await response.text()
+    banned = ffmpeg_push(rtmp_url(server, "rtmp10", server.token("rtmp10", "anchor", "publish")),
+                         seconds=5)
+    with pushing(banned):
+        assert await asyncio.to_thread(banned.wait, 15) != 0
+        assert banned.stderr is not None and b"banned" in banned.stderr.read()
+    assert "rtmp10" not in server.app[NODE_KEY].rooms
+    with pushing(ffmpeg_push(rtmp_url(server, "rtmp10",
+                                      server.token("rtmp10", "other", "publish")))):
+        await live(server, "rtmp10")

@@ -3,7 +3,8 @@ Stream Key ``{room}?token=...``, the SRS convention).
 
 The same authorization step as WHIP runs before any media is accepted: the token is verified
 (signature, expiry), it must carry ``publish`` (or ``cohost`` for a co-host slot) for this
-room, the room name must be valid, and the node decides the slot (anchor taken, room full, no
+room, the room name must be valid, the identity must not be banned from the room, and the node
+decides the slot (anchor taken, room full, no
 invitation). Refusals reach the encoder as an ``onStatus`` error with the same machine code the
 HTTP doors use, and the connection is closed: nothing is left behind. This is the one place
 where domain and token errors become RTMP statuses.
@@ -47,6 +48,9 @@ Publish = Callable[[str, Claims, RtmpConnection], Awaitable[StreamSink]]
 RtmpPlacement = Callable[[str], Awaitable[str | None]]
 """room -> None when this node may serve it (placing it here), else the owner's name."""
 
+BanCheck = Callable[[str, str], Awaitable[bool]]
+"""(room, identity) -> is this identity banned from the room (the control plane's moderation)?"""
+
 
 def refusal(error: Exception) -> RtmpRefused:
     """A domain or token error as the encoder sees it: ``onStatus`` level error, code, text."""
@@ -62,10 +66,12 @@ class RtmpDoor:
     """Authorizes RTMP publishes and hands them to the node."""
 
     def __init__(self, publish: Publish, secret: str, *, host: str, port: int,
-                 placement: RtmpPlacement | None = None) -> None:
+                 placement: RtmpPlacement | None = None, banned: BanCheck | None = None
+                 ) -> None:
         self._publish = publish
         self._secret = secret
         self._placement = placement
+        self._banned = banned
         self.server = RtmpServer(self._on_publish, host=host, port=port)
         self.refused: dict[str, int] = {}  # code -> publishes refused, for /metrics
 
@@ -103,6 +109,9 @@ class RtmpDoor:
             raise RtmpRefused(UNAUTHORIZED, "missing_token: add ?token=<token with publish> "
                                             "to the stream key")
         claims = authorize(self._secret, None, query_token=token, publish=True, room=room)
+        if self._banned is not None and await self._banned(room, claims.identity):
+            raise RtmpRefused(UNAUTHORIZED, f"banned: {claims.identity!r} is banned from room "
+                                            f"{room!r}")
         if self._placement is not None:
             owner = await self._placement(room)
             if owner is not None:
