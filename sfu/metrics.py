@@ -1,4 +1,8 @@
-"""Prometheus text for the media plane: what an operator needs to see a room's health."""
+"""Prometheus text for the media plane: what an operator needs to see a room's health.
+
+A track is labelled by its room, kind and publisher ``slot`` (0 = the anchor), never by a
+session id or an identity: a session id is what a WHIP/WHEP resource is named by, and an
+identity is personal; neither belongs on a page anyone who reaches ``/metrics`` may read."""
 
 from __future__ import annotations
 
@@ -32,7 +36,7 @@ def render(node: SfuNode) -> list[str]:
         room_lines["shopcast_room_viewers"].append(f"{{{label}}} {len(room.viewers)}")
         room_lines["shopcast_room_live"].append(f"{{{label}}} {int(room.live)}")
         for producer in room.producers():
-            track = f'{label},kind="{producer.kind}",publisher="{producer.publisher_id}"'
+            track = f'{label},kind="{producer.kind}",slot="{producer.slot_index}"'
             retransmits, fast_starts = producer.retransmits, producer.fast_starts
             if node.workers is not None:
                 retransmits += node.workers.counter("retransmits", producer.key)

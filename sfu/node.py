@@ -43,6 +43,9 @@ SENDER_REPORT_INTERVAL_S = 1.0
 CohostAdmission = Callable[[str, str], Awaitable[bool]]
 """(room, identity) -> may this identity co-host now (an invitation stands)?"""
 
+BanCheck = Callable[[str, str], Awaitable[bool]]
+"""(room, identity) -> is this identity banned from the room (the control plane's moderation)?"""
+
 
 class RoomObserver(Protocol):
     """Told when a room's publishers come and go: FLV output, events, webhooks hang here."""
@@ -66,8 +69,9 @@ class SfuNode:
 
     What it tells others is fixed at construction: ``events`` serves participants' ``events``
     data channels (here and in the workers), ``cohost_admission`` asks the control plane for a
-    co-host's invitation (None: no invitation needed), the observers hear of publishers and
-    sessions coming and going."""
+    co-host's invitation (None: no invitation needed), ``banned`` whether an identity is banned
+    from a room (asked by the WHIP, WHEP and FLV doors; None: nobody is), the observers hear of
+    publishers and sessions coming and going."""
 
     def __init__(
         self,
@@ -75,6 +79,7 @@ class SfuNode:
         *,
         events: EventBridge | None = None,
         cohost_admission: CohostAdmission | None = None,
+        banned: BanCheck | None = None,
         room_observers: Sequence[RoomObserver] = (),
         session_observers: Sequence[SessionObserver] = (),
     ) -> None:
@@ -89,6 +94,7 @@ class SfuNode:
         self.session_observers = tuple(session_observers)
         self.events = events
         self.cohost_admission = cohost_admission
+        self.banned = banned
         self.workers = (WorkerPool(settings, self._session_closed, events)
                         if settings.workers > 0 else None)
         aiortc_private.install()  # checked already by the command line; once per process
@@ -251,6 +257,11 @@ class SfuNode:
             received=bridge.receive,
             closed=lambda: bridge.close_local(leg.id, leg.room),
         )
+
+    async def is_banned(self, room_name: str, identity: str) -> bool:
+        """Whether the control plane bans ``identity`` from ``room_name`` (the doors refuse it;
+        a ban also kicks its open sessions through the control plane)."""
+        return self.banned is not None and await self.banned(room_name, identity)
 
     def session(self, room_name: str, session_id: str, role: str) -> Session:
         """The ``role`` session ``session_id`` of ``room_name`` (a WHIP/WHEP resource)."""

@@ -1,7 +1,10 @@
 """WHIP (RFC 9725) publish and WHEP play: the standard HTTP offer/answer exchanges.
 
 ``POST /whip/{room}`` and ``POST /whep/{room}`` take an ``application/sdp`` offer and answer
-``201`` with a ``Location`` resource; ``DELETE`` on that resource ends the session.
+``201`` with a ``Location`` resource; ``DELETE`` on that resource ends the session. Only the
+session's own identity (the token's ``sub``) or an ``admin`` of the room may end it (``403
+not_owner`` otherwise): a resource id that leaks must not let a co-host or a viewer end the
+anchor's stream. A banned identity is refused at both doors (``403 banned``), as at FLV and RTMP.
 
 On a node of a multi-node deployment (``shopcast sfu``) the app carries a ``Placement``: a
 publish for a room another node owns, or a play for a room live elsewhere, answers ``307``
@@ -23,8 +26,8 @@ from sfu.http_errors import media_errors
 from sfu.node import NODE_KEY
 from sfu.offer import parse_offer
 from sfu.session import Session
-from signaling.claims import Claims
-from signaling.errors import ApiError
+from signaling.claims import Claims, Grant
+from signaling.errors import ApiError, forbidden
 from signaling.http_errors import Handler
 from signaling.routing import redirect
 from signaling.tokens import authorize
@@ -90,6 +93,20 @@ def _claims(request: web.Request, kind: str, room: str) -> Claims:
                      publish=kind == "whip", room=room)
 
 
+async def refuse_banned(request: web.Request, room: str, claims: Claims) -> None:
+    """The ban part of the doors' authorization step (WHIP, WHEP, FLV): ``403 banned``."""
+    if await request.app[NODE_KEY].is_banned(room, claims.identity):
+        raise forbidden(f"{claims.identity!r} is banned from room {room!r}", "banned")
+
+
+def require_owner(session: Session, claims: Claims) -> None:
+    """Only the session's identity, or an admin of its room, may end it: ``403 not_owner``.
+    (The token's room was checked already: an admin token is for this room or ``*``.)"""
+    if claims.identity != session.identity and Grant.ADMIN not in claims.grants:
+        raise forbidden("only the session's own identity or an admin of the room may end it",
+                        "not_owner")
+
+
 def _post(kind: str) -> Handler:
     want, _ = _KINDS[kind]
 
@@ -97,6 +114,7 @@ def _post(kind: str) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
         room = _room(request)
         claims = _claims(request, kind, room)
+        await refuse_banned(request, room, claims)
         target = await elsewhere(request, room, publish=kind == "whip")
         if target is not None:
             return redirect(target, request)
@@ -124,8 +142,9 @@ def _delete(kind: str) -> Handler:
     @media_errors
     async def handler(request: web.Request) -> web.StreamResponse:
         room = _room(request)
-        _claims(request, kind, room)
+        claims = _claims(request, kind, room)
         session = request.app[NODE_KEY].session(room, request.match_info["id"], role)
+        require_owner(session, claims)
         await session.close()
         return web.Response(status=204)
 

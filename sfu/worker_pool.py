@@ -2,7 +2,8 @@
 feed each worker a room's canonical packets once, however many of its viewers watch.
 
 Control messages are the declared ones of ``sfu/worker_protocol.py``, handled through the
-table built in ``WorkerPool._dispatch``."""
+table built in ``WorkerPool._dispatch``. A worker that dies is replaced (with backoff); the
+viewers it held end through the normal session-closed path, so their pages re-join."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ import functools
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable
 
+from common.tasks import stop_task
 from sfu.errors import NoWorkers
 from sfu.event_bridge import Endpoint, EventBridge
 from sfu.ipc import ControlChannel, Dispatch, MediaSender, socketpair
@@ -52,6 +55,13 @@ logger = logging.getLogger("shopcast.sfu.workers")
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 5.0
+RESPAWN_FIRST_S = 0.5
+"""A dead worker is replaced after this long, doubling per death up to RESPAWN_MAX_S: a worker
+that dies at start-up (bad build, no memory) does not spin the node's CPU."""
+RESPAWN_MAX_S = 8.0
+RESPAWN_RESET_S = 60.0
+"""A worker that lived this long died of something passing: its replacement waits only
+RESPAWN_FIRST_S again."""
 
 
 class WorkerFeed:
@@ -92,8 +102,12 @@ class RemoteViewer:
         return "closed" if self.closed else "open"
 
     async def close(self) -> None:
-        if not self.closed:
+        if self.closed:
+            return
+        try:
             await self.worker.control.request(CloseLeg(self.id), CloseLegReply)
+        except ConnectionError:
+            pass  # the worker died meanwhile: the pool ends this session on its own
 
     def on_producer_closed(self, producer: Producer) -> None:
         """The worker closes its own legs when told the producer is gone."""
@@ -116,7 +130,8 @@ class WorkerHandle:
         self.counters: dict[str, dict[int, int]] = {}  # name -> producer key -> count
         self.bad_messages: dict[str, int] = {}  # reason -> messages the worker refused
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.alive = True
+        self.alive = False  # ready and its channel open: viewers may be placed here
+        self.started_at = time.monotonic()
 
 
 class WorkerPool:
@@ -135,35 +150,52 @@ class WorkerPool:
         self._stopping = False
         self.events = events
         self._endpoints: dict[str, Endpoint] = {}
+        self._settings_json = json.dumps(dataclasses.asdict(settings))
+        self._respawns: dict[int, asyncio.Task[None]] = {}  # index -> waiting to replace it
+        self._backoff_s: dict[int, float] = {}  # index -> the wait before its next respawn
+        self.respawned = 0  # workers replaced since start
+        self._retired_counters: dict[str, dict[int, int]] = {}  # dead workers' last stats
+        self._retired_bad: collections.Counter[str] = collections.Counter()
 
     async def start(self) -> None:
-        settings_json = json.dumps(dataclasses.asdict(self._settings))
-        for index in range(self.count):
-            control_here, control_there = socketpair()
-            media_here, media_there = socketpair()
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "sfu.worker",
-                "--control-fd", str(control_there.fileno()),
-                "--media-fd", str(media_there.fileno()),
-                "--settings", settings_json,
-                pass_fds=(control_there.fileno(), media_there.fileno()),
-            )
-            control_there.close()
-            media_there.close()
-            media_here.shutdown(0)  # the publisher's process only sends media
-            control = ControlChannel(
-                control_here, self._dispatch(index),
-                functools.partial(self._channel_closed, index), peer=f"worker-{index}",
-            )
-            handle = WorkerHandle(index, process, control, MediaSender(media_here))
-            self.workers.append(handle)
+        for index in range(self.count):  # appended one by one: each may say ready at once
+            self.workers.append(await self._spawn(index))
         async with asyncio.timeout(START_TIMEOUT_S):
             await asyncio.gather(*(w.ready for w in self.workers))
         logger.info("%d worker processes ready: pids %s", self.count,
                     [w.process.pid for w in self.workers])
 
+    async def _spawn(self, index: int) -> WorkerHandle:
+        """Start worker process ``index`` with its two channels; ``ready`` resolves once its
+        loop runs."""
+        control_here, control_there = socketpair()
+        media_here, media_there = socketpair()
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "sfu.worker",
+                "--control-fd", str(control_there.fileno()),
+                "--media-fd", str(media_there.fileno()),
+                "--settings", self._settings_json,
+                pass_fds=(control_there.fileno(), media_there.fileno()),
+            )
+        except BaseException:
+            control_here.close()
+            media_here.close()
+            raise
+        finally:
+            control_there.close()
+            media_there.close()
+        media_here.shutdown(0)  # the publisher's process only sends media
+        control = ControlChannel(
+            control_here, self._dispatch(index),
+            functools.partial(self._channel_closed, index), peer=f"worker-{index}",
+        )
+        return WorkerHandle(index, process, control, MediaSender(media_here))
+
     async def stop(self) -> None:
         self._stopping = True
+        for task in list(self._respawns.values()):
+            await stop_task(task)
         for worker in self.workers:
             worker.control.send(Shutdown())
         for worker in self.workers:
@@ -174,6 +206,11 @@ class WorkerPool:
                 worker.process.kill()
                 await worker.process.wait()
             worker.control.close()
+
+    @property
+    def live(self) -> int:
+        """Workers that can take viewers now (ready, channel open)."""
+        return sum(1 for w in self.workers if w.alive)
 
     async def open_viewer(
         self, room: str, identity: str, offer_sdp: str, layout: RoomLayout,
@@ -186,11 +223,14 @@ class WorkerPool:
         worker = min(alive, key=lambda w: len(w.legs))
         for producer in producers:
             self._announce(worker, producer)
-        reply = await worker.control.request(
-            Play(room, identity, offer_sdp, Layout.of(layout), [p.key for p in producers],
-                 events=claims is not None),
-            PlayReply,
-        )
+        try:
+            reply = await worker.control.request(
+                Play(room, identity, offer_sdp, Layout.of(layout), [p.key for p in producers],
+                     events=claims is not None),
+                PlayReply,
+            )
+        except ConnectionError:
+            raise NoWorkers("the media worker ended while answering; retry") from None
         if reply.error is not None:
             self._release_unused(worker, [p.key for p in producers])
             raise reply.error.exception()
@@ -224,12 +264,15 @@ class WorkerPool:
                     worker.control.send(SenderReport(key, ntp, rtp))
 
     def counter(self, name: str, key: int) -> int:
-        """A per-track counter summed over the workers' mirrors (their once-a-second stats)."""
-        return sum(w.counters.get(name, {}).get(key, 0) for w in self.workers)
+        """A per-track counter summed over the workers' mirrors (their once-a-second stats),
+        dead workers' last figures included so that counters never go back."""
+        retired = self._retired_counters.get(name, {}).get(key, 0)
+        return retired + sum(w.counters.get(name, {}).get(key, 0) for w in self.workers)
 
     def bad_messages(self) -> dict[str, int]:
         """Control messages refused, by reason, on both ends of every worker's channel."""
         total: collections.Counter[str] = collections.Counter({r.value: 0 for r in Reason})
+        total.update(self._retired_bad)
         for worker in self.workers:
             total.update(worker.control.bad)
             total.update(worker.bad_messages)
@@ -266,6 +309,7 @@ class WorkerPool:
     def _ready(self, index: int) -> None:
         worker = self.workers[index]
         if not worker.ready.done():
+            worker.alive = not worker.control.closed
             worker.ready.set_result(None)
 
     def _keyframe(self, message: KeyframeRequest) -> None:
@@ -279,13 +323,76 @@ class WorkerPool:
         worker.bad_messages = dict(message.bad_messages)
 
     def _channel_closed(self, index: int) -> None:
+        """Worker ``index`` is gone (killed, crashed, or shut down): its viewers' sessions
+        end through the node's session-closed path, the producers stop feeding it, and a
+        replacement is started after the backoff."""
         worker = self.workers[index]
         worker.alive = False
+        if not worker.ready.done():
+            worker.ready.set_exception(ConnectionError(f"worker {index} exited at start-up"))
+            worker.ready.exception()  # retrieved: whoever waits sees it, nobody else logs it
         if not self._stopping:
-            logger.error("worker %d (pid %s) is gone; its viewers are lost", index,
-                         worker.process.pid)
+            logger.error("worker %d (pid %s) is gone; ending its %d viewer sessions", index,
+                         worker.process.pid, len(worker.legs))
         for leg_id in list(worker.legs):
             self._leg_gone(worker, leg_id)
+        for key, feed in list(worker.feeds.items()):  # announced for a play that never ended
+            producer = self._producers.get(key)
+            if producer is not None:
+                producer.detach(feed)
+        worker.feeds.clear()
+        if not self._stopping:
+            self._retire(worker)
+            self._schedule_respawn(index, time.monotonic() - worker.started_at)
+
+    def _retire(self, worker: WorkerHandle) -> None:
+        for name, counts in worker.counters.items():
+            mine = self._retired_counters.setdefault(name, {})
+            for key, n in counts.items():
+                mine[key] = mine.get(key, 0) + n
+        worker.counters = {}
+        self._retired_bad.update(worker.control.bad)
+        self._retired_bad.update(worker.bad_messages)
+        worker.control.bad.clear()
+        worker.bad_messages = {}
+
+    def _schedule_respawn(self, index: int, lived_s: float) -> None:
+        if index in self._respawns:
+            return
+        if lived_s >= RESPAWN_RESET_S:
+            self._backoff_s[index] = RESPAWN_FIRST_S
+        delay = self._backoff_s.get(index, RESPAWN_FIRST_S)
+        self._backoff_s[index] = min(delay * 2, RESPAWN_MAX_S)
+        self._respawns[index] = asyncio.get_running_loop().create_task(
+            self._respawn(index, delay))
+
+    async def _respawn(self, index: int, delay: float) -> None:
+        """Replace worker ``index`` after ``delay``; a replacement that fails to start is
+        retried with the next backoff (its channel's close schedules it)."""
+        try:
+            await asyncio.sleep(delay)
+            old = self.workers[index]
+            await old.process.wait()  # reaped: no zombie
+            old.control.close()
+            if self._stopping:
+                return
+            worker = await self._spawn(index)
+            self.workers[index] = worker
+        except Exception:
+            logger.exception("worker %d could not be started again", index)
+            self._respawns.pop(index, None)
+            self._schedule_respawn(index, 0.0)
+            return
+        self._respawns.pop(index, None)
+        try:
+            async with asyncio.timeout(START_TIMEOUT_S):
+                await worker.ready
+        except (TimeoutError, ConnectionError):
+            if not worker.control.closed:  # hung at start-up: kill it; its close retries
+                worker.process.kill()
+            return
+        self.respawned += 1
+        logger.warning("worker %d replaced: pid %s", index, worker.process.pid)
 
     def _events_open(self, worker: WorkerHandle, leg_id: str) -> None:
         """A worker's participant opened its ``events`` channel: join state, then room events."""

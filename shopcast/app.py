@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from shopcast.config import Config
 from shopcast.control_plane import add_control_plane, metrics_lines
 from signaling import pages, ws_signaling
 from signaling.cors import cors_middleware
+from signaling.errors import ApiError
 from signaling.front_door import MAX_BODY_BYTES
 from signaling.http_errors import error_middleware
 from signaling.service import Signaling
@@ -96,6 +98,7 @@ def add_media_plane(app: web.Application, config: Config, signaling: Signaling) 
         node_settings(config),
         events=EventBridge(signaling.bus, signaling.live),  # the events data channels
         cohost_admission=signaling.live.cohosts.admits,  # co-hosts need an invitation
+        banned=signaling.live.is_banned,  # WHIP, WHEP and FLV refuse a banned identity
         room_observers=[flv, bridge],
         session_observers=[bridge],
     )
@@ -135,7 +138,21 @@ async def healthz(request: web.Request) -> web.Response:
     )
 
 
+def require_metrics_token(request: web.Request) -> None:
+    """``--metrics-token``: when set, ``/metrics`` of every process answers only
+    ``Authorization: Bearer <that token>`` (``401`` JSON otherwise); unset, it is open."""
+    expected = request.app[CONFIG_KEY].metrics_token
+    if not expected:
+        return
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
+                                                             expected.encode()):
+        raise ApiError(401, "metrics_unauthorized",
+                       "GET /metrics needs Authorization: Bearer <the --metrics-token>")
+
+
 async def metrics(request: web.Request) -> web.Response:
+    require_metrics_token(request)
     lines = sfu_metrics.render(request.app[NODE_KEY]) + flv_metrics.render(request.app[FLV_KEY])
     lines += rtmp_metrics.render(request.app.get(RTMP_KEY), request.app[NODE_KEY])
     lines += await metrics_lines(request.app)

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from sfu import whip_whep
 from sfu.media_control import LoadMeter, NodeMediaControl
-from shopcast.app import add_media_plane, base_app, healthz, metrics
+from shopcast.app import add_media_plane, base_app, healthz, metrics, require_metrics_token
 from shopcast.config import Config
 from shopcast.control_plane import add_control_plane, metrics_lines
 from signaling import pages, ws_signaling
@@ -86,5 +86,6 @@ async def signaling_healthz(request: web.Request) -> web.Response:
 
 
 async def signaling_metrics(request: web.Request) -> web.Response:
+    require_metrics_token(request)
     lines = await metrics_lines(request.app) + request.app[FORWARDER_KEY].metric_lines()
     return web.Response(text="\n".join(lines) + "\n", content_type="text/plain", charset="utf-8")

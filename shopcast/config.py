@@ -128,6 +128,11 @@ class Config:
         default=_NODE.log_level, metadata={"help": "DEBUG, INFO, WARNING or ERROR"}
     )
     log_json: bool = field(default=False, metadata={"help": "log one JSON object per line"})
+    metrics_token: str = field(
+        default="",
+        metadata={"help": "when set, GET /metrics needs Authorization: Bearer <this> "
+                          "(empty: open)"},
+    )
     web_dir: str = field(
         default=str(Path(__file__).resolve().parent.parent / "web"),
         metadata={"help": "directory of the browser pages"},

@@ -1,7 +1,8 @@
 """``GET /live/{room}.flv?token=...``: chunked ``video/x-flv``, H.264 + AAC, from a keyframe.
 
 Statuses: 400 bad room name; 401/403 token problems (``Authorization: Bearer`` or
-``?token=``, which players like mpegts.js and ffmpeg can send); 404 ``not_found`` for a room
+``?token=``, which players like mpegts.js and ffmpeg can send); 403 ``banned`` for an identity
+banned from the room (the same check as WHIP/WHEP and RTMP); 404 ``not_found`` for a room
 this node does not have (``307`` to the node where it is live, on a multi-node
 deployment); 503 ``not_live`` (with ``Retry-After``) for a room that exists but
 has no live publisher yet, or whose stream has not produced its first keyframe (this door's
@@ -29,7 +30,7 @@ from sfu.flv.manager import FLV_KEY
 from sfu.flv.viewer_queue import FlvReader
 from sfu.http_errors import media_errors
 from sfu.node import NODE_KEY
-from sfu.whip_whep import SECRET_KEY, elsewhere
+from sfu.whip_whep import SECRET_KEY, elsewhere, refuse_banned
 from signaling.errors import ApiError
 from signaling.routing import redirect
 from signaling.tokens import Grant, authorize
@@ -61,13 +62,14 @@ def _kernel_queue(fd: int) -> Callable[[], int]:
 async def play_flv(request: web.Request) -> web.StreamResponse:
     room = request.match_info["room"]
     require_room_name(room)
-    authorize(
+    claims = authorize(
         request.app[SECRET_KEY],
         request.headers.get("Authorization"),
         grant=Grant.SUBSCRIBE,
         room=room,
         query_token=request.query.get("token"),
     )
+    await refuse_banned(request, room, claims)
     manager = request.app[FLV_KEY]
     output = manager.outputs.get(room)
     if output is None or output.closed:

@@ -1,5 +1,7 @@
 """Prometheus text for RTMP ingest: the door's connections and refusals, and per RTMP anchor
-what an operator must see (B-frames that cost a transcode, codec time, drops and returns)."""
+what an operator must see (B-frames that cost a transcode, codec time, drops and returns).
+An anchor is labelled by its room and ``slot`` (an RTMP anchor is slot 0), never by its
+session id (the name of its resource) or its identity."""
 
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ def render(door: RtmpDoor | None, node: SfuNode) -> list[str]:
     for name, (kind, help_text) in series.items():
         lines += [f"# HELP {name} {help_text}.", f"# TYPE {name} {kind}"]
         for anchor in anchors:
-            label = f'room="{anchor.room}",publisher="{anchor.id}"'
+            label = f'room="{anchor.room}",slot="{anchor.slot}"'
             if name == "shopcast_rtmp_bframes":
                 lines.append(f"{name}{{{label}}} {int(anchor.video.bframes)}")
             elif name == "shopcast_rtmp_codec_seconds_total":
