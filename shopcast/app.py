@@ -132,10 +132,19 @@ def add_media_plane(app: web.Application, config: Config, signaling: Signaling) 
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """``ok``; ``degraded`` with 503 when the node cannot take viewers (every worker is dead
+    and not yet replaced), so a load balancer sends them elsewhere meanwhile."""
     node = request.app[NODE_KEY]
-    return web.json_response(
-        {"status": "ok", "rooms": len(node.rooms), "sessions": len(node.sessions)}
-    )
+    body: dict[str, object] = {"status": "ok", "rooms": len(node.rooms),
+                               "sessions": len(node.sessions)}
+    pool = node.workers
+    if pool is None:
+        return web.json_response(body)
+    body["workers"] = {"live": pool.live, "configured": pool.count}
+    if pool.live == 0:
+        body.update(status="degraded", reason="no_workers")
+        return web.json_response(body, status=503, headers={"Retry-After": "1"})
+    return web.json_response(body)
 
 
 def require_metrics_token(request: web.Request) -> None:
