@@ -13,6 +13,7 @@ from signaling.api.schema import Schema, array, obj
 from signaling.errors import bad_request
 from signaling.live.catalog import Product
 from signaling.live.gateway import allowed
+from signaling.live.schema import MAX_PER_USER, MAX_PRICE, MAX_QTY, MAX_SALE_S, MAX_STOCK
 from signaling.room_names import require_room_name
 from signaling.tokens import Grant
 
@@ -23,7 +24,8 @@ PRODUCT: Schema = obj(
     sku={"type": "string", "minLength": 1, "maxLength": 64,
          "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]*$"},
     title={"type": "string", "minLength": 1, "maxLength": 200},
-    price={"type": "integer", "minimum": 0, "description": "minor units (cents)"},
+    price={"type": "integer", "minimum": 0, "maximum": MAX_PRICE,
+           "description": "minor units (cents)"},
     currency={"type": "string", "pattern": "^[A-Z]{3}$", "description": "ISO 4217, default USD"},
     image_url={"type": "string", "maxLength": 2048, "description": "http(s) or /path"},
 )
@@ -112,10 +114,10 @@ ROUTES = [
     Route("POST", BASE + "/sales", start_sale, "Start a flash sale", "startSale", "commerce",
           body=obj(["sku", "stock", "duration_s"],
                    sku={"type": "string", "minLength": 1, "maxLength": 64},
-                   stock={"type": "integer", "minimum": 1, "maximum": 1_000_000},
-                   per_user_limit={"type": "integer", "minimum": 0, "maximum": 1000,
+                   stock={"type": "integer", "minimum": 1, "maximum": MAX_STOCK},
+                   per_user_limit={"type": "integer", "minimum": 0, "maximum": MAX_PER_USER,
                                    "description": "0 = no limit"},
-                   duration_s={"type": "integer", "minimum": 1, "maximum": 7 * 86400}),
+                   duration_s={"type": "integer", "minimum": 1, "maximum": MAX_SALE_S}),
           response=SALE, status=201, errors=(404,),
           description="Opens now for duration_s; announced as `sale` with a countdown."),
     Route("GET", BASE + "/sales", get_sale, "The sale on screen", "getSale", "commerce",
@@ -123,12 +125,13 @@ ROUTES = [
     Route("POST", BASE + "/orders", create_order, "Buy in the flash sale", "createOrder",
           "commerce", grant=Grant.SUBSCRIBE,
           body=obj(["sku"], sku={"type": "string", "minLength": 1, "maxLength": 64},
-                   qty={"type": "integer", "minimum": 1, "maximum": 99}),
-          response=ORDER, status=201, errors=(404, 409),
-          headers={IDEMPOTENCY_HEADER: "required; a retry with the same key returns the same "
-                   "order (200) instead of buying again"},
+                   qty={"type": "integer", "minimum": 1, "maximum": MAX_QTY}),
+          response=ORDER, status=201, errors=(404, 409, 422),
+          headers={IDEMPOTENCY_HEADER: "required; a retry with the same key (and the same sku "
+                   "and qty) returns the same order (200) instead of buying again"},
           description="Buyer = the token's sub. One atomic step checks the window, stock, "
-          "per-buyer limit and key. 409 codes: sold_out, limit_reached, sale_closed."),
+          "per-buyer limit and key. 409 codes: sold_out, limit_reached, sale_closed. 422 "
+          "idempotency_key_reused: the key was used before for another sku or qty."),
     Route("GET", BASE + "/orders", list_orders, "List orders", "listOrders", "commerce",
           grant=Grant.SUBSCRIBE, response=obj(["orders"], orders=array(ORDER)),
           description="Admins see every order of the room; others see their own."),

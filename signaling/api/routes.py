@@ -3,7 +3,9 @@ routes and the OpenAPI document are made, so every route is documented and vice 
 
 A route names the grant it needs; ``mount`` checks the bearer token (and, for paths with a
 ``{room}``, that the token is for that room or for ``*``) before the handler runs, parses and
-validates the JSON body against the route's schema, and puts both on the request.
+validates the JSON body against the route's schema, and puts both on the request. The body is
+parsed within bounds (``signaling.json_bounds``: depth, finite numbers, integer size) before
+any handler sees it, and a handler only runs on a body that fits, so a refusal writes nothing.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from aiohttp import web
 
 from signaling.api.schema import Schema, validate
 from signaling.errors import ApiError, bad_request
+from signaling.json_bounds import JsonBoundsError, loads
 from signaling.service import SIGNALING_KEY, Signaling
 from signaling.tokens import Claims, Grant, authorize
 
@@ -74,7 +77,9 @@ async def _read_body(request: web.Request, schema: Schema) -> Any:
         value: Any = {}
     else:
         try:
-            value = json.loads(raw)
+            value = loads(raw)  # depth, NaN/Infinity and integer size bounded before use
+        except JsonBoundsError as exc:
+            raise bad_request(f"body: {exc}", "invalid_body") from exc
         except (ValueError, UnicodeDecodeError) as exc:
             raise bad_request(f"body is not JSON: {exc}", "malformed_json") from exc
     validate(schema, value)

@@ -3,11 +3,15 @@ the OpenAPI document, so the documentation cannot drift from what the server acc
 
 ``validate`` covers the subset the API uses: type, properties, required,
 ``additionalProperties: false``, items, enum, pattern, minimum/maximum and the min/max
-of Length, Items and Properties.
+of Length, Items and Properties, plus two extensions for free-form values (metadata) that
+JSON Schema cannot say: ``x-maxDepth`` (nesting of objects and arrays, the value itself
+counting 1) and ``x-maxBytes`` (size as compact JSON). Every number a body may carry has a
+``maximum``; the body parser already refused NaN, Infinity and integers beyond 2**53 - 1.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -29,8 +33,28 @@ def _fail(path: str, message: str) -> ApiError:
     return bad_request(f"{path or 'body'}: {message}", "invalid_body")
 
 
+def _depth(value: Any) -> int:
+    """Nesting of objects and arrays; called only on parsed JSON, whose depth the parser
+    already bounded, so the recursion is bounded too."""
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
+def _check_free_form(schema: Schema, value: Any, path: str) -> None:
+    if "x-maxDepth" in schema and _depth(value) > schema["x-maxDepth"]:
+        raise _fail(path, f"must be nested at most {schema['x-maxDepth']} levels deep")
+    if "x-maxBytes" in schema:
+        size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+        if size > schema["x-maxBytes"]:
+            raise _fail(path, f"must be at most {schema['x-maxBytes']} bytes as JSON")
+
+
 def validate(schema: Schema, value: Any, path: str = "") -> None:
     """Raise a 400 ``invalid_body`` ApiError naming the first thing that does not fit."""
+    _check_free_form(schema, value, path)
     kind = schema.get("type")
     if kind is not None:
         ok = isinstance(value, _TYPES[kind]) and not (
@@ -91,7 +115,14 @@ def array(items: Schema) -> Schema:
 
 
 STRING: Schema = {"type": "string"}
-METADATA: Schema = {"type": "object", "description": "free-form JSON object", "maxProperties": 64}
+MAX_METADATA_DEPTH = 8
+MAX_METADATA_BYTES = 16 * 1024
+METADATA: Schema = {
+    "type": "object", "maxProperties": 64, "x-maxDepth": MAX_METADATA_DEPTH,
+    "x-maxBytes": MAX_METADATA_BYTES,
+    "description": f"free-form JSON object: at most 64 fields, {MAX_METADATA_DEPTH} levels deep "
+    f"and {MAX_METADATA_BYTES // 1024} KiB as JSON; numbers finite, integers within +-(2**53 - 1)",
+}
 
 TRACK: Schema = obj(
     ["sid", "kind", "codec", "muted"],

@@ -3,7 +3,9 @@ pinned product that every viewer sees as a card (``product_pinned``; also in joi
 
 Products are a hash ``products`` (sku -> JSON) in the room's scope; the pin is the key
 ``pinned``. Image URLs are limited to http(s) and same-origin paths, so a product card can never
-carry a ``javascript:`` URL into a page.
+carry a ``javascript:`` URL into a page. A product is checked, and the event it makes is built
+and packed, before anything is written: a product that could not be announced (a price no
+msgpack event can carry, say) never reaches the store, so it cannot poison the room's state.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 from signaling.bus import Bus
 from signaling.live.errors import LiveError, not_found
-from signaling.live.schema import event
+from signaling.live.schema import MAX_PRICE, event, pack
 from signaling.store import Store
 
 SKU = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -45,8 +47,11 @@ def check_product(product: Product) -> None:
         raise LiveError("invalid", "sku is 1-64 letters, digits, '.', '_' or '-'", 400)
     if not product.title.strip() or len(product.title) > 200:
         raise LiveError("invalid", "title is 1-200 characters", 400)
-    if product.price < 0:
-        raise LiveError("invalid", "price is a non-negative amount in minor units", 400)
+    if isinstance(product.price, bool) or not isinstance(product.price, int) or not (
+        0 <= product.price <= MAX_PRICE
+    ):
+        raise LiveError("invalid", f"price is an integer amount in minor units, 0 to {MAX_PRICE}",
+                        400)
     if not CURRENCY.match(product.currency):
         raise LiveError("invalid", "currency is a 3-letter ISO 4217 code", 400)
     url = product.image_url
@@ -63,13 +68,14 @@ class Catalog:
     async def put(self, room: str, product: Product) -> Product:
         """Add or replace a product; a pinned one is re-announced with its new details."""
         check_product(product)
+        announcement = _announcement(product)
         existing = await self.store.hget(room, "products", product.sku)
         if existing is None and len(await self.store.hgetall(room, "products")) >= MAX_PRODUCTS:
             raise LiveError("too_many", f"at most {MAX_PRODUCTS} products per room", 409)
         await self.store.hset(room, "products", product.sku,
-                              json.dumps(product.to_json()).encode())
+                              json.dumps(product.to_json(), allow_nan=False).encode())
         if await self.pinned_sku(room) == product.sku:
-            await self.bus.publish(room, event("product_pinned", product=product.to_json()))
+            await self.bus.publish(room, announcement)
         return product
 
     async def get(self, room: str, sku: str) -> Product | None:
@@ -98,12 +104,25 @@ class Catalog:
     async def pin(self, room: str, sku: str | None) -> Product | None:
         """Pin ``sku`` (None unpins) and tell everyone."""
         if sku:
-            product: Product | None = await self.require(room, sku)
+            found = await self.require(room, sku)
+            check_product(found)  # one stored before the bounds existed is not pinned
+            announcement = _announcement(found)
             await self.store.put(room, "pinned", sku.encode())
+            product: Product | None = found
         else:
             product = None
+            announcement = event("product_pinned", product=None)
             await self.store.delete(room, "pinned")
-        await self.bus.publish(room, event(
-            "product_pinned", product=product.to_json() if product else None
-        ))
+        await self.bus.publish(room, announcement)
         return product
+
+
+def _announcement(product: Product) -> dict[str, Any]:
+    """The ``product_pinned`` event for ``product``, packed once to prove that it can be:
+    called before a write, so a product no event can carry is refused with nothing stored."""
+    announcement = event("product_pinned", product=product.to_json())
+    try:
+        pack(announcement)
+    except (OverflowError, ValueError, TypeError) as exc:
+        raise LiveError("invalid", f"the product cannot be sent to viewers: {exc}", 400) from exc
+    return announcement

@@ -11,6 +11,11 @@ Sales are kept in the room's ``sales`` hash (sale id -> JSON), the latest sale o
 ``sale_of`` (sku -> the same JSON, with the product's title and price as they were at the
 start, so a purchase is one read plus the atomic step) and the sale on screen under ``sale``.
 Orders are the ledgers of the room's sales.
+
+Every number is checked against the bounds of ``signaling.live.schema`` and the ``sale`` event
+is built and packed before the first write, so a refused sale leaves nothing behind. An
+idempotency key remembers what it bought (sku and qty): the same key sent again for something
+else is ``422 idempotency_key_reused``, decided in the same atomic step.
 """
 
 from __future__ import annotations
@@ -23,9 +28,9 @@ from typing import Any
 
 from signaling.bus import Bus
 from signaling.events import Webhook
-from signaling.live.catalog import Catalog, Product
+from signaling.live.catalog import Catalog, Product, check_product
 from signaling.live.errors import LiveError, not_found
-from signaling.live.schema import event
+from signaling.live.schema import MAX_PER_USER, MAX_QTY, MAX_SALE_S, MAX_STOCK, event, pack
 from signaling.live.throttle import Coalescer
 from signaling.store import ConsumeOutcome, Store
 from signaling.webhooks import Webhooks
@@ -36,6 +41,13 @@ REFUSALS = {
     ConsumeOutcome.CLOSED: ("sale_closed", "the sale is not open"),
     ConsumeOutcome.UNKNOWN: ("no_sale", "no sale for this product"),
 }
+KEY_REUSED = ("idempotency_key_reused",
+              "this idempotency key was used for another purchase (sku or qty)")
+
+
+def _bounded(name: str, value: int, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise LiveError("invalid", f"{name} is an integer from {low} to {high}", 400)
 
 
 def now_ms() -> int:
@@ -76,19 +88,29 @@ class Sales:
     async def start(
         self, room: str, sku: str, stock: int, per_user_limit: int, duration_s: int
     ) -> dict[str, Any]:
-        """Open a sale now for ``duration_s``; it becomes the sale on screen."""
+        """Open a sale now for ``duration_s``; it becomes the sale on screen. Everything is
+        checked, and the ``sale`` event packed, before the first write."""
+        _bounded("stock", stock, 1, MAX_STOCK)
+        _bounded("per_user_limit", per_user_limit, 0, MAX_PER_USER)
+        _bounded("duration_s", duration_s, 1, MAX_SALE_S)
         product = await self.catalog.require(room, sku)
+        check_product(product)  # one stored before the bounds existed is not sold
         now = now_ms()
         sale = Sale("SL_" + uuid.uuid4().hex[:12], sku, stock, per_user_limit, now,
                     now + duration_s * 1000, product.title, product.price, product.currency)
+        data = self._view(sale, stock, product)
+        announcement = event("sale", **data)
+        try:
+            pack(announcement)
+        except (OverflowError, ValueError, TypeError) as exc:
+            raise LiveError("invalid", f"the sale cannot be sent to viewers: {exc}", 400) from exc
+        raw = json.dumps(sale.to_json(), allow_nan=False).encode()
         await self.store.open_pool(room, sale.id, stock, opens_at_ms=now,
                                    closes_at_ms=sale.ends_at_ms)
-        raw = json.dumps(sale.to_json()).encode()
         await self.store.hset(room, "sales", sale.id, raw)
         await self.store.hset(room, "sale_of", sku, raw)
         await self.store.put(room, "sale", sale.id.encode())
-        data = self._view(sale, stock, product)
-        await self.bus.publish(room, event("sale", **data))
+        await self.bus.publish(room, announcement)
         return data
 
     def _view(self, sale: Sale, remaining: int, product: Product | None) -> dict[str, Any]:
@@ -113,6 +135,7 @@ class Sales:
         self, room: str, buyer: str, sku: str, qty: int = 1, key: str = ""
     ) -> tuple[dict[str, Any], bool]:
         """Buy in one atomic step; return (order, duplicate). LiveError says why not."""
+        _bounded("qty", qty, 1, MAX_QTY)
         raw = await self.store.hget(room, "sale_of", sku)  # one read, then one atomic step
         if raw is None:
             raise not_found(f"no sale for {sku!r} in this room", "no_sale")
@@ -126,9 +149,12 @@ class Sales:
         result = await self.store.consume(
             room, sale.id, holder=buyer, qty=qty, limit=sale.per_user_limit, now_ms=now_ms(),
             record=json.dumps(order).encode(), idempotency_key=key,
+            request=json.dumps([sku, qty]).encode(),
         )
         if result.outcome is ConsumeOutcome.DUPLICATE:
             return json.loads(result.record), True
+        if result.outcome is ConsumeOutcome.KEY_REUSED:
+            raise LiveError(*KEY_REUSED, 422)
         if result.outcome is not ConsumeOutcome.OK:
             code, message = REFUSALS[result.outcome]
             raise LiveError(code, message, 409)

@@ -26,6 +26,14 @@ MAX_EVENT_BYTES = 16 * 1024  # a client message larger than this is refused, who
 LAYOUTS = ("side_by_side", "pip")  # how pages and the FLV mix place publishers; first: default
 MAX_CHAT_CHARS = 200
 MAX_ID = 128
+# Commerce bounds, one definition for the events, REST and the services that write the store:
+# every total they allow (price x qty) stays an exact JSON integer and fits a msgpack int.
+MAX_PRICE = 10**12  # minor units
+MAX_STOCK = 1_000_000
+MAX_PER_USER = 1000
+MAX_QTY = 99
+MAX_SALE_S = 7 * 86400
+MAX_SEQ = 2**53 - 1  # a seq a client may name (events are stamped far below it)
 
 _KINDS: dict[str, tuple[type, ...]] = {
     "str": (str,), "int": (int,), "bool": (bool,), "num": (int, float),
@@ -94,21 +102,22 @@ CLIENT_EVENTS: dict[str, EventSpec] = {s.type: s for s in [
     _client("gift", "Send a gift from the catalog (in `state.gifts`).",
             Field("gift", "str", "gift id", min=1, max=64),
             Field("count", "int", "how many (default 1)", required=False, min=1, max=99)),
-    _client("purchase", "Buy during a flash sale; replied to with `order` or `error`.",
-            SKU, Field("qty", "int", "units (default 1)", required=False, min=1, max=99),
+    _client("purchase", "Buy during a flash sale; replied to with `order` or `error` "
+            "(`idempotency_key_reused` when `key` was used before for another sku or qty).",
+            SKU, Field("qty", "int", "units (default 1)", required=False, min=1, max=MAX_QTY),
             Field("key", "str", "idempotency key: a retry with the same key gets the same order",
                   required=False, min=1, max=MAX_ID)),
     _client("resume", "Ask for the events after `after_seq`: they are replied one by one as "
             "they were sent live (or a fresh `state` when history no longer reaches back).",
-            Field("after_seq", "int", "the last seq this client saw", min=0)),
+            Field("after_seq", "int", "the last seq this client saw", min=0, max=MAX_SEQ)),
     _client("pin", "Admin: pin a product (or unpin with nil).",
             Field("sku", "str", "product id, nil to unpin", nullable=True, max=64),
             grant=Grant.ADMIN),
     _client("start_sale", "Admin: start a flash sale on a product.",
-            SKU, Field("stock", "int", "units for sale", min=1, max=1_000_000),
+            SKU, Field("stock", "int", "units for sale", min=1, max=MAX_STOCK),
             Field("per_user_limit", "int", "units one buyer may get (0 = no limit)",
-                  required=False, min=0, max=1000),
-            Field("duration_s", "int", "how long the sale is open", min=1, max=7 * 86400),
+                  required=False, min=0, max=MAX_PER_USER),
+            Field("duration_s", "int", "how long the sale is open", min=1, max=MAX_SALE_S),
             grant=Grant.ADMIN),
     _client("delete_chat", "Admin: delete a chat message (broadcast as `chat_deleted`).",
             Field("id", "str", "the chat message's id", min=1, max=64), grant=Grant.ADMIN),

@@ -180,11 +180,14 @@ class Store(abc.ABC):
         record: bytes,
         idempotency_key: str = "",
         idempotency_ttl_ms: int = 24 * 3600 * 1000,
+        request: bytes = b"",
     ) -> ConsumeResult:
         """One atomic step: replay the first result for a used idempotency key (per scope and
-        holder), else check the window, the units left and the holder's limit (0 = none),
-        then take ``qty`` units, add to the holder's tally, append ``record`` to the pool's
-        ledger and remember it under the idempotency key. A flash-sale purchase."""
+        holder; ``KEY_REUSED`` instead when that key was used with another non-empty
+        ``request``, what the caller asked for), else check the window, the units left and
+        the holder's limit (0 = none), then take ``qty`` units, add to the holder's tally,
+        append ``record`` to the pool's ledger and remember it (and ``request``) under the
+        idempotency key. A flash-sale purchase."""
 
     @abc.abstractmethod
     async def pool_state(self, scope: str, pool: str) -> PoolState | None: ...

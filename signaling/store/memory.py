@@ -49,7 +49,8 @@ class MemoryStore(Store):
         self._hashes: dict[tuple[str, str], dict[str, bytes]] = {}
         self._zsets: dict[tuple[str, str], dict[str, float]] = {}
         self._pools: dict[tuple[str, str], _Pool] = {}
-        self._replies: dict[tuple[str, str, str], tuple[bytes, float]] = {}  # idempotency
+        # idempotency: (scope, holder, key) -> (record, request, expiry)
+        self._replies: dict[tuple[str, str, str], tuple[bytes, bytes, float]] = {}
 
     async def start(self) -> None:
         pass
@@ -296,15 +297,18 @@ class MemoryStore(Store):
         record: bytes,
         idempotency_key: str = "",
         idempotency_ttl_ms: int = 24 * 3600 * 1000,
+        request: bytes = b"",
     ) -> ConsumeResult:
         if qty <= 0:
             raise ValueError("qty must be positive")
         idem = (scope, holder, idempotency_key)
         first = self._replies.get(idem) if idempotency_key else None
-        if first is not None and first[1] > time.monotonic():
+        if first is not None and first[2] > time.monotonic():
             state = self._pools.get((scope, pool))
             remaining = state.remaining if state else 0
             held = state.held.get(holder, 0) if state else 0
+            if first[1] and request and first[1] != request:
+                return ConsumeResult(ConsumeOutcome.KEY_REUSED, remaining, held)
             return ConsumeResult(ConsumeOutcome.DUPLICATE, remaining, held, first[0])
         state = self._pools.get((scope, pool))
         if state is None:
@@ -317,7 +321,8 @@ class MemoryStore(Store):
         state.held[holder] = held + qty
         state.ledger.append(bytes(record))
         if idempotency_key:
-            self._replies[idem] = (bytes(record), time.monotonic() + idempotency_ttl_ms / 1000)
+            self._replies[idem] = (bytes(record), bytes(request),
+                                   time.monotonic() + idempotency_ttl_ms / 1000)
         return ConsumeResult(ConsumeOutcome.OK, state.remaining, held + qty, bytes(record))
 
     async def pool_state(self, scope: str, pool: str) -> PoolState | None:

@@ -192,6 +192,7 @@ class ConsumeOutcome(StrEnum):
     LIMIT = "limit"  # the holder would go over the per-holder limit
     CLOSED = "closed"  # the pool's window has not started or has ended
     UNKNOWN = "unknown"  # no such pool
+    KEY_REUSED = "key_reused"  # the idempotency key was used before for another request
 
 
 @dataclass(frozen=True)

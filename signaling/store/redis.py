@@ -376,6 +376,7 @@ class RedisStore(Store):
         record: bytes,
         idempotency_key: str = "",
         idempotency_ttl_ms: int = 24 * 3600 * 1000,
+        request: bytes = b"",
     ) -> ConsumeResult:
         if qty <= 0:
             raise ValueError("qty must be positive")
@@ -384,7 +385,7 @@ class RedisStore(Store):
         outcome, remaining, held, stored = await self._run(
             "CONSUME", keys,
             [holder, qty, limit, now_ms, record, idempotency_ttl_ms,
-             "1" if idempotency_key else "0"],
+             "1" if idempotency_key else "0", request],
         )
         return ConsumeResult(ConsumeOutcome(_text(outcome)), int(remaining), int(held), stored)
 

@@ -115,14 +115,27 @@ return v
 """
 
 # KEYS: pool, held, ledger, idempotency
-# ARGV: holder, qty, limit, now ms, record, idempotency ttl ms, '1' when a key was given
+# ARGV: holder, qty, limit, now ms, record, idempotency ttl ms, '1' when a key was given,
+#       request (what the key buys; '' = not compared)
 # -> {outcome, remaining, held, record}
+# The idempotency key is a hash {record, request}; a string is a key written before keys
+# remembered their request, replayed as it is.
 CONSUME = """
 local function held_by(h) return tonumber(redis.call('HGET', KEYS[2], h) or '0') end
 if ARGV[7] == '1' then
-  local first = redis.call('GET', KEYS[4])
+  local kind = redis.call('TYPE', KEYS[4])['ok']
+  local first, request = nil, nil
+  if kind == 'hash' then
+    local f = redis.call('HMGET', KEYS[4], 'record', 'request')
+    first, request = f[1], f[2]
+  elseif kind == 'string' then
+    first = redis.call('GET', KEYS[4])
+  end
   if first then
     local rem = tonumber(redis.call('HGET', KEYS[1], 'remaining') or '0')
+    if request and request ~= '' and ARGV[8] ~= '' and request ~= ARGV[8] then
+      return {'key_reused', rem, held_by(ARGV[1]), ''}
+    end
     return {'duplicate', rem, held_by(ARGV[1]), first}
   end
 end
@@ -137,6 +150,9 @@ if limit > 0 and held + qty > limit then return {'limit', remaining, held, ''} e
 redis.call('HINCRBY', KEYS[1], 'remaining', -qty)
 held = redis.call('HINCRBY', KEYS[2], ARGV[1], qty)
 redis.call('RPUSH', KEYS[3], ARGV[5])
-if ARGV[7] == '1' then redis.call('SET', KEYS[4], ARGV[5], 'PX', ARGV[6]) end
+if ARGV[7] == '1' then
+  redis.call('HSET', KEYS[4], 'record', ARGV[5], 'request', ARGV[8])
+  redis.call('PEXPIRE', KEYS[4], ARGV[6])
+end
 return {'ok', remaining - qty, held, ARGV[5]}
 """
