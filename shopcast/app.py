@@ -24,7 +24,7 @@ from sfu.ws_negotiator import NodeNegotiator
 from shopcast.config import Config
 from shopcast.control_plane import add_control_plane, metrics_lines
 from signaling import pages, ws_signaling
-from signaling.cors import cors_middleware
+from signaling.cors import CORS_KEY, CorsPolicy, cors_middleware
 from signaling.errors import ApiError
 from signaling.front_door import MAX_BODY_BYTES
 from signaling.http_errors import error_middleware
@@ -80,6 +80,7 @@ def base_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[cors_middleware, error_middleware],
                           client_max_size=MAX_BODY_BYTES)
     app[CONFIG_KEY] = config
+    app[CORS_KEY] = CorsPolicy(config.cors_origins)
     app[whip_whep.SECRET_KEY] = config.resolve_secret()
     return app
 

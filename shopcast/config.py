@@ -18,6 +18,9 @@ from sfu.settings import RTMP_PORT, FlvSettings, NodeSettings
 from signaling.live.schema import LAYOUTS
 
 ENV_PREFIX = "SHOPCAST_"
+# RFC 7518 3.2: an HS256 key is at least as long as the hash output (256 bits). A generated
+# key (token_urlsafe(32)) has 43 characters.
+MIN_SECRET_BYTES = 32
 _NODE = NodeSettings()  # the media plane's defaults
 _FLV = FlvSettings()
 
@@ -56,10 +59,16 @@ class Config:
     )
     webhook_secret: str = field(
         default="",
-        metadata={"help": "HMAC-SHA256 key of the X-ShopCast-Signature header (default: secret)"},
+        metadata={"help": "HMAC-SHA256 key of the X-ShopCast-Signature header (default: derived "
+                          "one-way from secret, never the token key itself)"},
     )
     webhook_attempts: int = field(
         default=5, metadata={"help": "deliveries tried per webhook before giving up"}
+    )
+    cors_origins: list[str] = field(
+        default_factory=lambda: ["*"],
+        metadata={"help": "origins whose pages may call WHIP/WHEP/REST/FLV from a browser "
+                          "(* = any)"},
     )
     ice_hosts: list[str] = field(
         default_factory=list,
@@ -139,12 +148,13 @@ class Config:
     )
 
     def resolve_secret(self) -> str:
-        """The token key: given, or generated once and kept so `shopcast token` agrees."""
+        """The token key: given, or generated once and kept so `shopcast token` agrees.
+        A key shorter than ``MIN_SECRET_BYTES`` stops the process (SystemExit)."""
         if self.secret:
-            return self.secret
+            return _long_enough(self.secret, "--secret (SHOPCAST_SECRET)")
         path = Path(self.secret_file)
         if path.exists():
-            self.secret = path.read_text().strip()
+            self.secret = _long_enough(path.read_text().strip(), f"the key in {path}")
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.secret = secrets.token_urlsafe(32)
@@ -156,6 +166,16 @@ class Config:
     @property
     def base_url(self) -> str:
         return self.public_url.rstrip("/") or f"http://{self.host}:{self.port}"
+
+
+def _long_enough(secret: str, where: str) -> str:
+    """``secret``, or a one-line SystemExit: a short HS256 key can be brute-forced offline."""
+    size = len(secret.encode())
+    if size < MIN_SECRET_BYTES:
+        raise SystemExit(
+            f"{where} is {size} bytes; the token key needs at least {MIN_SECRET_BYTES} "
+            "(make one: python3 -c 'import secrets; print(secrets.token_urlsafe(32))')")
+    return secret
 
 
 def _parse(kind: object, raw: str) -> Any:
@@ -204,4 +224,7 @@ def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = No
     if config.flv_layout not in LAYOUTS:
         raise SystemExit(f"--flv-layout must be one of {', '.join(LAYOUTS)}, "
                          f"not {config.flv_layout!r}")
+    if config.webhook_secret and config.webhook_secret == config.secret:
+        raise SystemExit("--webhook-secret must differ from --secret: whoever verifies "
+                         "webhooks could otherwise mint tokens")
     return config

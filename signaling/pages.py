@@ -18,6 +18,9 @@ VENDOR = {
     "mpegts.js": "node_modules/mpegts.js/dist/mpegts.js",
     "mpegts.js.map": "node_modules/mpegts.js/dist/mpegts.js.map",
 }
+# The only directories under /static/: what the pages load. The rest of the web directory
+# (package.json, the lock file, node_modules/, the pages' own sources) is not served there.
+STATIC_DIRS = ("css", "js")
 
 
 def add_routes(app: web.Application, web_dir: Path) -> None:
@@ -25,7 +28,9 @@ def add_routes(app: web.Application, web_dir: Path) -> None:
         app.router.add_get(path, _page(web_dir / filename))
     for name, relative in VENDOR.items():
         app.router.add_get(f"/vendor/{name}", _vendor(web_dir / relative))
-    app.router.add_static("/static/", web_dir, show_index=False, follow_symlinks=False)
+    for name in STATIC_DIRS:
+        app.router.add_static(f"/static/{name}/", web_dir / name, show_index=False,
+                              follow_symlinks=False)
 
 
 def _page(file: Path) -> Handler:

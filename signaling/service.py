@@ -21,7 +21,7 @@ from signaling.media import MediaControl
 from signaling.rooms import RoomService
 from signaling.sessions import SessionReporter
 from signaling.store import NodeRecord
-from signaling.webhooks import Webhooks, WebhookSettings
+from signaling.webhooks import Webhooks, WebhookSettings, webhook_key
 
 
 @dataclass
@@ -42,8 +42,10 @@ class Signaling:
         self.store, self.bus = open_backends(
             settings.redis_url, settings.redis_prefix, settings.event_history
         )
-        if not settings.webhooks.secret:
-            settings.webhooks.secret = settings.secret
+        if not settings.webhooks.secret:  # never the token key: receivers must not mint tokens
+            settings.webhooks.secret = webhook_key(settings.secret)
+        if settings.webhooks.secret == settings.secret:
+            raise ValueError("the webhook key must differ from the token secret")
         self.webhooks = Webhooks(settings.webhooks)
         self.rooms = RoomService(
             self.store, self.bus, self.webhooks, media, auto_create=settings.auto_create_rooms

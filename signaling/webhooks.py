@@ -3,11 +3,12 @@
 The body is JSON: ``{"id", "event", "created_at", "room": {...}, "participant": {...},
 "track": {...}}`` (the last two when they apply). The ``X-ShopCast-Signature`` header is
 ``sha256=`` + hex HMAC-SHA256 of the exact body bytes with the webhook secret; receivers
-recompute it and compare in constant time. ``emit`` only enqueues, so neither a request nor the
-media path ever waits for a receiver. Each URL has its own queue and worker: deliveries to one
-URL keep their order, and a slow URL does not delay another. A failed delivery (network error,
-timeout or non-2xx) is retried with exponential backoff; when a queue is full, new events for
-that URL are dropped and counted.
+recompute it and compare in constant time. Unless ``--webhook-secret`` is given, the key is
+``webhook_key(token secret)``, a one-way derivation: a receiver holding it cannot sign tokens.
+``emit`` only enqueues, so neither a request nor the media path ever waits for a receiver.
+Each URL has its own queue and worker: deliveries to one URL keep their order, and a slow URL
+does not delay another. A failed delivery (network error, timeout or non-2xx) is retried with
+exponential backoff; when a queue is full, new events for that URL are dropped and counted.
 """
 
 from __future__ import annotations
@@ -32,6 +33,14 @@ logger = logging.getLogger("shopcast.signaling.webhooks")
 SIGNATURE_HEADER = "X-ShopCast-Signature"
 EVENT_HEADER = "X-ShopCast-Event"
 DELIVERY_HEADER = "X-ShopCast-Delivery"
+# Domain separation of the derived webhook key: HMAC-SHA256(token secret, this), as hex.
+WEBHOOK_KEY_LABEL = b"shopcast-webhooks"
+
+
+def webhook_key(token_secret: str) -> str:
+    """The default webhook key: lowercase hex of HMAC-SHA256(token secret, "shopcast-webhooks").
+    One-way, so whoever verifies webhooks with it still cannot mint tokens."""
+    return hmac.new(token_secret.encode(), WEBHOOK_KEY_LABEL, hashlib.sha256).hexdigest()
 
 
 def sign(secret: str, body: bytes) -> str:

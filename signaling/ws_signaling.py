@@ -41,6 +41,7 @@ from signaling.live.gateway import EventGateway, allowed
 from signaling.live.schema import MAX_EVENT_BYTES, pack, packed_error
 from signaling.live.websocket import stream_room
 from signaling.negotiation import MAX_SDP_BYTES, Elsewhere, Negotiator
+from signaling.room_names import ROOM_NAME_RULE, valid_room_name
 from signaling.service import SIGNALING_KEY
 from signaling.tokens import Claims, Grant, authorize
 
@@ -257,7 +258,9 @@ async def _join(signaling: WsSignaling, gateway: EventGateway, claims: Claims,
     """The first message: a new session in a room, or an old one back; and the reply."""
     if first["type"] == "join":
         room = first.get("room")
-        if not isinstance(room, str) or claims.room not in (room, "*"):
+        if not isinstance(room, str) or not valid_room_name(room):
+            raise Refused("bad_room", ROOM_NAME_RULE)
+        if claims.room not in (room, "*"):
             raise Refused("wrong_room", f"this token is for room {claims.room!r}")
         if await gateway.is_banned(room, claims.identity):
             raise Refused("banned", "you are banned from this room")

@@ -144,9 +144,13 @@ def config(tmp_path: Path) -> Config:
     return loopback_config(tmp_path, workers=0)
 
 
+# At least shopcast.config.MIN_SECRET_BYTES (32): the server refuses shorter token keys.
+TEST_SECRET = "test-secret-0123456789abcdef-0123456789"
+
+
 def loopback_config(tmp_path: Path, **overrides: Any) -> Config:
     settings: dict[str, Any] = {
-        "host": "127.0.0.1", "port": free_port(), "secret": "test-secret",
+        "host": "127.0.0.1", "port": free_port(), "secret": TEST_SECRET,
         "secret_file": str(tmp_path / "secret"), "ice_hosts": ["127.0.0.1"],
         "rtmp_port": 0,  # tests that push RTMP ask for a free port
         **overrides,

@@ -95,7 +95,8 @@ def test_base_url_defaults_to_host_and_port_and_strips_a_slash() -> None:
 
 def test_resolve_secret_prefers_the_given_secret(tmp_path: Path) -> None:
     path = tmp_path / "secret"
-    assert Config(secret="given", secret_file=str(path)).resolve_secret() == "given"
+    given = "given-secret-0123456789abcdef-0123"
+    assert Config(secret=given, secret_file=str(path)).resolve_secret() == given
     assert not path.exists()
 
 
@@ -111,8 +112,9 @@ def test_resolve_secret_creates_a_private_file_once_and_reuses_it(tmp_path: Path
 
 def test_resolve_secret_from_env_secret_file(tmp_path: Path) -> None:
     path = tmp_path / "secret"
-    path.write_text("kept-secret\n")
-    assert _load([], {"SHOPCAST_SECRET_FILE": str(path)}).resolve_secret() == "kept-secret"
+    kept = "kept-secret-0123456789abcdef-01234"
+    path.write_text(kept + "\n")
+    assert _load([], {"SHOPCAST_SECRET_FILE": str(path)}).resolve_secret() == kept
 
 
 def test_every_setting_is_documented_in_the_readme() -> None:

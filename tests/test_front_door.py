@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from aiohttp import web
-from conftest import free_port
+from conftest import TEST_SECRET, free_port
 from multidict import CIMultiDict
 from test_multinode import eventually
 
@@ -32,7 +32,7 @@ from signaling.service import SIGNALING_KEY, Signaling
 from signaling.store import NodeRecord
 from signaling.tokens import mint
 
-SECRET = "test-secret"
+SECRET = TEST_SECRET  # the conftest config's
 NODE_TTL_MS = 1500  # short, yet a loaded machine does not miss a beat by mistake
 OFFER = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
 

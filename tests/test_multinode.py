@@ -34,7 +34,7 @@ from signaling.tokens import mint
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
-SECRET = "multinode-secret"
+SECRET = "multinode-secret-0123456789abcdef"
 SHOPCAST = str(Path(sys.executable).with_name("shopcast"))
 START_LIMIT_S = 30.0
 

@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from aiohttp import web
+from conftest import TEST_SECRET
 from rest_helpers import Api
 
 from shopcast.cluster import create_signaling_app
@@ -24,7 +25,7 @@ from signaling.tokens import mint
 
 pytest_plugins = ["store_fixtures"]
 
-SECRET = "test-secret"
+SECRET = TEST_SECRET  # the conftest config's
 
 
 def token(room: str, identity: str, *grants: str) -> str:

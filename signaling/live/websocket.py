@@ -26,6 +26,7 @@ from signaling.bus import Subscription
 from signaling.errors import bad_request, forbidden
 from signaling.live.gateway import EventGateway, allowed
 from signaling.live.schema import MAX_EVENT_BYTES, pack, packed_error
+from signaling.room_names import require_room_name
 from signaling.service import SIGNALING_KEY
 from signaling.tokens import Claims, Grant, authorize
 
@@ -38,6 +39,7 @@ JOIN_GRANTS = (Grant.SUBSCRIBE, Grant.CHAT, Grant.ADMIN)
 
 
 def _claims(request: web.Request, room: str) -> Claims:
+    require_room_name(room)  # the rule of every door, before the token says anything
     secret = request.app[SIGNALING_KEY].settings.secret
     claims = authorize(secret, request.headers.get("Authorization"),
                        query_token=request.query.get("token"))
