@@ -3,7 +3,8 @@
 One bus subscription per room per process, however many participants: each event is sent to
 every local channel of the room and crosses to each worker process with channels in the room
 once. What a client sends goes to the control plane's handler, in order per participant; its
-replies (errors, acks) go back to that participant only.
+replies (errors, acks) go back to that participant only. Each channel has its own bucket of
+``resume`` messages (``signaling/live/resume.py``), so one flooding channel is refused alone.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from sfu.background import spawn
 from sfu.events_channel import EventsChannel
 from signaling.bus import Bus
 from signaling.claims import Claims
+from signaling.live.resume import ResumeBudget
 
 logger = logging.getLogger("shopcast.sfu.events")
 
@@ -32,9 +34,12 @@ MAX_HELD = 1000  # events held for one joiner while its join state is built
 class ClientEventHandler(Protocol):
     """The control plane's side: validates and acts on client events, builds join state."""
 
-    async def handle(self, room: str, claims: Claims, raw: bytes) -> list[bytes]: ...
+    async def handle(self, room: str, claims: Claims, raw: bytes,
+                     budget: ResumeBudget | None = None) -> list[bytes]: ...
 
     async def snapshot(self, room: str) -> bytes: ...
+
+    def resume_budget(self) -> ResumeBudget: ...
 
 
 class EventGate:
@@ -72,6 +77,8 @@ class Endpoint:
         self._on_ready = on_ready
         self._last: asyncio.Task[None] | None = None
         self._gate = EventGate(send)
+        # this channel's bucket of ``resume`` messages: the handler's, made at the first message
+        self.resume_budget: ResumeBudget | None = None
 
     def deliver(self, packed: bytes) -> None:
         """A live room event: held until the join state went out."""
@@ -175,8 +182,11 @@ class EventBridge:
 
     async def _handle(self, endpoint: Endpoint, raw: bytes) -> None:
         self.handled += 1
+        if endpoint.resume_budget is None:
+            endpoint.resume_budget = self.handler.resume_budget()
         try:
-            replies = await self.handler.handle(endpoint.room, endpoint.claims, raw)
+            replies = await self.handler.handle(endpoint.room, endpoint.claims, raw,
+                                                endpoint.resume_budget)
         except Exception:
             logger.exception("event handler failed room=%s", endpoint.room)
             return

@@ -45,6 +45,13 @@ async def render(signaling: Signaling) -> list[str]:
     _metric(lines, "shopcast_events_published_total", "counter",
             "Room events published on the bus by this process.",
             [f" {signaling.bus.published}"])
+    live = signaling.live
+    _metric(lines, "shopcast_resume_limited_total", "counter",
+            "Event resumes limited by this process: `rate` answered resume_limited, `size` "
+            "over the per-resume caps and answered with a fresh state.",
+            [f'{{reason="{r}"}} {n}' for r, n in sorted(live.resume_limited.items())])
+    _metric(lines, "shopcast_resumed_bytes_total", "counter",
+            "Bytes of events re-sent by resumes in this process.", [f" {live.resumed_bytes}"])
     _metric(lines, "shopcast_event_subscriptions", "gauge",
             "Open event subscriptions in this process.", [f" {signaling.bus.subscriptions}"])
     return lines

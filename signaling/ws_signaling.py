@@ -6,7 +6,9 @@ Frames are binary msgpack maps with a ``type``, like ``/ws/events``. The first m
   and its events in ``seq`` order (exactly what ``/ws/events`` sends);
 - ``resume {session, after_seq}`` (a new socket, same token identity, within ``resume_s`` of the
   old one dropping) -> ``resumed {session, room}``, then the events after ``after_seq`` (or a
-  fresh ``state`` when history no longer reaches back); the session's media legs lived on.
+  fresh ``state`` when history no longer reaches back, the events are over the resume caps, or
+  the session resumed too often); the session's media legs lived on. Resumes, on connect and
+  as messages, share one bucket per session (``signaling/live/resume.py``).
 
 Then, each answered to the sender only and echoing its ``cid``:
 
@@ -38,6 +40,7 @@ from aiohttp import WSMsgType, web
 
 from signaling.errors import ApiError, forbidden
 from signaling.live.gateway import EventGateway, allowed
+from signaling.live.resume import ResumeBudget
 from signaling.live.schema import MAX_EVENT_BYTES, pack, packed_error
 from signaling.live.websocket import stream_room
 from signaling.negotiation import MAX_SDP_BYTES, Elsewhere, Negotiator
@@ -70,6 +73,7 @@ class Session:
     legs: set[str] = field(default_factory=set)
     socket: web.WebSocketResponse | None = None
     expiry: asyncio.TimerHandle | None = None
+    budget: ResumeBudget | None = None  # its resumes, across its sockets (EventGateway's)
 
 
 class WsSignaling:
@@ -192,8 +196,10 @@ class _Connection:
             elif data["type"] in SIGNALING:
                 await self.send(await self._signal(data))
             else:  # chat, like, purchase, ...: the room's live events
-                claims = self.session.claims
-                for reply in await self.gateway.handle(self.session.room, claims, message.data):
+                session = self.session
+                replies = await self.gateway.handle(session.room, session.claims, message.data,
+                                                    session.budget)
+                for reply in replies:
                     await self.send(reply)
 
     async def _signal(self, data: dict[str, Any]) -> bytes:
@@ -265,6 +271,7 @@ async def _join(signaling: WsSignaling, gateway: EventGateway, claims: Claims,
         if await gateway.is_banned(room, claims.identity):
             raise Refused("banned", "you are banned from this room")
         session = signaling.open(room, claims)
+        session.budget = gateway.resume_budget()
         return session, None, {"type": "joined", "session": session.id, "room": room,
                                "identity": claims.identity, "resume_s": signaling.resume_s}
     if first["type"] == "resume":
@@ -272,7 +279,14 @@ async def _join(signaling: WsSignaling, gateway: EventGateway, claims: Claims,
         session = signaling.resume(str(first.get("session", "")), claims)
         reply = {"type": "resumed", "session": session.id, "room": session.room,
                  "legs": sorted(session.legs)}
-        return session, after if isinstance(after, int) and after >= 0 else None, reply
+        if not isinstance(after, int) or after < 0:
+            return session, None, reply
+        if session.budget is None:
+            session.budget = gateway.resume_budget()
+        if session.budget.take() > 0:  # resumed too often: a fresh state, not the history
+            gateway.resume_limited["rate"] += 1
+            return session, None, reply
+        return session, after, reply
     raise Refused("join_first", "the first message is join {room} or resume {session}")
 
 

@@ -2,9 +2,13 @@
 
 The SFU's data-channel bridge and the ``/ws/events/{room}`` WebSocket both call exactly:
 
-- ``handle(room, claims, raw)``: validate one client message and act on it; return the packed
-  replies for that client only (``error``, ``ack``, ``order``, resumed events). Everything others
-  must see goes through the room's bus, which the transport delivers (``Event.packed``).
+- ``handle(room, claims, raw, budget)``: validate one client message and act on it; return the
+  packed replies for that client only (``error``, ``ack``, ``order``, resumed events). Everything
+  others must see goes through the room's bus, which the transport delivers (``Event.packed``).
+  ``budget`` is the connection's ``ResumeBudget`` (``resume_budget()``, one per connection):
+  ``resume`` is bounded in rate and bytes per connection (``signaling/live/resume.py``).
+- ``replay(room, after_seq)``: the packed events after ``after_seq`` within the resume caps, for
+  a transport whose client (re)connects with its last ``seq``.
 - ``snapshot(room)``: the packed ``state`` a joiner gets first; it reflects the room up to its
   ``seq``, and the transport then delivers bus events from ``seq + 1`` on.
 - ``is_banned(room, identity)``: refuse a (re)joining banned identity.
@@ -29,6 +33,7 @@ from signaling.live.errors import LiveError
 from signaling.live.gifts import Gifts
 from signaling.live.likes import Likes
 from signaling.live.moderation import Kick, Moderation
+from signaling.live.resume import ResumeBudget, ResumeLimits
 from signaling.live.sales import Sales
 from signaling.live.schema import LAYOUTS, EventError, EventSpec, event, pack
 from signaling.store import Store
@@ -39,7 +44,7 @@ logger = logging.getLogger("shopcast.signaling.live")
 
 Reply = dict[str, Any]
 Action = Callable[[str, Claims, dict[str, Any]], Awaitable[list[Reply]]]
-RESUME_LIMIT = 1000  # a resume further back than this gets a fresh state instead
+RESUME_REASONS = ("rate", "size")  # resume_limited errors; fresh states past the caps
 
 
 def allowed(claims: Claims, grant: Grant) -> bool:
@@ -54,6 +59,7 @@ class EventGateway:
     def __init__(
         self, store: Store, bus: Bus, webhooks: Webhooks, kick: Kick = _no_kick,
         *, interval_ms: int = 250, layout: str = LAYOUTS[0],
+        resume: ResumeLimits | None = None,
     ) -> None:
         self.store = store
         self.bus = bus
@@ -66,20 +72,26 @@ class EventGateway:
         self.catalog = Catalog(store, bus)
         self.sales = Sales(store, bus, webhooks, self.catalog, interval_ms)
         self.refused = 0  # client messages answered with an error
+        self.resume_limits = resume or ResumeLimits()
+        self.resume_limited = dict.fromkeys(RESUME_REASONS, 0)  # by reason, for /metrics
+        self.resumed_bytes = 0  # events re-sent by resumes, packed
         self._actions: dict[str, Action] = {
             "chat": self._chat, "like": self._like, "gift": self._gift,
-            "purchase": self._purchase, "resume": self._resume, "pin": self._pin,
+            "purchase": self._purchase, "pin": self._pin,
             "start_sale": self._start_sale, "delete_chat": self._delete_chat,
             "mute": self._mute, "ban": self._ban, "set_filter": self._set_filter,
             "cohost_invite": self._cohost_invite, "cohost_remove": self._cohost_remove,
             "cohost_accept": self._cohost_accept, "cohost_decline": self._cohost_decline,
         }
-        missing = set(schema.CLIENT_EVENTS) ^ set(self._actions)
+        missing = set(schema.CLIENT_EVENTS) ^ {*self._actions, "resume"}
         assert not missing, f"client events without an action (or vice versa): {missing}"
 
     # --- the transport-facing API -----------------------------------------------------------
 
-    async def handle(self, room: str, claims: Claims, raw: bytes) -> list[bytes]:
+    async def handle(self, room: str, claims: Claims, raw: bytes,
+                     budget: ResumeBudget | None = None) -> list[bytes]:
+        """``budget``: the connection's; without one (tests, tools) each resume gets a fresh
+        bucket, so only the per-resume caps hold."""
         cid = ""
         try:
             if claims.room not in (room, "*"):
@@ -87,6 +99,8 @@ class EventGateway:
             spec, data = schema.parse(raw)
             cid = str(data.get("cid", ""))
             self._authorize(spec, claims, cid)
+            if spec.type == "resume":
+                return await self._resume(room, data, budget or self.resume_budget(), cid)
             replies = await self._actions[spec.type](room, claims, data)
         except EventError as exc:
             self.refused += 1
@@ -98,6 +112,36 @@ class EventGateway:
             logger.exception("handling a client event failed in room %s", room)
             return [schema.packed_error("internal", "the server failed to handle that", cid)]
         return [pack(reply) for reply in replies]
+
+    def resume_budget(self) -> ResumeBudget:
+        """A new connection's bucket of resumes."""
+        return ResumeBudget(self.resume_limits)
+
+    async def replay(self, room: str, after_seq: int) -> list[bytes] | None:
+        """The room's events after ``after_seq``, packed as they were sent live, when history
+        still holds them all and they fit the resume caps; None when a fresh ``state`` must do
+        instead (too far back, over a cap, or a seq from the future). Past the event cap no
+        history is read at all."""
+        last = await self.bus.last_seq(room)
+        if after_seq >= last:
+            return [] if after_seq == last else None
+        limits = self.resume_limits
+        if last - after_seq > limits.max_events:
+            self.resume_limited["size"] += 1
+            return None
+        missed = await self.bus.history(room, after_seq, limits.max_events)
+        if not missed or missed[0].seq != after_seq + 1:
+            return None
+        packed, size = [], 0
+        for e in missed:
+            raw = e.packed
+            size += len(raw)
+            if size > limits.max_bytes:
+                self.resume_limited["size"] += 1
+                return None
+            packed.append(raw)
+        self.resumed_bytes += size
+        return packed
 
     async def snapshot(self, room: str) -> bytes:
         return pack(await self.state(room))
@@ -156,16 +200,22 @@ class EventGateway:
         )
         return [event("order", order=order, duplicate=duplicate, cid=data.get("cid"))]
 
-    async def _resume(self, room: str, claims: Claims, data: dict[str, Any]) -> list[Reply]:
+    async def _resume(self, room: str, data: dict[str, Any], budget: ResumeBudget, cid: str
+                      ) -> list[bytes]:
         """The missed events themselves, each as it was sent live (clients drop any seq they
-        already have); a fresh ``state`` when history no longer reaches back that far."""
+        already have); a fresh ``state`` when history no longer reaches back that far or the
+        events are over the caps; ``resume_limited`` past the connection's bucket, before any
+        store call."""
+        wait_s = budget.take()
+        if wait_s > 0:
+            self.resume_limited["rate"] += 1
+            raise EventError("resume_limited",
+                             f"too many resumes on this connection: retry in {wait_s:.1f} s", cid)
         after = int(data["after_seq"])
-        if after >= await self.bus.last_seq(room):
+        if after == await self.bus.last_seq(room):
             return []
-        missed = await self.bus.history(room, after, RESUME_LIMIT)
-        if not missed or missed[0].seq != after + 1 or len(missed) == RESUME_LIMIT:
-            return [await self.state(room)]
-        return [dict(e.data) for e in missed]
+        missed = await self.replay(room, after)
+        return missed if missed is not None else [await self.snapshot(room)]
 
     async def _pin(self, room: str, claims: Claims, data: dict[str, Any]) -> list[Reply]:
         product = await self.catalog.pin(room, data.get("sku"))

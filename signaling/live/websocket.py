@@ -4,7 +4,8 @@ For clients without a WebRTC data channel (FLV viewers, tools): the same msgpack
 frames, through the same ``EventGateway`` as the data channel. On connect the client gets
 ``state``, then every room event from ``state.seq + 1`` in ``seq`` order. A client that
 reconnects with ``after_seq`` (the last ``seq`` it saw) gets exactly the events after it and no
-``state``; if history no longer reaches back that far, it gets a fresh ``state`` instead.
+``state``; if history no longer reaches back that far, or they are over the resume caps, it gets
+a fresh ``state`` instead. A ``resume`` message is bounded per socket (``resume_limited``).
 
 The token (query ``token`` or ``Authorization: Bearer``) needs ``subscribe``, ``chat`` or
 ``admin`` for the room; a banned identity is refused with 403 and disconnected (close code
@@ -59,26 +60,21 @@ def _after_seq(request: web.Request) -> int | None:
     return int(raw)
 
 
-async def resumable(gateway: EventGateway, room: str, after_seq: int) -> bool:
-    """True when history still holds every event after ``after_seq``."""
-    last = await gateway.bus.last_seq(room)
-    if after_seq >= last:
-        return after_seq == last
-    kept = await gateway.bus.history(room, after_seq, 1)
-    return bool(kept) and kept[0].seq == after_seq + 1
-
-
 async def stream_room(
     gateway: EventGateway, room: str, after_seq: int | None,
     send: Callable[[bytes], Awaitable[None]],
     forward: Callable[[Subscription], Coroutine[Any, Any, Any]],
     read: Callable[[], Coroutine[Any, Any, None]],
 ) -> asyncio.Task[Any]:
-    """A room to one socket: ``state`` (or nothing, when ``after_seq`` can resume), then the
-    room's events through ``forward`` while ``read`` takes the client's messages, until either
-    ends. Returns the forwarding task (done, or cancelled), for its result."""
-    if after_seq is not None and await resumable(gateway, room, after_seq):
-        start = after_seq
+    """A room to one socket: the events after ``after_seq`` when they are within the resume
+    caps (``EventGateway.replay``), else ``state``; then the room's events through ``forward``
+    while ``read`` takes the client's messages, until either ends. Returns the forwarding task
+    (done, or cancelled), for its result."""
+    missed = None if after_seq is None else await gateway.replay(room, after_seq)
+    if after_seq is not None and missed is not None:
+        for packed in missed:
+            await send(packed)
+        start = after_seq + len(missed)
     else:
         state = await gateway.state(room)
         await send(pack(state))
@@ -102,6 +98,7 @@ class _Socket:
         self.gateway = gateway
         self.room = room
         self.claims = claims
+        self.budget = gateway.resume_budget()  # this socket's resumes
         self._lock = asyncio.Lock()
 
     async def send(self, data: bytes) -> None:
@@ -119,7 +116,9 @@ class _Socket:
     async def read(self) -> None:
         async for message in self.ws:
             if message.type == WSMsgType.BINARY:
-                for reply in await self.gateway.handle(self.room, self.claims, message.data):
+                replies = await self.gateway.handle(self.room, self.claims, message.data,
+                                                    self.budget)
+                for reply in replies:
                     await self.send(reply)
             elif message.type == WSMsgType.TEXT:
                 await self.send(packed_error("bad_frame", "send binary msgpack frames"))
