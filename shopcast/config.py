@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sfu.settings import RTMP_PORT, FlvSettings, NodeSettings
+from signaling.live.resume import ResumeLimits
 from signaling.live.schema import LAYOUTS
 
 ENV_PREFIX = "SHOPCAST_"
@@ -23,6 +24,7 @@ ENV_PREFIX = "SHOPCAST_"
 MIN_SECRET_BYTES = 32
 _NODE = NodeSettings()  # the media plane's defaults
 _FLV = FlvSettings()
+_RESUME = ResumeLimits()  # the event gateway's defaults
 
 
 @dataclass
@@ -123,6 +125,23 @@ class Config:
         default=15,
         metadata={"help": "WebSocket signaling: how long a dropped socket's media legs wait "
                           "for the page to resume"},
+    )
+    resume_burst: int = field(
+        default=_RESUME.burst,
+        metadata={"help": "event resumes one connection may ask at once (then one per "
+                          "resume_interval_ms; past it error resume_limited)"},
+    )
+    resume_interval_ms: int = field(
+        default=round(1000 / _RESUME.per_s),
+        metadata={"help": "one more event resume per connection this often"},
+    )
+    resume_max_events: int = field(
+        default=_RESUME.max_events,
+        metadata={"help": "events one resume re-sends at most (else a fresh state)"},
+    )
+    resume_max_bytes: int = field(
+        default=_RESUME.max_bytes,
+        metadata={"help": "bytes one resume re-sends at most (else a fresh state)"},
     )
     flv_layout: str = field(
         default=_FLV.layout,

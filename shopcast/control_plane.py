@@ -10,6 +10,7 @@ from shopcast.config import Config
 from signaling import api
 from signaling import metrics as signaling_metrics
 from signaling.live import websocket as live_websocket
+from signaling.live.resume import ResumeLimits
 from signaling.service import SIGNALING_KEY, Signaling, SignalingSettings
 from signaling.webhooks import WebhookSettings
 
@@ -21,6 +22,10 @@ def signaling_settings(config: Config) -> SignalingSettings:
         redis_prefix=config.redis_prefix,
         event_history=config.event_history,
         layout=config.flv_layout,
+        resume=ResumeLimits(burst=config.resume_burst,
+                            per_s=1000 / max(1, config.resume_interval_ms),
+                            max_events=config.resume_max_events,
+                            max_bytes=config.resume_max_bytes),
         webhooks=WebhookSettings(
             urls=list(config.webhook_urls),
             secret=config.webhook_secret,

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from signaling.backends import open_backends
 from signaling.live.gateway import EventGateway
+from signaling.live.resume import ResumeLimits
 from signaling.live.schema import LAYOUTS
 from signaling.media import MediaControl
 from signaling.rooms import RoomService
@@ -34,6 +35,7 @@ class SignalingSettings:
     auto_create_rooms: bool = True
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     layout: str = LAYOUTS[0]  # what `state` tells pages about the co-host layout
+    resume: ResumeLimits = field(default_factory=ResumeLimits)  # per connection
 
 
 class Signaling:
@@ -56,7 +58,7 @@ class Signaling:
         self.local_node: Callable[[], NodeRecord] | None = None
         # chat and commerce: the SFU's data-channel bridge and /ws/events both call this
         self.live = EventGateway(self.store, self.bus, self.webhooks, kick=self.rooms.kick,
-                                 layout=settings.layout)
+                                 layout=settings.layout, resume=settings.resume)
 
     def attach_media(
         self, media: MediaControl, *, local_node: Callable[[], NodeRecord] | None = None

@@ -241,3 +241,13 @@ async def test_ws_signaling_resume_messages_are_limited(server: Any) -> None:
         refused = [r for r in replies if r.get("code") == "resume_limited"]
         assert len(served) <= 5 * (LIMITS.burst + 1)
         assert len(refused) >= 30 - LIMITS.burst - 1
+
+
+async def test_config_flags_reach_the_gateway(config: Config, server: Any) -> None:
+    """``--resume-*`` flags are the gateway's limits (here: a burst of 1)."""
+    gateway = server.app[SIGNALING_KEY].live
+    assert gateway.resume_limits == ResumeLimits()
+    config.resume_burst = 1
+    from shopcast.control_plane import signaling_settings
+
+    assert signaling_settings(config).resume.burst == 1
