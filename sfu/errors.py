@@ -8,6 +8,7 @@ The ``code`` is the public, machine-readable part of the error and is the same a
 
 from __future__ import annotations
 
+from sfu.settings import ADMISSION_RETRY_AFTER_S
 from signaling.room_names import ROOM_NAME_RULE, valid_room_name
 
 
@@ -116,3 +117,29 @@ class MalformedMedia(MediaError):
     """An encoder's stream that cannot be parsed (truncated or garbage tags, bad NAL framing)."""
 
     code = "malformed_media"
+
+
+class TooManySections(BadOffer):
+    """An offer with more media sections than the room's slots need (plus a data channel):
+    refused before any peer connection is made, so its size buys no CPU or sockets."""
+
+    code = "too_many_sections"
+
+
+class TooManySessions(MediaError):
+    """A session past a per-identity or per-address limit of the node; the door answers
+    ``retry_after_s`` with the refusal (HTTP: ``429`` + ``Retry-After``)."""
+
+    code = "too_many_sessions"
+
+    def __init__(self, message: str, retry_after_s: int = ADMISSION_RETRY_AFTER_S,
+                 code: str | None = None) -> None:
+        super().__init__(message, code)
+        self.retry_after_s = retry_after_s
+
+
+class TooManyPending(TooManySessions):
+    """A session past the limit of answered, not yet connected sessions (per identity or for
+    the node)."""
+
+    code = "too_many_pending"

@@ -26,6 +26,8 @@ from sfu.errors import (
     RoomFull,
     RoomNotFound,
     SessionNotFound,
+    TooManySections,
+    TooManySessions,
     UnsupportedCodec,
 )
 from signaling.errors import ApiError
@@ -47,6 +49,8 @@ HTTP_STATUS: dict[type[MediaError], int] = {
     SessionNotFound: 404,
     RoomNotFound: 404,
     NoWorkers: 503,
+    TooManySections: 400,
+    TooManySessions: 429,
 }
 """Status per class; a subclass missing here answers with its nearest listed base's."""
 
@@ -64,6 +68,15 @@ def api_error(exc: MediaError) -> ApiError:
     return ApiError(http_status(exc), exc.code, exc.message)
 
 
+def error_response(exc: MediaError) -> web.Response:
+    """``exc``'s JSON error, with ``Retry-After`` when the refusal says when to come back
+    (``TooManySessions``: ``429``)."""
+    response = api_error(exc).to_response()
+    if isinstance(exc, TooManySessions):
+        response.headers["Retry-After"] = str(exc.retry_after_s)
+    return response
+
+
 def media_errors(handler: Handler) -> Handler:
     """Answer a media error raised under ``handler`` as its JSON error."""
 
@@ -72,6 +85,6 @@ def media_errors(handler: Handler) -> Handler:
         try:
             return await handler(request)
         except MediaError as exc:
-            raise api_error(exc) from exc
+            return error_response(exc)
 
     return wrapped

@@ -6,6 +6,7 @@ identity is personal; neither belongs on a page anyone who reaches ``/metrics`` 
 
 from __future__ import annotations
 
+from sfu.admission import DOORS, REASONS
 from sfu.node import SfuNode
 
 
@@ -61,4 +62,22 @@ def render(node: SfuNode) -> list[str]:
         ]
         lines += [f'shopcast_worker_bad_messages_total{{reason="{reason}"}} {count}'
                   for reason, count in sorted(node.workers.bad_messages().items())]
+    return lines + _admission(node)
+
+
+def _admission(node: SfuNode) -> list[str]:
+    """The node's session limits (``sfu/admission.py``): refusals by reason, and what counts."""
+    admission = node.admission
+    lines = [
+        "# HELP shopcast_session_refusals_total WebRTC sessions refused with 429 by the node's "
+        "session limits, by door (whip: publish over WHIP or /ws; whep: play) and reason.",
+        "# TYPE shopcast_session_refusals_total counter",
+    ]
+    lines += [f'shopcast_session_refusals_total{{door="{door}",reason="{reason}"}} '
+              f"{admission.refused[(door, reason)]}" for door in DOORS for reason in REASONS]
+    lines += [
+        "# HELP shopcast_sessions_pending WebRTC sessions answered but not yet connected.",
+        "# TYPE shopcast_sessions_pending gauge",
+        f"shopcast_sessions_pending {admission.pending()}",
+    ]
     return lines

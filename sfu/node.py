@@ -12,6 +12,7 @@ from aiortc import RTCDataChannel
 
 from common.tasks import stop_task
 from sfu import aiortc_private
+from sfu.admission import Admission, Ticket
 from sfu.background import spawn
 from sfu.errors import (
     NoAnchor,
@@ -94,6 +95,7 @@ class SfuNode:
         self.session_observers = tuple(session_observers)
         self.events = events
         self.cohost_admission = cohost_admission
+        self.admission = Admission(settings)
         self.banned = banned
         self.workers = (WorkerPool(settings, self._session_closed, events)
                         if settings.workers > 0 else None)
@@ -114,12 +116,24 @@ class SfuNode:
             await self.workers.stop()
 
     async def publish(
-        self, room_name: str, identity: str, offer: Offer, claims: Claims | None = None
+        self, room_name: str, identity: str, offer: Offer, claims: Claims | None = None,
+        *, address: str | None = None,
     ) -> tuple[Publisher, str]:
         """Start a WHIP session. The first publisher is the anchor (slot 0); a further one needs
         the ``cohost`` grant (else ``PublisherExists``), an invitation (``NotInvited``) and a free
         slot (``RoomFull``), and must send the room's codecs (``CodecMismatch``). An ``admin``
-        token needs no invitation."""
+        token needs no invitation. ``address``: the client's, for the node's session limits
+        (``sfu/admission.py``: ``TooManySessions``, ``TooManyPending``)."""
+        ticket = self.admission.admit(room_name, identity, address, "whip")
+        try:
+            return await self._publish(room_name, identity, offer, claims, ticket)
+        except BaseException:
+            self.admission.release(ticket)
+            raise
+
+    async def _publish(
+        self, room_name: str, identity: str, offer: Offer, claims: Claims | None, ticket: Ticket
+    ) -> tuple[Publisher, str]:
         room = self.rooms.get(room_name) or Room(room_name, self.settings.max_publishers)
         slot = self._publisher_slot(room, room_name, claims)
         if slot > 0:
@@ -141,6 +155,7 @@ class SfuNode:
             fast_start_s=self.settings.fast_start_ms / 1000,
         )
         required = room.codecs() if slot > 0 else None
+        self.admission.bind(ticket, publisher)
         self.rooms[room_name] = room
         room.publishers[publisher.id] = publisher
         answer = await self._negotiate(
@@ -181,17 +196,32 @@ class SfuNode:
         return rtmp
 
     async def play(
-        self, room_name: str, identity: str, offer: Offer, claims: Claims | None = None
+        self, room_name: str, identity: str, offer: Offer, claims: Claims | None = None,
+        *, address: str | None = None,
     ) -> tuple[ViewerSession, str]:
         """Start a WHEP session on a live room (in a worker process when there are workers);
-        ``NotLive`` otherwise."""
+        ``NotLive`` otherwise. ``address`` as for ``publish``."""
         room = self.rooms.get(room_name)
         if room is None or not room.live:
+            raise NotLive(f"room {room_name!r} is not live")
+        ticket = self.admission.admit(room_name, identity, address, "whep")
+        try:
+            return await self._play(room_name, identity, offer, claims, ticket)
+        except BaseException:
+            self.admission.release(ticket)
+            raise
+
+    async def _play(
+        self, room_name: str, identity: str, offer: Offer, claims: Claims | None, ticket: Ticket
+    ) -> tuple[ViewerSession, str]:
+        room = self.rooms.get(room_name)
+        if room is None or not room.live:  # the anchor left while the offer waited
             raise NotLive(f"room {room_name!r} is not live")
         if self.workers is not None:
             remote, answer = await self.workers.open_viewer(
                 room_name, identity, offer.sdp, room.layout(), room.producers(), claims
             )
+            self.admission.bind(ticket, remote)
             room.viewers[remote.id] = remote
             self.sessions[remote.id] = remote
             self._session_started(remote, claims)
@@ -206,6 +236,7 @@ class SfuNode:
             on_events_channel=self._events_opened,
         )
         layout, producers = room.layout(), room.producers()
+        self.admission.bind(ticket, viewer)
         room.viewers[viewer.id] = viewer
         answer = await self._negotiate(
             viewer, offer, lambda: viewer.prepare(offer, layout, producers)
@@ -292,6 +323,7 @@ class SfuNode:
 
     def _session_closed(self, session: Session) -> None:
         self.sessions.pop(session.id, None)
+        self.admission.session_ended(session.id)
         self._leave_room(session)
         for observer in self.session_observers:  # after publisher_left: tracks go first
             observer.session_ended(session)

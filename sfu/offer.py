@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from aiortc import sdp
 
-from sfu.errors import BadOffer, OfferTooLarge
+from sfu.errors import BadOffer, OfferTooLarge, TooManySections
 from signaling.negotiation import MAX_SDP_BYTES
 
 
@@ -36,13 +36,29 @@ class Offer:
         return [m.kind for m in self.media if m.kind in ("audio", "video")]
 
 
-def parse_offer(text: str, *, want: str) -> Offer:
+def max_sections(max_publishers: int) -> int:
+    """The media sections a room's offer may carry: audio and video per publisher slot (what a
+    viewer negotiates), plus the ``events`` data channel."""
+    return 2 * max_publishers + 1
+
+
+def parse_offer(text: str, *, want: str, section_limit: int | None = None) -> Offer:
     """Parse and check an offer; ``want`` is ``"send"`` (WHIP) or ``"recv"`` (WHEP) from the
-    client's point of view. Raises a ``BadOffer`` that says what is wrong."""
+    client's point of view. Raises a ``BadOffer`` that says what is wrong.
+
+    ``section_limit`` (``max_sections``) is checked on the raw text, before aiortc parses it:
+    every section costs parse time, transceivers, answer bytes and sockets."""
     if len(bytes(text, "utf-8")) > MAX_SDP_BYTES:
         raise OfferTooLarge(f"SDP offer larger than {MAX_SDP_BYTES} bytes")
     if not text.strip().startswith("v=0"):
         raise BadOffer("body is not an SDP offer (must start with v=0)")
+    if section_limit is not None:
+        sections = sum(1 for line in text.splitlines() if line.startswith("m="))
+        if sections > section_limit:
+            raise TooManySections(
+                f"the offer has {sections} media sections; this room takes at most "
+                f"{section_limit} (audio and video per publisher slot, and one data channel)"
+            )
     try:
         parsed = sdp.SessionDescription.parse(text)
     except Exception as exc:

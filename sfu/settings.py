@@ -25,6 +25,22 @@ RTMP_GRACE_MS = 5000
 """An RTMP encoder whose connection drops keeps its session (and its viewers) this long: a
 re-publish in time continues the tracks."""
 
+MAX_SESSIONS_PER_IDENTITY = 8
+"""WebRTC sessions one identity may hold in one room on a node (a page, a reload, a second tab)."""
+
+MAX_SESSIONS_PER_ADDRESS = 64
+"""WebRTC sessions one client address may hold on a node (a household or office behind a NAT)."""
+
+MAX_PENDING_PER_IDENTITY = 4
+"""Sessions of one identity answered but not yet ICE-connected: an offer costs sockets and CPU
+before any media flows, so unconnected ones are few."""
+
+MAX_PENDING_SESSIONS = 200
+"""Answered, not yet ICE-connected sessions on a node, all identities together."""
+
+ADMISSION_RETRY_AFTER_S = 5
+"""``Retry-After`` of a session refused by those limits: about one ICE connect's time."""
+
 
 @dataclass
 class NodeSettings:
@@ -43,6 +59,10 @@ class NodeSettings:
     workers: int = 0
     log_level: str = "INFO"
     rtmp_grace_ms: int = RTMP_GRACE_MS
+    max_sessions_per_identity: int = MAX_SESSIONS_PER_IDENTITY
+    max_sessions_per_address: int = MAX_SESSIONS_PER_ADDRESS
+    max_pending_per_identity: int = MAX_PENDING_PER_IDENTITY
+    max_pending_sessions: int = MAX_PENDING_SESSIONS
 
 
 @dataclass

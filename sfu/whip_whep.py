@@ -24,7 +24,7 @@ from aiohttp import web
 from sfu.errors import BadOffer, require_room_name
 from sfu.http_errors import media_errors
 from sfu.node import NODE_KEY
-from sfu.offer import parse_offer
+from sfu.offer import max_sections, parse_offer
 from sfu.session import Session
 from signaling.claims import Claims, Grant
 from signaling.errors import ApiError, forbidden
@@ -118,13 +118,17 @@ def _post(kind: str) -> Handler:
         target = await elsewhere(request, room, publish=kind == "whip")
         if target is not None:
             return redirect(target, request)
-        offer = parse_offer(await _read_offer(request), want=want)
         node = request.app[NODE_KEY]
+        offer = parse_offer(await _read_offer(request), want=want,
+                            section_limit=max_sections(node.settings.max_publishers))
         session: Session
+        address = request.remote  # the session limits per client address count this
         if kind == "whip":
-            session, answer = await node.publish(room, claims.identity, offer, claims)
+            session, answer = await node.publish(room, claims.identity, offer, claims,
+                                                 address=address)
         else:
-            session, answer = await node.play(room, claims.identity, offer, claims)
+            session, answer = await node.play(room, claims.identity, offer, claims,
+                                              address=address)
         location = f"/{kind}/{room}/{session.id}"
         return web.Response(
             status=201,

@@ -10,7 +10,7 @@ from sfu.errors import MediaError, require_room_name
 from sfu.http_errors import api_error
 from sfu.media_control import NodeMediaControl
 from sfu.node import SfuNode
-from sfu.offer import parse_offer
+from sfu.offer import Offer, max_sections, parse_offer
 from sfu.whip_whep import Placement
 from signaling.claims import Claims
 from signaling.negotiation import Elsewhere
@@ -29,27 +29,37 @@ class NodeNegotiator:
         self.node = node
         self.placement = placement
 
-    async def publish(self, room: str, claims: Claims, offer_sdp: str) -> tuple[str, str]:
+    async def publish(self, room: str, claims: Claims, offer_sdp: str,
+                      address: str | None = None) -> tuple[str, str]:
+        """``address``: the socket's client address, for the node's session limits."""
         try:
-            return await self._publish(room, claims, offer_sdp)
+            return await self._publish(room, claims, offer_sdp, address)
         except MediaError as exc:
             raise api_error(exc) from exc
 
-    async def play(self, room: str, claims: Claims, offer_sdp: str) -> tuple[str, str]:
+    async def play(self, room: str, claims: Claims, offer_sdp: str,
+                   address: str | None = None) -> tuple[str, str]:
         try:
-            return await self._play(room, claims, offer_sdp)
+            return await self._play(room, claims, offer_sdp, address)
         except MediaError as exc:
             raise api_error(exc) from exc
 
-    async def _publish(self, room: str, claims: Claims, offer_sdp: str) -> tuple[str, str]:
+    def _offer(self, offer_sdp: str, want: str) -> Offer:
+        return parse_offer(offer_sdp, want=want,
+                           section_limit=max_sections(self.node.settings.max_publishers))
+
+    async def _publish(self, room: str, claims: Claims, offer_sdp: str,
+                       address: str | None) -> tuple[str, str]:
         _check(room, claims, publish=True)
         if self.placement is not None and (url := await self.placement.publish_elsewhere(room)):
             raise Elsewhere(url)
         leg, answer = await self.node.publish(room, claims.identity,
-                                              parse_offer(offer_sdp, want="send"), claims)
+                                              self._offer(offer_sdp, "send"), claims,
+                                              address=address)
         return leg.id, answer
 
-    async def _play(self, room: str, claims: Claims, offer_sdp: str) -> tuple[str, str]:
+    async def _play(self, room: str, claims: Claims, offer_sdp: str,
+                    address: str | None) -> tuple[str, str]:
         _check(room, claims, publish=False)
         local = self.node.rooms.get(room)
         if self.placement is not None and (local is None or not local.live) and (
@@ -57,7 +67,8 @@ class NodeNegotiator:
         ):
             raise Elsewhere(url)
         leg, answer = await self.node.play(room, claims.identity,
-                                           parse_offer(offer_sdp, want="recv"), claims)
+                                           self._offer(offer_sdp, "recv"), claims,
+                                           address=address)
         return leg.id, answer
 
     async def close(self, room: str, leg: str) -> bool:

@@ -96,6 +96,25 @@ class Config:
         default=_NODE.max_publishers,
         metadata={"help": "publishers per room: the anchor plus co-hosts"},
     )
+    max_sessions_per_identity: int = field(
+        default=_NODE.max_sessions_per_identity,
+        metadata={"help": "WebRTC sessions one identity may hold in one room on a node "
+                          "(429 past it)"},
+    )
+    max_sessions_per_address: int = field(
+        default=_NODE.max_sessions_per_address,
+        metadata={"help": "WebRTC sessions one client address may hold on a node (429 past it)"},
+    )
+    max_pending_per_identity: int = field(
+        default=_NODE.max_pending_per_identity,
+        metadata={"help": "WebRTC sessions of one identity answered but not yet connected "
+                          "(429 past it)"},
+    )
+    max_pending_sessions: int = field(
+        default=_NODE.max_pending_sessions,
+        metadata={"help": "WebRTC sessions of a node answered but not yet connected (429 past "
+                          "it)"},
+    )
     workers: int = field(
         default=-1,
         metadata={"help": "viewer worker processes: -1 = one per core (0 on one core), 0 = none"},
