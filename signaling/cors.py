@@ -3,8 +3,9 @@
 Which origins may is ``--cors-origins`` (``CORS_KEY`` on the app; ``*``, the default, allows any
 and echoes the request's ``Origin``). An origin outside the list gets no CORS headers, so its
 scripts cannot read answers, and its preflights are refused with a JSON 403: the browser stops
-before the request. Same-origin pages need no CORS and are never affected. Tokens, not cookies,
-authorize these APIs, so CORS guards against reading answers, not against forged requests.
+before the request. An ``OPTIONS`` without ``Origin`` (a tool, not a browser) is answered.
+Same-origin pages need no CORS and are never affected. Tokens, not cookies, authorize these
+APIs, so CORS guards against reading answers, not against forged requests.
 """
 
 from __future__ import annotations
@@ -63,9 +64,10 @@ async def cors_middleware(
     """Answer preflights and add CORS headers for allowed origins."""
     if not _applies(request):
         return await handler(request)
-    allowed = request.app.get(CORS_KEY, _ANY).allow_origin(request.headers.get("Origin"))
+    origin = request.headers.get("Origin")
+    allowed = request.app.get(CORS_KEY, _ANY).allow_origin(origin)
     if request.method == "OPTIONS":
-        if allowed is None:  # this middleware is outside error_middleware: answer here
+        if allowed is None and origin is not None:  # outside error_middleware: answer here
             return forbidden("this origin may not call the API from a browser "
                              "(--cors-origins)", "origin_not_allowed").to_response()
         response: web.StreamResponse = web.Response(status=204)

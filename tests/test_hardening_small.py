@@ -271,6 +271,10 @@ async def test_cors_allow_list(allow_listed: Config, server: Any) -> None:
         assert status == 403, path
         assert json.loads(body)["error"]["code"] == "origin_not_allowed"
         assert "Access-Control-Allow-Origin" not in headers
+    # a tool's OPTIONS (no Origin, not a browser) is still answered
+    status, headers, _ = await fetch("OPTIONS", f"{server.url}/whip/r1")
+    assert status == 204 and headers["Accept-Post"] == "application/sdp"
+    assert "Access-Control-Allow-Origin" not in headers
     admin = {"Authorization": "Bearer " + server.token("*", "ops", "admin")}
     status, headers, _ = await fetch("GET", f"{server.url}/api/v1/rooms", {"Origin": EVIL,
                                                                           **admin})
