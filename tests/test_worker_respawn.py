@@ -149,3 +149,44 @@ async def test_healthz_is_degraded_while_no_worker_is_alive(server: Any) -> None
     status, body = await healthz(server.url)
     assert (status, body["status"]) == (200, "ok"), body
     assert pool.respawned == 2
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("backend", ["memory"], indirect=True)
+async def test_the_viewer_page_plays_again_after_its_worker_is_killed(
+    server: Any, chromium: Any
+) -> None:
+    """The page, whose worker died without a word (no DTLS close from a killed process),
+    sees its connection drop, re-joins on its own and plays again within 10 s."""
+    from test_browser import go_live, open_viewer, wait_frames, wait_state
+
+    errors: list[str] = []
+    node = server.app[NODE_KEY]
+    pool = node.workers
+    await go_live(server, chromium, ROOM, errors)
+    viewer = await open_viewer(server, chromium, ROOM, errors)
+    await wait_frames(viewer, minimum=10)
+    await wait_state(viewer, "playing", timeout_s=5)
+
+    def page_sessions() -> set[str]:  # the anchor's page watches the stage over WHEP too
+        return {s.id for s in node.sessions.values()
+                if s.role == "viewer" and s.identity == "viewer"}
+
+    before = page_sessions()
+    assert len(before) == 1, before
+    index = next(w.index for w in pool.workers if before & set(w.legs))
+    await viewer.evaluate("window.shopcast.pc.killedWorker = true")  # the connection to lose
+
+    killed_at = time.monotonic()
+    kill(pool, index)
+    await wait_for(lambda: page_sessions() - before, PLAY_LIMIT_S,
+                   "the page re-joined with a new WHEP session")
+    new_pc = "window.shopcast.pc !== null && !window.shopcast.pc.killedWorker"
+    await viewer.wait_for_function(new_pc, timeout=PLAY_LIMIT_S * 1000)
+    await wait_frames(viewer, minimum=5,  # stats() reads the page's current connection
+                      timeout_s=max(PLAY_LIMIT_S - (time.monotonic() - killed_at), 0.5))
+    assert await viewer.evaluate(new_pc), "frames counted on the new connection"
+    assert time.monotonic() - killed_at < PLAY_LIMIT_S
+    assert await viewer.text_content("#state") == "playing"
+    assert await viewer.text_content("#transport") == "webrtc"
+    assert errors == []
