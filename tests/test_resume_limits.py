@@ -251,3 +251,33 @@ async def test_config_flags_reach_the_gateway(config: Config, server: Any) -> No
     from shopcast.control_plane import signaling_settings
 
     assert signaling_settings(config).resume.burst == 1
+
+
+async def test_reconnects_with_after_seq_are_limited_per_identity(server: Any) -> None:
+    """A new socket per resume gets no fresh bucket: reconnects with ``after_seq`` share one
+    per room and identity, refused before the upgrade with 429 and Retry-After."""
+    bus = server.app[SIGNALING_KEY].bus
+    last = await fill(bus, FLOOD_ROOM, 150)
+    token = server.token(FLOOD_ROOM, "flooder", "subscribe")
+    url = f"{server.url}/ws/events/{FLOOD_ROOM}?token={token}&after_seq={last - 100}"
+    opened = refused = 0
+    async with aiohttp.ClientSession() as http:
+        for _ in range(20):
+            try:
+                async with http.ws_connect(url) as ws:
+                    opened += 1
+                    await ws.receive(timeout=5)
+            except aiohttp.WSServerHandshakeError as exc:
+                assert exc.status == 429 and exc.headers is not None
+                assert int(exc.headers["Retry-After"]) >= 1
+                refused += 1
+        async with http.get(url) as response:
+            assert response.status == 429
+            assert (await response.json())["error"]["code"] == "resume_limited"
+    assert opened <= LIMITS.burst + 1 and refused >= 20 - LIMITS.burst - 1
+    other = await WsClient.open(server.url, FLOOD_ROOM, server.token(FLOOD_ROOM, "v", "subscribe"),
+                                after_seq=last - 1)
+    try:
+        assert (await other.next())["seq"] == last
+    finally:
+        await other.close()

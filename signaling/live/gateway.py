@@ -45,6 +45,7 @@ logger = logging.getLogger("shopcast.signaling.live")
 Reply = dict[str, Any]
 Action = Callable[[str, Claims, dict[str, Any]], Awaitable[list[Reply]]]
 RESUME_REASONS = ("rate", "size")  # resume_limited errors; fresh states past the caps
+RECONNECT_BUDGETS = 10_000  # (room, identity) buckets of reconnects kept, oldest dropped
 
 
 def allowed(claims: Claims, grant: Grant) -> bool:
@@ -75,6 +76,7 @@ class EventGateway:
         self.resume_limits = resume or ResumeLimits()
         self.resume_limited = dict.fromkeys(RESUME_REASONS, 0)  # by reason, for /metrics
         self.resumed_bytes = 0  # events re-sent by resumes, packed
+        self._reconnects: dict[tuple[str, str], ResumeBudget] = {}  # oldest use first
         self._actions: dict[str, Action] = {
             "chat": self._chat, "like": self._like, "gift": self._gift,
             "purchase": self._purchase, "pin": self._pin,
@@ -116,6 +118,20 @@ class EventGateway:
     def resume_budget(self) -> ResumeBudget:
         """A new connection's bucket of resumes."""
         return ResumeBudget(self.resume_limits)
+
+    def reconnect_wait(self, room: str, identity: str) -> float:
+        """A socket that opens with ``after_seq`` is a resume no per-connection bucket sees
+        yet, so reconnects share one bucket per room and identity: 0.0 when allowed, else the
+        seconds to wait (the door refuses before it reads anything)."""
+        key = (room, identity)
+        budget = self._reconnects.pop(key, None) or self.resume_budget()
+        self._reconnects[key] = budget
+        if len(self._reconnects) > RECONNECT_BUDGETS:
+            del self._reconnects[next(iter(self._reconnects))]
+        wait_s = budget.take()
+        if wait_s > 0:
+            self.resume_limited["rate"] += 1
+        return wait_s
 
     async def replay(self, room: str, after_seq: int) -> list[bytes] | None:
         """The room's events after ``after_seq``, packed as they were sent live, when history

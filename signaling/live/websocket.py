@@ -5,7 +5,9 @@ frames, through the same ``EventGateway`` as the data channel. On connect the cl
 ``state``, then every room event from ``state.seq + 1`` in ``seq`` order. A client that
 reconnects with ``after_seq`` (the last ``seq`` it saw) gets exactly the events after it and no
 ``state``; if history no longer reaches back that far, or they are over the resume caps, it gets
-a fresh ``state`` instead. A ``resume`` message is bounded per socket (``resume_limited``).
+a fresh ``state`` instead. A ``resume`` message is bounded per socket (``resume_limited``), and
+reconnects with ``after_seq`` per room and identity (``429 resume_limited`` with
+``Retry-After`` before the upgrade).
 
 The token (query ``token`` or ``Authorization: Bearer``) needs ``subscribe``, ``chat`` or
 ``admin`` for the room; a banned identity is refused with 403 and disconnected (close code
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -24,7 +27,7 @@ from aiohttp import WSMsgType, web
 
 from common.tasks import stop_tasks
 from signaling.bus import Subscription
-from signaling.errors import bad_request, forbidden
+from signaling.errors import ApiError, bad_request, forbidden
 from signaling.live.gateway import EventGateway, allowed
 from signaling.live.schema import MAX_EVENT_BYTES, pack, packed_error
 from signaling.room_names import require_room_name
@@ -126,6 +129,14 @@ class _Socket:
                 break
 
 
+def _resume_limited(wait_s: float) -> web.Response:
+    error = ApiError(429, "resume_limited",
+                     f"too many reconnects with after_seq: retry in {wait_s:.1f} s")
+    response = error.to_response()
+    response.headers["Retry-After"] = str(max(1, math.ceil(wait_s)))
+    return response
+
+
 async def events_socket(request: web.Request) -> web.StreamResponse:
     room = request.match_info["room"]
     claims = _claims(request, room)
@@ -133,6 +144,10 @@ async def events_socket(request: web.Request) -> web.StreamResponse:
     gateway = request.app[SIGNALING_KEY].live
     if await gateway.is_banned(room, claims.identity):
         raise forbidden("you are banned from this room", "banned")
+    if after_seq is not None:
+        wait_s = gateway.reconnect_wait(room, claims.identity)
+        if wait_s > 0:
+            return _resume_limited(wait_s)
     ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, heartbeat=30.0)
     await ws.prepare(request)
     socket = _Socket(ws, gateway, room, claims)
