@@ -279,3 +279,33 @@ def test_depth_ignores_brackets_in_strings_and_is_linear() -> None:
         with pytest.raises(JsonBoundsError):
             loads(bad)
     assert loads(str(MAX_INT).encode()) == MAX_INT and loads(b"1.5e3") == 1500.0
+
+
+def test_every_number_in_a_request_body_is_bounded() -> None:
+    """No REST body schema accepts a number without a minimum and a maximum, and free-form
+    metadata is bounded in depth and size."""
+    from signaling.api import ROUTES
+    from signaling.api.schema import Schema
+
+    unbounded: list[str] = []
+    free_form: list[str] = []
+
+    def walk(schema: Schema, where: str) -> None:
+        if schema.get("type") in ("integer", "number") and not (
+            "minimum" in schema and "maximum" in schema
+        ):
+            unbounded.append(where)
+        if schema.get("type") == "object" and not schema.get("properties") and not (
+            "x-maxDepth" in schema and "x-maxBytes" in schema
+        ):
+            free_form.append(where)
+        for name, item in schema.get("properties", {}).items():
+            walk(item, f"{where}.{name}")
+        for key in ("items", "additionalProperties"):
+            if isinstance(schema.get(key), dict):
+                walk(schema[key], f"{where}[]")
+
+    for route in ROUTES:
+        if route.body is not None:
+            walk(route.body, f"{route.method} {route.path}")
+    assert unbounded == [] and free_form == []
