@@ -11,6 +11,9 @@ import { flvSupported, loadMpegts, playFlv, withToken } from "./flv.js";
 import { SLOTS, TileWatch } from "./stage.js";
 
 const RETRY_MS = 2000; // also the FLV endpoint's Retry-After for a room that is not live
+// A connection that played and dropped (its server worker died, a network change) is tried
+// again soon: the browser needed ~5 s of ICE consent to notice, the viewer has waited enough.
+const RETRY_LOST_MS = 300;
 const WEBRTC_START_MS = 5000; // after a live answer, WebRTC must be playing by then
 const STATES = {
   connecting: "connecting",
@@ -155,9 +158,9 @@ function dropConnection() {
   clearMedia();
 }
 
-function scheduleRetry() {
+function scheduleRetry(delayMs = RETRY_MS) {
   clearTimeout(retryTimer);
-  retryTimer = setTimeout(connect, RETRY_MS);
+  retryTimer = setTimeout(connect, delayMs);
 }
 
 // The room's playback plan (GET /api/v1/rooms/{room}/playback): {transport: "whep"|"flv",
@@ -207,9 +210,10 @@ async function connect() {
       useFlv(`WebRTC ${mine.connectionState} before playing`);
       return;
     }
+    const played = playedPc === mine;
     dropConnection();
     setState(state === "playing" ? "left" : "retrying");
-    scheduleRetry();
+    scheduleRetry(played ? RETRY_LOST_MS : RETRY_MS);
   };
   mine.addEventListener("connectionstatechange", () => {
     const s = mine.connectionState;
