@@ -19,6 +19,7 @@ from live_helpers import ADMIN, VIEWER, WsClient, make_gateway, send
 from rest_helpers import Api, signaling_of
 
 from shopcast.config import Config
+from signaling.backends import open_backends
 from signaling.json_bounds import MAX_DEPTH, MAX_INT, JsonBoundsError, depth, loads
 from signaling.live.catalog import Product
 from signaling.live.schema import CLIENT_EVENTS, MAX_PRICE
@@ -259,6 +260,31 @@ async def test_store_consume_compares_the_request(store: Store) -> None:
     legacy = await store.consume("s", "p", holder="a", qty=1, limit=0, now_ms=now,
                                  record=b"x", idempotency_key="k")
     assert legacy.outcome is ConsumeOutcome.DUPLICATE and legacy.record == b"order:tee"
+
+
+async def test_redis_key_written_before_requests_were_kept_still_replays(
+    redis_server: str, prefix: str
+) -> None:
+    """An idempotency key stored as a plain string (before keys kept their request) replays
+    its order as before instead of failing on the new hash layout (a Redis key layout only)."""
+    from signaling.store.redis import RedisStore
+
+    store, bus = open_backends(redis_server, prefix, history=10)
+    await store.start()
+    await bus.start()
+    try:
+        assert isinstance(store, RedisStore)
+        now = int(time.time() * 1000)
+        await store.open_pool("s", "p", 5, opens_at_ms=now - 1000, closes_at_ms=now + 60_000)
+        await store._r.set(store.keys.idempotency("s", "a", "old"), b"first", px=60_000)
+        result = await store.consume("s", "p", holder="a", qty=1, limit=0, now_ms=now,
+                                     record=b"second", idempotency_key="old", request=b"tee")
+        assert result.outcome is ConsumeOutcome.DUPLICATE and result.record == b"first"
+        pool = await store.pool_state("s", "p")
+        assert pool is not None and pool.remaining == 5
+    finally:
+        await bus.close()
+        await store.close()
 
 
 # --- the bounded parser ----------------------------------------------------------------------
