@@ -21,6 +21,7 @@ from typing import Protocol
 
 from aiohttp import web
 
+from sfu.door_refusals import counted
 from sfu.errors import BadOffer, require_room_name
 from sfu.http_errors import media_errors
 from sfu.node import NODE_KEY
@@ -110,6 +111,7 @@ def require_owner(session: Session, claims: Claims) -> None:
 def _post(kind: str) -> Handler:
     want, _ = _KINDS[kind]
 
+    @counted(kind)
     @media_errors
     async def handler(request: web.Request) -> web.StreamResponse:
         room = _room(request)
@@ -143,6 +145,7 @@ def _post(kind: str) -> Handler:
 def _delete(kind: str) -> Handler:
     _, role = _KINDS[kind]
 
+    @counted(kind)
     @media_errors
     async def handler(request: web.Request) -> web.StreamResponse:
         room = _room(request)

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from sfu import metrics as sfu_metrics
 from sfu import whip_whep
+from sfu.door_refusals import REFUSALS_KEY, DoorRefusals
 from sfu.event_bridge import EventBridge
 from sfu.flv import http as flv_http
 from sfu.flv import metrics as flv_metrics
@@ -109,6 +110,7 @@ def add_media_plane(app: web.Application, config: Config, signaling: Signaling) 
     )
     app[NODE_KEY] = node
     app[FLV_KEY] = flv
+    app[REFUSALS_KEY] = DoorRefusals()  # WHIP, WHEP and FLV count what they refuse
 
     rtmp = None
     if config.rtmp_port:
@@ -169,5 +171,6 @@ async def metrics(request: web.Request) -> web.Response:
     require_metrics_token(request)
     lines = sfu_metrics.render(request.app[NODE_KEY]) + flv_metrics.render(request.app[FLV_KEY])
     lines += rtmp_metrics.render(request.app.get(RTMP_KEY), request.app[NODE_KEY])
+    lines += request.app[REFUSALS_KEY].lines()
     lines += await metrics_lines(request.app)
     return web.Response(text="\n".join(lines) + "\n", content_type="text/plain", charset="utf-8")

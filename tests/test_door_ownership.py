@@ -53,6 +53,12 @@ async def delete(url: str, token: str) -> tuple[int, Any]:
         return response.status, body
 
 
+async def metrics(server: Any) -> str:
+    async with aiohttp.ClientSession() as http, http.get(f"{server.url}/metrics") as response:
+        assert response.status == 200
+        return await response.text()
+
+
 async def packets_flow(viewer: Any) -> bool:
     """More video packets reach ``viewer`` within half a second."""
     before = viewer.video.stream.packets
@@ -93,6 +99,10 @@ async def test_only_the_owner_or_an_admin_ends_a_session(server: Any) -> None:
         status, _ = await delete(anchor_url, server.token("own1", "mod", "admin"))
         assert status == 204, "an admin of the room ends the anchor's session"
         assert anchor_id not in node.sessions
+        text = await metrics(server)
+        assert 'shopcast_door_refusals_total{door="whip",reason="not_owner"} 3' in text
+        assert 'shopcast_door_refusals_total{door="whep",reason="not_owner"} 1' in text
+        assert 'shopcast_door_refusals_total{door="whip",reason="wrong_room"} 1' in text
     finally:
         await other.close()
         await viewer.close()
@@ -188,6 +198,9 @@ async def test_a_banned_identity_is_refused_at_whip_whep_and_flv(server: Any) ->
 
         assert not [s for s in node.sessions.values() if s.identity == "troll"], \
             "nothing of the banned identity is left on the node"
+        text = await metrics(server)
+        for door in ("whip", "whep", "flv"):
+            assert f'shopcast_door_refusals_total{{door="{door}",reason="banned"}} 1' in text
         assert await packets_flow(fan), "the other viewer keeps playing"
         assert node.rooms["ban1"].live
     finally:
