@@ -24,12 +24,15 @@ class Elsewhere(Exception):
 
 
 class Negotiator(Protocol):
-    async def publish(self, room: str, claims: Claims, offer_sdp: str) -> tuple[str, str]:
-        """Start a publisher leg (WHIP's rules: grants, co-host invitation, codecs); return
-        (leg id, answer SDP). Raises ``ApiError`` (refused) or ``Elsewhere``."""
+    async def publish(self, room: str, claims: Claims, offer_sdp: str,
+                      address: str | None = None) -> tuple[str, str]:
+        """Start a publisher leg (WHIP's rules: grants, co-host invitation, codecs, the node's
+        session limits, which count the client's ``address``); return (leg id, answer SDP).
+        Raises ``ApiError`` (refused) or ``Elsewhere``."""
         ...
 
-    async def play(self, room: str, claims: Claims, offer_sdp: str) -> tuple[str, str]:
+    async def play(self, room: str, claims: Claims, offer_sdp: str,
+                   address: str | None = None) -> tuple[str, str]:
         """Start a viewer leg (WHEP's rules); return (leg id, answer SDP)."""
         ...
 

@@ -169,7 +169,8 @@ class FrontDoorNegotiator:
     def __init__(self, placement: RoomPlacement) -> None:
         self.placement = placement
 
-    async def publish(self, room: str, claims: Claims, offer_sdp: str) -> tuple[str, str]:
+    async def publish(self, room: str, claims: Claims, offer_sdp: str,
+                      address: str | None = None) -> tuple[str, str]:
         require_room_name(room)
         claims.require_media(True, room)
         try:
@@ -178,7 +179,8 @@ class FrontDoorNegotiator:
             raise ApiError(503, "no_node", str(exc)) from exc
         raise Elsewhere(owner.url)
 
-    async def play(self, room: str, claims: Claims, offer_sdp: str) -> tuple[str, str]:
+    async def play(self, room: str, claims: Claims, offer_sdp: str,
+                   address: str | None = None) -> tuple[str, str]:
         claims.require_media(False, room)
         owner = await self.placement.live_owner(room)
         if owner is None:

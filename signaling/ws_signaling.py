@@ -74,6 +74,7 @@ class Session:
     socket: web.WebSocketResponse | None = None
     expiry: asyncio.TimerHandle | None = None
     budget: ResumeBudget | None = None  # its resumes, across its sockets (EventGateway's)
+    address: str | None = None  # its socket's client address: the node's per-address limit
 
 
 class WsSignaling:
@@ -219,7 +220,8 @@ class _Connection:
             if not isinstance(sdp, str) or not sdp or len(sdp) > MAX_SDP_BYTES:
                 raise Refused("malformed_sdp", f"{kind} needs an SDP offer in 'sdp'")
             negotiate = negotiator.publish if kind == "publish" else negotiator.play
-            leg, answer = await negotiate(session.room, session.claims, sdp)
+            leg, answer = await negotiate(session.room, session.claims, sdp,
+                                          address=session.address)
             session.legs.add(leg)
             return pack({"type": "answer", "leg": leg, "sdp": answer, "cid": cid})
         except Elsewhere as moved:
@@ -246,7 +248,7 @@ async def ws_signaling(request: web.Request) -> web.StreamResponse:
         await ws.send_bytes(packed_error(exc.code, exc.message, first.get("cid")))
         await ws.close()
         return ws
-    session.socket = ws
+    session.socket, session.address = ws, request.remote
     if first.get("cid") is not None:
         reply["cid"] = first["cid"]
     await ws.send_bytes(pack(reply))

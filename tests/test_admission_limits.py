@@ -10,11 +10,13 @@ the node's memory, not in a store, so there is no backend to vary.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgpack
 import pytest
 from conftest import loopback_config
 from waiting import wait_for
@@ -221,3 +223,34 @@ async def test_pending_sessions_of_the_node_are_capped(server: Any) -> None:
         assert server.app[NODE_KEY].admission.pending() == 3
     finally:
         await anchor.close()
+
+
+@pytest.mark.parametrize("config", [{"max_sessions_per_address": 4}], indirect=True)
+async def test_the_ws_door_applies_the_same_limits_with_the_sockets_address(server: Any) -> None:
+    anchor = await live_room(server, "sock")  # the address's first session
+    token = server.token("sock", "w", "subscribe")
+    async with aiohttp.ClientSession() as http, http.ws_connect(
+        f"{server.url}/ws?token={token}"
+    ) as ws:
+
+        async def request(**message: Any) -> dict[str, Any]:
+            await ws.send_bytes(msgpack.packb(message, use_bin_type=True))
+            for _ in range(20):  # skip room events; the reply carries our cid
+                reply = await asyncio.wait_for(ws.receive(), 15)
+                data: dict[str, Any] = msgpack.unpackb(reply.data, raw=False)
+                if data.get("cid") == message.get("cid"):
+                    return data
+            raise AssertionError(f"no reply to {message['type']}")
+
+        assert (await request(type="join", room="sock", cid="j"))["type"] == "joined"
+        reply = await request(type="subscribe", sdp=crafted_offer(300), cid="big")
+        assert (reply["type"], reply["code"]) == ("error", "too_many_sections"), reply
+        for i in range(3):  # pending 3 < the identity's 4: only the address limit is reached
+            reply = await request(type="subscribe", sdp=crafted_offer(2), cid=f"p{i}")
+            assert reply["type"] == "answer", reply
+        reply = await request(type="subscribe", sdp=crafted_offer(2), cid="p3")
+        assert (reply["type"], reply["code"]) == ("error", "too_many_sessions"), reply
+    assert await metric(
+        server, 'shopcast_session_refusals_total{door="whep",reason="sessions_per_address"}'
+    ) == 1
+    await anchor.close()
