@@ -41,6 +41,10 @@ MAX_PENDING_SESSIONS = 200
 ADMISSION_RETRY_AFTER_S = 5
 """``Retry-After`` of a session refused by those limits: about one ICE connect's time."""
 
+TRUSTED_PROXIES = ("127.0.0.1", "::1")
+"""Peers whose ``X-Forwarded-For`` names the client (the per-address limit counts that): a
+front door (``shopcast signaling``) or reverse proxy on this host. Anyone else's is ignored."""
+
 
 @dataclass
 class NodeSettings:
@@ -63,6 +67,7 @@ class NodeSettings:
     max_sessions_per_address: int = MAX_SESSIONS_PER_ADDRESS
     max_pending_per_identity: int = MAX_PENDING_PER_IDENTITY
     max_pending_sessions: int = MAX_PENDING_SESSIONS
+    trusted_proxies: list[str] = field(default_factory=lambda: list(TRUSTED_PROXIES))
 
 
 @dataclass

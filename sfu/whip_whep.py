@@ -108,6 +108,17 @@ def require_owner(session: Session, claims: Claims) -> None:
                         "not_owner")
 
 
+def client_address(request: web.Request, trusted_proxies: list[str]) -> str | None:
+    """The client's address for the per-address session limit: the peer's, or, when the peer
+    is a trusted proxy (the front door forwards WHIP/WHEP), the nearest address in
+    ``X-Forwarded-For`` that is not one of the trusted proxies."""
+    address = request.remote
+    hops = [hop.strip() for hop in request.headers.get("X-Forwarded-For", "").split(",")]
+    while address in trusted_proxies and hops and hops[-1]:
+        address = hops.pop()
+    return address
+
+
 def _post(kind: str) -> Handler:
     want, _ = _KINDS[kind]
 
@@ -124,7 +135,7 @@ def _post(kind: str) -> Handler:
         offer = parse_offer(await _read_offer(request), want=want,
                             section_limit=max_sections(node.settings.max_publishers))
         session: Session
-        address = request.remote  # the session limits per client address count this
+        address = client_address(request, node.settings.trusted_proxies)
         if kind == "whip":
             session, answer = await node.publish(room, claims.identity, offer, claims,
                                                  address=address)

@@ -51,6 +51,7 @@ def node_settings(config: Config) -> NodeSettings:
         max_sessions_per_address=config.max_sessions_per_address,
         max_pending_per_identity=config.max_pending_per_identity,
         max_pending_sessions=config.max_pending_sessions,
+        trusted_proxies=config.trusted_proxies,
         workers=worker_count(config.workers),
         log_level=config.log_level,
         rtmp_grace_ms=config.rtmp_grace_ms,

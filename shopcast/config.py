@@ -115,6 +115,11 @@ class Config:
         metadata={"help": "WebRTC sessions of a node answered but not yet connected (429 past "
                           "it)"},
     )
+    trusted_proxies: list[str] = field(
+        default_factory=lambda: list(_NODE.trusted_proxies),
+        metadata={"help": "addresses of front doors / reverse proxies whose X-Forwarded-For "
+                          "names the client for the per-address session limit"},
+    )
     workers: int = field(
         default=-1,
         metadata={"help": "viewer worker processes: -1 = one per core (0 on one core), 0 = none"},

@@ -60,8 +60,9 @@ def crafted_offer(sections: int, direction: str = "recvonly") -> str:
     return "\r\n".join(lines) + "\r\n"
 
 
-async def post(url: str, body: str, token: str) -> tuple[int, Any, dict[str, str]]:
-    headers = {"Authorization": f"Bearer {token}", **SDP}
+async def post(url: str, body: str, token: str, **extra: str
+               ) -> tuple[int, Any, dict[str, str]]:
+    headers = {"Authorization": f"Bearer {token}", **SDP, **extra}
     async with aiohttp.ClientSession() as http, http.post(url, data=body, headers=headers) as r:
         payload = await (r.json() if r.content_type == "application/json" else r.text())
         return r.status, payload, dict(r.headers)
@@ -279,5 +280,29 @@ async def test_viewers_in_a_worker_count_and_free_their_places(server: Any) -> N
         await wait_for(lambda: node.admission.admitted() == 8, 5, "the place freed")
         status, answer, _ = await post(f"{server.url}/whep/wk", crafted_offer(2), greedy)
         assert status == 201, answer
+    finally:
+        await anchor.close()
+
+
+@pytest.mark.parametrize("config", [
+    {"max_sessions_per_address": 2, "max_pending_per_identity": 100},
+    {"max_sessions_per_address": 2, "max_pending_per_identity": 100, "trusted_proxies": []},
+], indirect=True, ids=["loopback-front-door-trusted", "nobody-trusted"])
+async def test_a_trusted_front_door_forwards_the_clients_address(server: Any) -> None:
+    """The front door forwards WHIP/WHEP with ``X-Forwarded-For``: behind a trusted one each
+    client counts on its own; from anyone else the header is ignored (no spoofed way out)."""
+    anchor = await live_room(server, "fwd")  # 127.0.0.1's first session
+    trusted = bool(server.config.trusted_proxies)
+    token = server.token("fwd", "v", "subscribe")
+    url = f"{server.url}/whep/fwd"
+    try:
+        results = [(await post(url, crafted_offer(2), token, **{"X-Forwarded-For": "10.0.0.1"}))[0]
+                   for _ in range(3)]
+        other, _, _ = await post(url, crafted_offer(2), token,
+                                 **{"X-Forwarded-For": "10.0.0.9, 10.0.0.2"})
+        if trusted:  # 10.0.0.1 holds two, its third is refused; 10.0.0.2 is someone else
+            assert (results, other) == ([201, 201, 429], 201)
+        else:  # every request is 127.0.0.1's, which holds the anchor's session already
+            assert (results, other) == ([201, 429, 429], 429)
     finally:
         await anchor.close()
