@@ -122,22 +122,24 @@ class Admission:
 
     def _refusal(self, room: str, identity: str, address: str | None
                  ) -> tuple[str, TooManySessions] | None:
-        """Which limit a new session would pass, and the error that says so; None: none."""
+        """Which limit a new session would pass, and the error that says so; None: none. A
+        limit of 0 is no limit (a load test from one machine)."""
         s, retry = self.settings, ADMISSION_RETRY_AFTER_S
-        if self._per_identity[(room, identity)] >= s.max_sessions_per_identity:
+        if 0 < s.max_sessions_per_identity <= self._per_identity[(room, identity)]:
             return "sessions_per_identity", TooManySessions(
                 f"{identity!r} already holds {s.max_sessions_per_identity} sessions in room "
                 f"{room!r} on this node", retry)
-        if address is not None and self._per_address[address] >= s.max_sessions_per_address:
+        if address is not None and 0 < s.max_sessions_per_address <= self._per_address[address]:
             return "sessions_per_address", TooManySessions(
                 f"this address already holds {s.max_sessions_per_address} sessions on this node",
                 retry)
         self._prune_pending()
-        if sum(1 for t in self._pending if t.identity == identity) >= s.max_pending_per_identity:
+        if 0 < s.max_pending_per_identity <= sum(1 for t in self._pending
+                                                 if t.identity == identity):
             return "pending_per_identity", TooManyPending(
                 f"{identity!r} has {s.max_pending_per_identity} sessions not yet connected; "
                 "retry once one connects", retry)
-        if len(self._pending) >= s.max_pending_sessions:
+        if 0 < s.max_pending_sessions <= len(self._pending):
             return "pending_per_node", TooManyPending(
                 f"this node has {s.max_pending_sessions} sessions not yet connected; retry",
                 retry)

@@ -24,9 +24,11 @@ from waiting import wait_for
 from loadtest.clients import play, publish
 from loadtest.media import PaintedVideoTrack, ToneAudioTrack
 from sfu import peer
+from sfu.admission import Admission
 from sfu.errors import TooManySections
 from sfu.node import NODE_KEY
 from sfu.offer import max_sections, parse_offer
+from sfu.settings import NodeSettings
 from shopcast.config import Config
 
 pytestmark = pytest.mark.slow
@@ -93,6 +95,16 @@ def test_the_section_cap_is_the_rooms_slots_plus_a_data_channel() -> None:
     parse_offer(offer, want="recv")  # well formed: without the cap aiortc would take it
     with pytest.raises(TooManySections):
         parse_offer(offer, want="recv", section_limit=limit)
+
+
+def test_a_limit_of_zero_is_no_limit() -> None:
+    """A load test from one machine lifts the per-address and pending limits with 0."""
+    admission = Admission(NodeSettings(max_sessions_per_address=0, max_pending_sessions=0,
+                                       max_pending_per_identity=0, max_sessions_per_identity=0))
+    for i in range(300):
+        admission.admit("r", f"v{i % 3}", "127.0.0.1", "whep")
+    assert (admission.admitted(), admission.pending(), sum(admission.refused.values())) == (
+        300, 300, 0)
 
 
 async def test_a_300_section_offer_is_refused_before_any_session(server: Any) -> None:
