@@ -42,10 +42,9 @@ class Ticket:
     session: Session | None = None
 
     def pending(self, now: float) -> bool:
-        """Answered (or being answered) but not yet connected, and not yet timed out.
-
-        A leg of this process says when ICE connected (``connected_at``); a viewer in a worker
-        process does not, so it counts as pending until the connect timeout has passed."""
+        """Answered (or being answered) but not yet connected (``connected_at``: a leg of this
+        process sets it, a worker's viewer when the worker says ``leg_connected``), and not yet
+        timed out (an unconnected leg closes then; its close frees the ticket)."""
         connected_at = getattr(self.session, "connected_at", None)
         return connected_at is None and now - self.admitted_at < peer.CONNECT_TIMEOUT_S
 

@@ -40,6 +40,7 @@ from sfu.worker_protocol import (
     EventsReady,
     KeyframeRequest,
     LegClosed,
+    LegConnected,
     Play,
     PlayReply,
     ProducerClosed,
@@ -175,6 +176,7 @@ class Worker:
             on_events_channel=self._events_opened if request.events else None,
         )
         producers = [self.producers[k] for k in request.producers if k in self.producers]
+        viewer.pc.on("connectionstatechange", lambda: self._leg_state(viewer))
         try:
             offer = parse_offer(request.offer, want="recv")
             layout = request.layout.room_layout()
@@ -214,6 +216,11 @@ class Worker:
         if not legs:
             self.event_rooms.pop(room, None)
         self.control.send(EventsClosed(leg_id))
+
+    def _leg_state(self, leg: PeerLeg) -> None:
+        """Tell the pool once the leg connected: the node's pending-session limit frees it."""
+        if leg.pc.connectionState == "connected" and leg.id in self.viewers:
+            self.control.send(LegConnected(leg.id))
 
     def _leg_closed(self, leg: PeerLeg) -> None:
         self._events_closed(leg.id, leg.room)

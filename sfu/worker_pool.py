@@ -36,6 +36,7 @@ from sfu.worker_protocol import (
     KeyframeRequest,
     Layout,
     LegClosed,
+    LegConnected,
     Play,
     PlayReply,
     ProducerClosed,
@@ -96,6 +97,7 @@ class RemoteViewer:
         self.worker = worker
         self.keys = keys
         self.closed = False
+        self.connected_at: float | None = None  # told by the worker (LegConnected)
 
     @property
     def state(self) -> str:
@@ -251,6 +253,8 @@ class WorkerPool:
 
     def producer_closed(self, producer: Producer) -> None:
         self._producers.pop(producer.key, None)
+        for counts in self._retired_counters.values():  # kept only while the track lives
+            counts.pop(producer.key, None)
         for worker in self.workers:
             if worker.feeds.pop(producer.key, None) is not None:
                 worker.control.send(ProducerClosed(producer.key))
@@ -300,6 +304,7 @@ class WorkerPool:
         dispatch.on(Ready, lambda _: self._ready(index))
         dispatch.on(KeyframeRequest, self._keyframe)
         dispatch.on(LegClosed, lambda m: self._leg_gone(self.workers[index], m.leg))
+        dispatch.on(LegConnected, lambda m: self._leg_connected(self.workers[index], m.leg))
         dispatch.on(Stats, lambda m: self._stats(index, m))
         dispatch.on(EventsOpen, lambda m: self._events_open(self.workers[index], m.leg))
         dispatch.on(ClientEvent, self._client_event)
@@ -421,6 +426,11 @@ class WorkerPool:
         endpoint = self._endpoints.pop(leg_id, None)
         if endpoint is not None and self.events is not None:
             self.events.close_remote(worker.index, endpoint.room)
+
+    def _leg_connected(self, worker: WorkerHandle, leg_id: str) -> None:
+        leg = worker.legs.get(leg_id)
+        if leg is not None and leg.connected_at is None:
+            leg.connected_at = time.monotonic()
 
     def _leg_gone(self, worker: WorkerHandle, leg_id: str) -> None:
         self._events_closed(worker, leg_id)

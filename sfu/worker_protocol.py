@@ -360,6 +360,16 @@ class LegClosed(WorkerMessage):
 
 @message
 @dataclass(frozen=True, slots=True)
+class LegConnected(WorkerMessage):
+    """A viewer leg's ICE and DTLS are up: it no longer counts as a pending session."""
+
+    op: ClassVar[str] = "leg_connected"
+    direction: ClassVar[Direction] = FROM
+    leg: str = field(metadata={"doc": "the viewer leg's id"})
+
+
+@message
+@dataclass(frozen=True, slots=True)
 class Stats(WorkerMessage):
     """Once a second: the worker's counters, summed into the node's /metrics."""
 

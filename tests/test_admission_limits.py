@@ -275,7 +275,9 @@ async def test_viewers_in_a_worker_count_and_free_their_places(server: Any) -> N
     anchor = await live_room(server, "wk")
     node = server.app[NODE_KEY]
     greedy = server.token("wk", "greedy", "subscribe")
-    try:
+    viewer = await play(server.url, "wk", server.token("wk", "fan", "subscribe"), decode=False)
+    try:  # the worker says when its leg connected: not pending until the 20 s timeout
+        await wait_for(lambda: node.admission.pending() == 0, 10, "the worker's viewer connected")
         locations = []
         for _ in range(8):
             status, answer, headers = await post(f"{server.url}/whep/wk", crafted_offer(2),
@@ -289,10 +291,11 @@ async def test_viewers_in_a_worker_count_and_free_their_places(server: Any) -> N
             async with http.delete(f"{server.url}{locations[0]}",
                                    headers={"Authorization": f"Bearer {greedy}"}) as r:
                 assert r.status == 204
-        await wait_for(lambda: node.admission.admitted() == 8, 5, "the place freed")
+        await wait_for(lambda: node.admission.admitted() == 9, 5, "the place freed")
         status, answer, _ = await post(f"{server.url}/whep/wk", crafted_offer(2), greedy)
         assert status == 201, answer
     finally:
+        await viewer.close()
         await anchor.close()
 
 
