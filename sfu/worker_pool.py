@@ -134,6 +134,7 @@ class WorkerHandle:
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.alive = False  # ready and its channel open: viewers may be placed here
         self.started_at = time.monotonic()
+        self.replacement = False  # started in place of a dead worker
 
 
 class WorkerPool:
@@ -316,6 +317,9 @@ class WorkerPool:
         if not worker.ready.done():
             worker.alive = not worker.control.closed
             worker.ready.set_result(None)
+            if worker.replacement and worker.alive:  # counted as it becomes usable
+                self.respawned += 1
+                logger.warning("worker %d replaced: pid %s", index, worker.process.pid)
 
     def _keyframe(self, message: KeyframeRequest) -> None:
         producer = self._producers.get(message.key)
@@ -382,6 +386,7 @@ class WorkerPool:
             if self._stopping:
                 return
             worker = await self._spawn(index)
+            worker.replacement = True  # before any await: its ready is handled after this
             self.workers[index] = worker
         except Exception:
             logger.exception("worker %d could not be started again", index)
@@ -395,9 +400,6 @@ class WorkerPool:
         except (TimeoutError, ConnectionError):
             if not worker.control.closed:  # hung at start-up: kill it; its close retries
                 worker.process.kill()
-            return
-        self.respawned += 1
-        logger.warning("worker %d replaced: pid %s", index, worker.process.pid)
 
     def _events_open(self, worker: WorkerHandle, leg_id: str) -> None:
         """A worker's participant opened its ``events`` channel: join state, then room events."""
