@@ -97,12 +97,23 @@ def demo_urls(cfg: config_module.Config, room: str) -> dict[str, str]:
     }
 
 
+def http_runner(app: web.Application, cfg: config_module.Config) -> web.AppRunner:
+    """The app's runner with a header-read timeout. aiohttp (3.14) arms its keep-alive timer
+    when a connection opens and again after each response, and closes the connection when it
+    fires while no whole request has arrived: with the timeout set to ``http_header_timeout_ms``
+    a client that never finishes its request line and headers (slowloris) is closed then,
+    instead of after aiohttp's default of an hour. A request being handled (an upload, a
+    WebSocket, an FLV stream) is not affected."""
+    timeout_s = max(cfg.http_header_timeout_ms, 1) / 1000
+    return web.AppRunner(app, access_log=None, keepalive_timeout=timeout_s)
+
+
 async def serve_forever(cfg: config_module.Config, role: str, demo_room: str) -> None:
     """Run one process of ``role`` until SIGINT/SIGTERM, then stop cleanly (an SFU node
     deregisters first, so its rooms are re-assignable at once, not after the heartbeat TTL)."""
     factory = {"serve": create_app, "signaling": create_signaling_app, "sfu": create_sfu_app}
     app = factory[role](cfg)
-    runner = web.AppRunner(app, access_log=None)
+    runner = http_runner(app, cfg)
     await runner.setup()
     site = web.TCPSite(runner, cfg.host, cfg.port)
     await site.start()

@@ -67,6 +67,16 @@ class Config:
     webhook_attempts: int = field(
         default=5, metadata={"help": "deliveries tried per webhook before giving up"}
     )
+    webhook_queue_bytes: int = field(
+        default=8 * 1024 * 1024,
+        metadata={"help": "bytes of webhook bodies queued per URL; past it the oldest are "
+                          "dropped and counted"},
+    )
+    http_header_timeout_ms: int = field(
+        default=10_000,
+        metadata={"help": "an HTTP connection that has not sent a whole request line and headers "
+                          "this long after it opened (or after its last response) is closed"},
+    )
     cors_origins: list[str] = field(
         default_factory=lambda: ["*"],
         metadata={"help": "origins whose pages may call WHIP/WHEP/REST/FLV from a browser "

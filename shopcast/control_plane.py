@@ -30,6 +30,7 @@ def signaling_settings(config: Config) -> SignalingSettings:
             urls=list(config.webhook_urls),
             secret=config.webhook_secret,
             attempts=config.webhook_attempts,
+            queue_bytes=config.webhook_queue_bytes,
         ),
     )
     if config.node_id:

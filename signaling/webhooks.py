@@ -8,7 +8,9 @@ recompute it and compare in constant time. Unless ``--webhook-secret`` is given,
 ``emit`` only enqueues, so neither a request nor the media path ever waits for a receiver.
 Each URL has its own queue and worker: deliveries to one URL keep their order, and a slow URL
 does not delay another. A failed delivery (network error, timeout or non-2xx) is retried with
-exponential backoff; when a queue is full, new events for that URL are dropped and counted.
+exponential backoff. A URL's queue is bounded in count and in bytes (a dead receiver must not
+grow the process): past either bound the oldest queued events for that URL are dropped and
+counted, so what is delivered when the receiver comes back is the most recent.
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ class WebhookSettings:
     attempts: int = 5  # deliveries tried per event, the first included
     backoff_s: float = 0.5  # wait before the first retry; doubles each time
     timeout_s: float = 5.0
-    queue_size: int = 10_000  # per URL
+    queue_size: int = 10_000  # bodies queued per URL
+    queue_bytes: int = 8 * 1024 * 1024  # bytes of bodies queued per URL
 
 
 @dataclass
@@ -67,7 +70,8 @@ class WebhookStats:
     delivered: int = 0
     failed: int = 0  # gave up after every attempt
     retried: int = 0
-    dropped: int = 0  # queue full
+    dropped: int = 0  # queue full (count or bytes): the oldest queued are dropped
+    dropped_bytes: int = 0
 
 
 class Webhooks:
@@ -75,6 +79,7 @@ class Webhooks:
         self.settings = settings
         self.stats = WebhookStats()
         self._queues: dict[str, asyncio.Queue[tuple[str, bytes]]] = {}
+        self._queued_bytes: dict[str, int] = {}  # per URL: bodies waiting in its queue
         self._workers: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
 
@@ -86,6 +91,7 @@ class Webhooks:
         for url in self.settings.urls:
             queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(self.settings.queue_size)
             self._queues[url] = queue
+            self._queued_bytes[url] = 0
             self._workers.append(asyncio.create_task(self._work(url, queue)))
 
     async def close(self) -> None:
@@ -106,11 +112,33 @@ class Webhooks:
         body = {"id": delivery, "event": event, "created_at": time.time(), **payload}
         raw = json.dumps(body, separators=(",", ":")).encode()
         for url, queue in self._queues.items():
-            try:
-                queue.put_nowait((event, raw))
-            except asyncio.QueueFull:
-                self.stats.dropped += 1
-                logger.warning("webhook queue full for %s: dropped %s", url, event)
+            if len(raw) > self.settings.queue_bytes:  # could never fit: dropped alone
+                self._count_drop(url, event, len(raw))
+                continue
+            self._make_room(url, queue, len(raw))
+            queue.put_nowait((event, raw))
+            self._queued_bytes[url] += len(raw)
+
+    def queued_bytes(self, url: str) -> int:
+        """Bytes of bodies waiting for ``url`` (not counting the one being delivered)."""
+        return self._queued_bytes.get(url, 0)
+
+    def _make_room(self, url: str, queue: asyncio.Queue[tuple[str, bytes]], size: int) -> None:
+        """Drop the oldest queued events until one more body of ``size`` fits both bounds."""
+        while not queue.empty() and (
+            queue.full() or self._queued_bytes[url] + size > self.settings.queue_bytes
+        ):
+            event, body = queue.get_nowait()
+            queue.task_done()
+            self._queued_bytes[url] -= len(body)
+            self._count_drop(url, event, len(body))
+
+    def _count_drop(self, url: str, event: str, size: int) -> None:
+        self.stats.dropped += 1
+        self.stats.dropped_bytes += size
+        if self.stats.dropped in (1, 10, 100) or self.stats.dropped % 1000 == 0:
+            logger.warning("webhook queue full for %s: dropped %s (%d dropped so far)",
+                           url, event, self.stats.dropped)
 
     async def drain(self) -> None:
         """Wait until everything queued so far was delivered or given up (tests, shutdown)."""
@@ -119,6 +147,7 @@ class Webhooks:
     async def _work(self, url: str, queue: asyncio.Queue[tuple[str, bytes]]) -> None:
         while True:
             event, body = await queue.get()
+            self._queued_bytes[url] -= len(body)
             try:
                 await self._deliver(url, event, body)
             finally:

@@ -1,0 +1,150 @@
+"""Issue 14 #12 limits: a header-read timeout (slowloris), the webhook queue bounded in bytes,
+the memory store's expiring keys evicted, and a participant's queue of event messages bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest_asyncio
+from aiohttp import web
+from conftest import free_port, loopback_config
+
+from shopcast.app import create_app
+from shopcast.cli import http_runner
+from shopcast.config import Config
+from shopcast.control_plane import signaling_settings
+from signaling.webhooks import Webhooks, WebhookSettings
+
+HEADER_TIMEOUT_MS = 1000
+SLOW_CLIENTS = 200
+
+
+@pytest_asyncio.fixture
+async def quick_server(tmp_path: Path) -> AsyncIterator[tuple[str, Config]]:
+    """The whole app run the way ``shopcast serve`` runs it, with a 1 s header timeout."""
+    config = loopback_config(tmp_path, workers=0)
+    config.http_header_timeout_ms = HEADER_TIMEOUT_MS
+    runner = http_runner(create_app(config), config)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, config.host, config.port).start()
+        yield f"http://{config.host}:{config.port}", config
+    finally:
+        await runner.cleanup()
+
+
+async def _half_request(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(b"GET /healthz HT")  # half a request line, then nothing
+    await writer.drain()
+    return reader, writer
+
+
+async def _closed_at(reader: asyncio.StreamReader, limit_s: float) -> float | None:
+    """When the server closed the connection (EOF or reset), or None if it is still open."""
+    try:
+        data = await asyncio.wait_for(reader.read(4096), limit_s)
+    except TimeoutError:
+        return None
+    except ConnectionError:
+        return time.monotonic()
+    return time.monotonic() if data == b"" else None
+
+
+async def test_slowloris_connections_are_closed_at_the_header_timeout(
+    quick_server: tuple[str, Config],
+) -> None:
+    url, config = quick_server
+    started = time.monotonic()
+    conns = await asyncio.gather(
+        *(_half_request(config.host, config.port) for _ in range(SLOW_CLIENTS)))
+    try:
+        # the node keeps serving while they hang
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{url}/healthz", timeout=aiohttp.ClientTimeout(total=2)) as r:
+                assert r.status == 200
+        limit = HEADER_TIMEOUT_MS / 1000 + 3.0
+        closed = await asyncio.gather(*(_closed_at(reader, limit) for reader, _ in conns))
+        still_open = sum(c is None for c in closed)
+        assert still_open == 0, f"{still_open} of {SLOW_CLIENTS} slow connections still open"
+        latest = max(c for c in closed if c is not None) - started
+        assert HEADER_TIMEOUT_MS / 1000 * 0.9 <= latest <= limit
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{url}/healthz", timeout=aiohttp.ClientTimeout(total=2)) as r:
+                assert r.status == 200
+    finally:
+        for _, writer in conns:
+            writer.close()
+
+
+async def test_a_request_in_progress_outlives_the_header_timeout(tmp_path: Path) -> None:
+    """The timeout is for reading a request, not for handling it: a slow answer still comes,
+    and a keep-alive connection that sends its next request in time is reused."""
+    config = loopback_config(tmp_path, workers=0)
+    config.http_header_timeout_ms = 300
+
+    async def slow(_: web.Request) -> web.Response:
+        await asyncio.sleep(0.9)
+        return web.Response(text="done")
+
+    app = web.Application()
+    app.router.add_get("/slow", slow)
+    runner = http_runner(app, config)
+    await runner.setup()
+    port = free_port()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(2):
+            writer.write(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+            assert head.startswith(b"HTTP/1.1 200")
+            assert await asyncio.wait_for(reader.readexactly(4), 1) == b"done"
+            await asyncio.sleep(0.1)  # within the timeout: the same connection goes on
+        assert await _closed_at(reader, 2.0) is not None  # idle past it: closed
+        writer.close()
+    finally:
+        await runner.cleanup()
+
+
+# --- webhooks: a dead receiver ---------------------------------------------------------------
+
+
+async def test_webhook_queue_is_bounded_in_bytes_against_a_dead_receiver() -> None:
+    """The audit saw ~640 MB queued for a dead receiver: bounded by count only. Now the bytes
+    are bounded too; the oldest go first and are counted; the newest wait for the receiver."""
+    dead = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens: every delivery fails
+    bound = 256 * 1024
+    hooks = Webhooks(WebhookSettings([dead], "k" * 32, attempts=1, backoff_s=0.01,
+                                     queue_bytes=bound))
+    await hooks.start()
+    try:
+        filler = "x" * 20_000
+        for n in range(500):  # ~10 MB of bodies, 40x the bound
+            hooks.emit("participant_joined", room={"name": "r", "n": n, "pad": filler})
+            assert hooks.queued_bytes(dead) <= bound
+        queued = [json.loads(body)["room"]["n"] for _, body in list(hooks._queues[dead]._queue)]  # type: ignore[attr-defined]
+        assert queued and queued == list(range(500 - len(queued), 500))  # the newest kept
+        assert len(queued) <= bound // 20_000
+        assert hooks.stats.dropped == 500 - len(queued)
+        assert hooks.stats.dropped_bytes > 9_000_000
+        # a body larger than the whole bound is dropped alone, the queue kept
+        hooks.emit("participant_joined", room={"name": "r", "pad": "y" * (bound + 1)})
+        assert hooks.stats.dropped == 500 - len(queued) + 1
+        assert len(hooks._queues[dead]._queue) == len(queued)  # type: ignore[attr-defined]
+        await asyncio.wait_for(hooks.drain(), 10)  # the kept ones are tried and given up
+        assert hooks.queued_bytes(dead) == 0
+    finally:
+        await hooks.close()
+
+
+def test_webhook_queue_bytes_flag_reaches_the_webhooks(tmp_path: Path) -> None:
+    config = loopback_config(tmp_path, workers=0)
+    config.webhook_queue_bytes = 12345
+    assert signaling_settings(config).webhooks.queue_bytes == 12345
