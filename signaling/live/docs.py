@@ -20,8 +20,8 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "events.md"
 def _section(spec: EventSpec, side: str) -> list[str]:
     lines = [f"### `{spec.type}`", "", spec.doc]
     notes = []
-    if spec.grant is not None:
-        notes.append(f"needs the `{spec.grant.value}` grant")
+    if spec.grants:
+        notes.append("needs the " + " or ".join(f"`{g.value}`" for g in spec.grants) + " grant")
     if spec.reply:
         notes.append("sent to one client only, without a `seq` of its own")
     elif side == "server":

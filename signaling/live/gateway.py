@@ -189,9 +189,11 @@ class EventGateway:
     # --- actions ----------------------------------------------------------------------------
 
     def _authorize(self, spec: EventSpec, claims: Claims, cid: str) -> None:
-        if spec.grant is not None and not allowed(claims, spec.grant):
-            raise EventError("forbidden", f"{spec.type} needs the {spec.grant.value!r} grant",
-                             cid)
+        """Every client event names the grants that may send it (``schema.CLIENT_EVENTS``);
+        an event that names none is refused to everyone but an admin rather than open to all."""
+        if not any(allowed(claims, grant) for grant in spec.grants or (Grant.ADMIN,)):
+            wanted = " or ".join(repr(g.value) for g in spec.grants or (Grant.ADMIN,))
+            raise EventError("forbidden", f"{spec.type} needs the {wanted} grant", cid)
 
     @staticmethod
     def _ack(data: dict[str, Any], result: Any = None) -> list[Reply]:
@@ -202,7 +204,7 @@ class EventGateway:
         return []
 
     async def _like(self, room: str, claims: Claims, data: dict[str, Any]) -> list[Reply]:
-        self.likes.tap(room, int(data.get("count", 1)))
+        self.likes.tap(room, int(data.get("count", 1)), claims.identity)
         return []
 
     async def _gift(self, room: str, claims: Claims, data: dict[str, Any]) -> list[Reply]:

@@ -19,7 +19,7 @@ from typing import Any
 
 import msgpack
 
-from signaling.claims import Grant
+from signaling.claims import WATCHING, Grant
 from signaling.events import RoomEvent
 
 MAX_EVENT_BYTES = 16 * 1024  # a client message larger than this is refused, whole
@@ -66,7 +66,9 @@ class EventSpec:
     type: str
     doc: str
     fields: tuple[Field, ...] = ()
-    grant: Grant | None = None  # client events: the grant the sender needs (admin has all)
+    # client events: the sender needs one of these grants (admin carries all); every client
+    # event names at least one, so no message type is open to any token that reached the room
+    grants: tuple[Grant, ...] = ()
     reply: bool = False  # server events: sent to one client only, not through the room's bus
 
     def field(self, name: str) -> Field | None:
@@ -88,57 +90,69 @@ SKU = Field("sku", "str", "product id", min=1, max=64)
 IDENTITY = Field("identity", "str", "a participant's token sub", min=1, max=MAX_ID)
 
 
-def _client(type_: str, doc: str, *fields: Field, grant: Grant | None = None) -> EventSpec:
-    return EventSpec(type_, doc, (*fields, CID), grant=grant)
+# Who may send what. Likes and gifts are a watcher's (not a chat-only token's); a purchase
+# needs ``subscribe``, the grant of ``POST /rooms/{room}/orders``, so both doors sell to the
+# same tokens; ``resume`` is for anyone who may join the room's events at all.
+JOINING = (*WATCHING, Grant.CHAT)
+BUYING = (Grant.SUBSCRIBE,)
+
+
+def _client(type_: str, doc: str, *fields: Field, grants: tuple[Grant, ...]) -> EventSpec:
+    return EventSpec(type_, doc, (*fields, CID), grants=grants)
 
 
 CLIENT_EVENTS: dict[str, EventSpec] = {s.type: s for s in [
     _client("chat", "Send a chat message (danmaku) to the room.",
             Field("text", "str", "the message, plain text", min=1, max=MAX_CHAT_CHARS),
-            grant=Grant.CHAT),
+            grants=(Grant.CHAT,)),
     _client("like", "Taps on the like button; totals are broadcast at most every 250 ms.",
             Field("count", "int", "taps since the last like message (default 1)",
-                  required=False, min=1, max=100)),
+                  required=False, min=1, max=100),
+            grants=WATCHING),
     _client("gift", "Send a gift from the catalog (in `state.gifts`).",
             Field("gift", "str", "gift id", min=1, max=64),
-            Field("count", "int", "how many (default 1)", required=False, min=1, max=99)),
+            Field("count", "int", "how many (default 1)", required=False, min=1, max=99),
+            grants=WATCHING),
     _client("purchase", "Buy during a flash sale; replied to with `order` or `error` "
             "(`idempotency_key_reused` when `key` was used before for another sku or qty).",
             SKU, Field("qty", "int", "units (default 1)", required=False, min=1, max=MAX_QTY),
             Field("key", "str", "idempotency key: a retry with the same key gets the same order",
-                  required=False, min=1, max=MAX_ID)),
+                  required=False, min=1, max=MAX_ID),
+            grants=BUYING),
     _client("resume", "Ask for the events after `after_seq`: they are replied one by one as "
             "they were sent live (or a fresh `state` when history no longer reaches back).",
-            Field("after_seq", "int", "the last seq this client saw", min=0, max=MAX_SEQ)),
+            Field("after_seq", "int", "the last seq this client saw", min=0, max=MAX_SEQ),
+            grants=JOINING),
     _client("pin", "Admin: pin a product (or unpin with nil).",
             Field("sku", "str", "product id, nil to unpin", nullable=True, max=64),
-            grant=Grant.ADMIN),
+            grants=(Grant.ADMIN,)),
     _client("start_sale", "Admin: start a flash sale on a product.",
             SKU, Field("stock", "int", "units for sale", min=1, max=MAX_STOCK),
             Field("per_user_limit", "int", "units one buyer may get (0 = no limit)",
                   required=False, min=0, max=MAX_PER_USER),
             Field("duration_s", "int", "how long the sale is open", min=1, max=MAX_SALE_S),
-            grant=Grant.ADMIN),
+            grants=(Grant.ADMIN,)),
     _client("delete_chat", "Admin: delete a chat message (broadcast as `chat_deleted`).",
-            Field("id", "str", "the chat message's id", min=1, max=64), grant=Grant.ADMIN),
+            Field("id", "str", "the chat message's id", min=1, max=64), grants=(Grant.ADMIN,)),
     _client("mute", "Admin: stop (or allow again) a participant's chat.",
             IDENTITY, Field("muted", "bool", "default true", required=False),
             Field("duration_s", "int", "mute for this long (0 = until unmuted)",
                   required=False, min=0, max=30 * 86400),
-            grant=Grant.ADMIN),
+            grants=(Grant.ADMIN,)),
     _client("ban", "Admin: kick a participant and refuse its rejoin (or lift the ban).",
             IDENTITY, Field("banned", "bool", "default true", required=False),
-            grant=Grant.ADMIN),
+            grants=(Grant.ADMIN,)),
     _client("set_filter", "Admin: replace the room's chat keyword filter.",
             Field("words", "list", "blocked words (case-insensitive substrings)", max=200),
-            grant=Grant.ADMIN),
+            grants=(Grant.ADMIN,)),
     _client("cohost_invite", "Anchor: invite `identity` to co-host (broadcast as `cohost`).",
-            IDENTITY, grant=Grant.PUBLISH),
+            IDENTITY, grants=(Grant.PUBLISH,)),
     _client("cohost_remove", "Anchor: withdraw an invitation and end the co-host's sessions.",
-            IDENTITY, grant=Grant.PUBLISH),
+            IDENTITY, grants=(Grant.PUBLISH,)),
     _client("cohost_accept", "Guest: accept this identity's invitation, then publish (WHIP).",
-            grant=Grant.COHOST),
-    _client("cohost_decline", "Guest: decline this identity's invitation.", grant=Grant.COHOST),
+            grants=(Grant.COHOST,)),
+    _client("cohost_decline", "Guest: decline this identity's invitation.",
+            grants=(Grant.COHOST,)),
 ]}
 
 
