@@ -18,6 +18,8 @@ from shopcast.app import create_app
 from shopcast.cli import http_runner
 from shopcast.config import Config
 from shopcast.control_plane import signaling_settings
+from signaling.store.memory import MemoryStore
+from signaling.store.records import ConsumeOutcome
 from signaling.webhooks import Webhooks, WebhookSettings
 
 HEADER_TIMEOUT_MS = 1000
@@ -148,3 +150,46 @@ def test_webhook_queue_bytes_flag_reaches_the_webhooks(tmp_path: Path) -> None:
     config = loopback_config(tmp_path, workers=0)
     config.webhook_queue_bytes = 12345
     assert signaling_settings(config).webhooks.queue_bytes == 12345
+
+
+# --- memory store: expiring keys are evicted ------------------------------------------------
+
+
+async def test_memory_store_evicts_expired_keys_and_replies() -> None:
+    """The audit: TTL keys and idempotency replies were dropped only when touched again, so a
+    process kept every rate-limit key and reply it ever wrote. 10,000 of each are gone after
+    their TTL without being touched; keys without a TTL, or written again with a longer one,
+    stay."""
+    store = MemoryStore()
+    await store.start()
+    try:
+        await store.open_pool("shop", "sku", 100_000)
+        for n in range(10_000):
+            await store.put("limits", f"k{n}", b"1", ttl_ms=300)
+            await store.incr("rate", f"i{n}", ttl_ms=300)
+            outcome = await store.consume(
+                "shop", "sku", holder=f"buyer{n}", qty=1, limit=0, now_ms=0, record=b"o",
+                idempotency_key=f"key{n}", idempotency_ttl_ms=300, request=b"r")
+            assert outcome.outcome is ConsumeOutcome.OK
+        await store.put("limits", "forever", b"1")
+        await store.put("limits", "k0", b"again", ttl_ms=60_000)  # written again, longer TTL
+        assert len(store._values) == 20_001 and len(store._replies) == 10_000
+        for _ in range(50):  # the sweep runs once a second: 5 s at most
+            if len(store._values) == 2 and not store._replies:
+                break
+            await asyncio.sleep(0.1)
+        assert set(store._values) == {("limits", "forever"), ("limits", "k0")}
+        assert not store._replies and not store._expiries[1:]
+        assert await store.get("limits", "k0") == b"again"
+        assert len(await store.pool_ledger("shop", "sku")) == 10_000  # orders are not expiring
+    finally:
+        await store.close()
+
+
+def test_a_sweep_pass_is_bounded() -> None:
+    store = MemoryStore()
+    for n in range(50):
+        store._store("s", f"k{n}", 1, ttl_ms=1)
+    time.sleep(0.01)
+    assert store.sweep(budget=20) == 20 and len(store._values) == 30
+    assert store.sweep() == 30 and not store._values and not store._expiries

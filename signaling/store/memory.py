@@ -1,15 +1,22 @@
 """The in-memory Store: one process, no Redis, the same semantics as ``RedisStore``.
 
 Atomicity comes from asyncio itself: no method awaits between reading and writing, so no other
-coroutine can interleave. Expiring keys are dropped lazily when touched.
+coroutine can interleave. Expiring keys (TTL values, idempotency replies) are dropped when
+touched, and a sweep once a second drops the ones nobody touches again (a heap by expiry, at
+most ``SWEEP_BATCH`` per pass), so a process does not keep every rate-limit key and reply it
+ever wrote.
 """
 
 from __future__ import annotations
 
+import asyncio
+import heapq
 import time
 import uuid
 from dataclasses import dataclass, field, replace
+from typing import Any
 
+from common.tasks import stop_tasks
 from signaling.store.base import RoomNotFound, Store
 from signaling.store.records import (
     ConsumeOutcome,
@@ -22,6 +29,10 @@ from signaling.store.records import (
     RoomRecord,
     TrackRecord,
 )
+
+SWEEP_INTERVAL_S = 1.0
+SWEEP_BATCH = 10_000  # expired keys dropped per pass at most, so one pass stays short
+_VALUES, _REPLIES = 0, 1  # which table an expiry in the heap belongs to
 
 
 @dataclass
@@ -51,12 +62,40 @@ class MemoryStore(Store):
         self._pools: dict[tuple[str, str], _Pool] = {}
         # idempotency: (scope, holder, key) -> (record, request, expiry)
         self._replies: dict[tuple[str, str, str], tuple[bytes, bytes, float]] = {}
+        # (expires monotonic, table, key) of every expiring write; stale ones are skipped
+        self._expiries: list[tuple[float, int, tuple[str, ...]]] = []
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        pass
+        if self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def close(self) -> None:
-        pass
+        await stop_tasks([self._sweeper])
+        self._sweeper = None
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+            self.sweep()
+
+    def sweep(self, budget: int = SWEEP_BATCH) -> int:
+        """Drop expired values and idempotency replies, oldest expiry first, at most ``budget``
+        heap entries; returns how many keys were dropped. A key written again since (a later
+        expiry, or none) is kept: its own entry comes later, or it does not expire."""
+        now = time.monotonic()
+        dropped = 0
+        heap = self._expiries
+        while heap and heap[0][0] <= now and budget > 0:
+            budget -= 1
+            _, table, key = heapq.heappop(heap)
+            entries: dict[Any, tuple[Any, ...]] = (
+                self._values if table == _VALUES else self._replies)
+            entry = entries.get(key)
+            if entry is not None and 0 < entry[-1] <= now:
+                del entries[key]
+                dropped += 1
+        return dropped
 
     # --- rooms -----------------------------------------------------------------------------
 
@@ -230,6 +269,8 @@ class MemoryStore(Store):
     def _store(self, scope: str, key: str, value: bytes | int, ttl_ms: int = 0) -> None:
         expires = time.monotonic() + ttl_ms / 1000 if ttl_ms > 0 else 0.0
         self._values[(scope, key)] = (value, expires)
+        if expires:
+            heapq.heappush(self._expiries, (expires, _VALUES, (scope, key)))
 
     async def incr(self, scope: str, key: str, by: int = 1, ttl_ms: int = 0) -> int:
         current = self._load(scope, key)
@@ -321,8 +362,9 @@ class MemoryStore(Store):
         state.held[holder] = held + qty
         state.ledger.append(bytes(record))
         if idempotency_key:
-            self._replies[idem] = (bytes(record), bytes(request),
-                                   time.monotonic() + idempotency_ttl_ms / 1000)
+            expires = time.monotonic() + idempotency_ttl_ms / 1000
+            self._replies[idem] = (bytes(record), bytes(request), expires)
+            heapq.heappush(self._expiries, (expires, _REPLIES, idem))
         return ConsumeResult(ConsumeOutcome.OK, state.remaining, held + qty, bytes(record))
 
     async def pool_state(self, scope: str, pool: str) -> PoolState | None:
