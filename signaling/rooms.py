@@ -101,7 +101,20 @@ class RoomService:
             self._left_webhooks(room, participant)
         await self._event(name, RoomEvent.ROOM_CLOSED, room=room.to_json())
         self.webhooks.emit(Webhook.ROOM_FINISHED, room=room.to_json())
+        await self._forget(name)
         return True
+
+    async def _forget(self, name: str) -> None:
+        """Free what the closed room owned, after its ``room_closed`` went out: its scope in
+        the store (commerce, moderation, chat, likes, gifts), its bus history (the seq is
+        kept a while, see ``Bus.forget_room``) and this service's own per-room entries. A
+        re-created room starts with none of it."""
+        pending = self._viewers_pending.pop(name, None)
+        if pending is not None and pending is not asyncio.current_task():
+            pending.cancel()
+        self._viewers_sent.pop(name, None)
+        await self.store.drop_room_data(name)
+        await self.bus.forget_room(name)
 
     # --- participants ----------------------------------------------------------------------
 
@@ -205,6 +218,7 @@ class RoomService:
                 await cohosts.clear(self.store, room)
                 await self._event(room, RoomEvent.ROOM_CLOSED, room=finished[0].to_json())
                 self.webhooks.emit(Webhook.ROOM_FINISHED, room=finished[0].to_json())
+                await self._forget(room)
         return participant
 
     async def track_published(self, room: str, sid: str, track: TrackRecord) -> bool:

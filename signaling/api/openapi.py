@@ -32,6 +32,10 @@ def _operation(route: Route) -> dict[str, Any]:
             {"name": header, "in": "header", "required": False, "description": text,
              "schema": {"type": "string"}}
             for header, text in route.headers.items()
+        ]
+        + [
+            {"name": name, "in": "query", "required": False, "schema": schema}
+            for name, schema in route.query.items()
         ],
     }
     if route.description:

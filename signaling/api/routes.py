@@ -44,6 +44,7 @@ class Route:
     errors: tuple[int, ...] = ()
     description: str = ""
     headers: dict[str, str] = field(default_factory=dict)  # request header -> description
+    query: dict[str, Schema] = field(default_factory=dict)  # query parameter -> schema
 
     @property
     def full_path(self) -> str:

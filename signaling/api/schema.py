@@ -152,6 +152,18 @@ ROOM: Schema = obj(
     live={"type": "boolean"}, publishers=array(ref("Participant")),
     seq={"type": "integer", "description": "last event seq of the room"},
 )
+PAGE_LIMIT_DEFAULT = 100
+PAGE_LIMIT_MAX = 1000
+PAGE_QUERY: dict[str, Schema] = {
+    "limit": {"type": "integer", "minimum": 1, "maximum": PAGE_LIMIT_MAX,
+              "default": PAGE_LIMIT_DEFAULT, "description": "items per page"},
+    "cursor": {"type": "string", "maxLength": 512,
+               "description": "the previous page's next_cursor (opaque)"},
+}
+NEXT_CURSOR: Schema = {
+    "anyOf": [{"type": "string"}, {"type": "null"}],
+    "description": "pass as ?cursor= for the next page; null on the last page",
+}
 ERROR: Schema = obj(["error"], error=obj(["code", "message"], code=STRING, message=STRING))
 
 COMPONENTS: dict[str, Schema] = {

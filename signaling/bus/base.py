@@ -25,6 +25,12 @@ from typing import Any
 import msgpack
 
 SUBSCRIPTION_QUEUE = 1024
+# What a closed room leaves behind: its seq counter, so a room re-created under the same name
+# goes on from there (a client holding the old seq would otherwise drop the new room's events as
+# already seen), and its history for a short while, so a client that reconnects right after the
+# close still reads the ``room_closed`` it missed. Both expire: a closed room costs nothing after.
+CLOSED_SEQ_TTL_S = 7 * 24 * 3600
+CLOSED_HISTORY_TTL_S = 600
 
 
 @dataclass(frozen=True)
@@ -180,6 +186,12 @@ class Bus(abc.ABC):
 
     @abc.abstractmethod
     async def last_seq(self, room: str) -> int: ...
+
+    @abc.abstractmethod
+    async def forget_room(self, room: str) -> None:
+        """The room closed: keep its ``seq`` for CLOSED_SEQ_TTL_S and its history for
+        CLOSED_HISTORY_TTL_S, then nothing. A publish to the room (re-created) goes on from
+        the kept ``seq``."""
 
     @abc.abstractmethod
     async def notify(self, topic: str, message: Mapping[str, Any]) -> None: ...

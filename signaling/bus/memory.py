@@ -1,13 +1,18 @@
-"""The in-memory Bus: asyncio fan-out inside one process, history in a bounded deque."""
+"""The in-memory Bus: asyncio fan-out inside one process, history in a bounded deque.
+
+A closed room's history goes at once (one process: its subscribers got ``room_closed`` live);
+its ``seq`` is kept in ``_retired`` until CLOSED_SEQ_TTL_S, pruned oldest first.
+"""
 
 from __future__ import annotations
 
 import collections
 import itertools
+import time
 from collections.abc import Mapping
 from typing import Any
 
-from signaling.bus.base import Bus, Event, check_event, pack, unpack
+from signaling.bus.base import CLOSED_SEQ_TTL_S, Bus, Event, check_event, pack, unpack
 
 
 class MemoryBus(Bus):
@@ -15,10 +20,39 @@ class MemoryBus(Bus):
         super().__init__(history_size)
         self._seq: dict[str, int] = {}
         self._history: dict[str, collections.deque[Event]] = {}
+        # closed rooms: name -> (last seq, expiry on the monotonic clock), in expiry order
+        self._retired: collections.OrderedDict[str, tuple[int, float]] = (
+            collections.OrderedDict()
+        )
+        self.retired_ttl_s: float = CLOSED_SEQ_TTL_S
+
+    def _prune(self) -> None:
+        now = time.monotonic()
+        while self._retired:
+            room, (_, expires) = next(iter(self._retired.items()))
+            if expires > now:
+                return
+            del self._retired[room]
+
+    def _kept_seq(self, room: str) -> int:
+        kept = self._retired.get(room)
+        return 0 if kept is None or kept[1] <= time.monotonic() else kept[0]
+
+    async def forget_room(self, room: str) -> None:
+        self._prune()
+        self._history.pop(room, None)
+        seq = self._seq.pop(room, None)
+        if seq is not None:
+            self._retired.pop(room, None)  # re-inserted last: expiry order holds
+            self._retired[room] = (seq, time.monotonic() + self.retired_ttl_s)
 
     async def publish(self, room: str, event: Mapping[str, Any]) -> Event:
         check_event(event)
-        seq = self._seq.get(room, 0) + 1
+        last = self._seq.get(room)
+        if last is None:  # a new room, or a closed one that is back: its seq goes on
+            last = self._kept_seq(room)
+            self._retired.pop(room, None)
+        seq = last + 1
         self._seq[room] = seq
         # a round trip through msgpack gives subscribers what Redis would: no shared objects
         stamped = Event(room, seq, {**unpack(pack(event)), "seq": seq})
@@ -39,7 +73,8 @@ class MemoryBus(Bus):
         return list(itertools.islice(kept, start, stop))
 
     async def last_seq(self, room: str) -> int:
-        return self._seq.get(room, 0)
+        seq = self._seq.get(room)
+        return self._kept_seq(room) if seq is None else seq
 
     async def notify(self, topic: str, message: Mapping[str, Any]) -> None:
         self._fan_out("\0" + topic, Event("", 0, unpack(pack(message))))

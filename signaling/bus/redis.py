@@ -16,17 +16,42 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
 from common.tasks import stop_task
-from signaling.bus.base import Bus, Event, check_event, pack, unpack
+from signaling.bus.base import (
+    CLOSED_HISTORY_TTL_S,
+    CLOSED_SEQ_TTL_S,
+    Bus,
+    Event,
+    check_event,
+    pack,
+    unpack,
+)
 from signaling.store.redis import Keys
 
 logger = logging.getLogger("shopcast.signaling.bus")
 
-# KEYS: seq, stream; ARGV: payload, max history, channel -> seq
+# KEYS: seq, stream, room hash; ARGV: payload, max history, channel, closed seq ttl ms,
+# closed history ttl ms -> seq. A room that is not in the store (closed, or never created)
+# keeps its seq and history only for the closed TTLs; a live room's are persistent.
 PUBLISH = """
 local seq = redis.call('INCR', KEYS[1])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'e', ARGV[1])
 redis.call('PUBLISH', ARGV[3], seq .. ':' .. ARGV[1])
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  redis.call('PERSIST', KEYS[1])
+  redis.call('PERSIST', KEYS[2])
+else
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  redis.call('PEXPIRE', KEYS[2], ARGV[5])
+end
 return seq
+"""
+
+# KEYS: seq, stream, room hash; ARGV: closed seq ttl ms, closed history ttl ms
+FORGET = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return 1
 """
 
 ANCHOR = "\0anchor"  # a channel we always hold, so the reader never runs out of subscriptions
@@ -39,6 +64,8 @@ class RedisBus(Bus):
         self._r: Any = client
         self.keys = Keys(prefix)
         self._publish = client.register_script(PUBLISH)
+        self._forget = client.register_script(FORGET)
+        self.closed_ttl_ms = (CLOSED_SEQ_TTL_S * 1000, CLOSED_HISTORY_TTL_S * 1000)
         self._pubsub: PubSub | None = None
         self._reader: asyncio.Task[None] | None = None
         self._confirmed: dict[bytes, asyncio.Future[None]] = {}
@@ -126,8 +153,8 @@ class RedisBus(Bus):
         payload = pack({k: v for k, v in event.items() if k != "seq"})
         seq = int(
             await self._publish(
-                keys=[self.keys.seq(room), self.keys.events(room)],
-                args=[payload, self.history_size, self.keys.events(room)],
+                keys=[self.keys.seq(room), self.keys.events(room), self.keys.room(room)],
+                args=[payload, self.history_size, self.keys.events(room), *self.closed_ttl_ms],
             )
         )
         self.published += 1
@@ -149,6 +176,13 @@ class RedisBus(Bus):
     async def last_seq(self, room: str) -> int:
         value = await self._r.get(self.keys.seq(room))
         return int(value or 0)
+
+    async def forget_room(self, room: str) -> None:
+        """Expire the closed room's seq and history (nothing if it was re-created since)."""
+        await self._forget(
+            keys=[self.keys.seq(room), self.keys.events(room), self.keys.room(room)],
+            args=list(self.closed_ttl_ms),
+        )
 
     async def notify(self, topic: str, message: Mapping[str, Any]) -> None:
         await self._r.publish(self.keys.topic(topic), pack(message))

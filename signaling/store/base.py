@@ -45,8 +45,12 @@ class Store(abc.ABC):
     async def get_room(self, name: str) -> RoomRecord | None: ...
 
     @abc.abstractmethod
-    async def list_rooms(self) -> list[RoomRecord]:
-        """Every room, oldest first."""
+    async def list_rooms(
+        self, *, after: tuple[float, str] | None = None, limit: int = 0
+    ) -> list[RoomRecord]:
+        """Rooms ordered by (created_at, name), oldest first; with ``after`` only those past
+        that position (a page cursor: the last room of the previous page), at most ``limit``
+        (0 = all)."""
 
     @abc.abstractmethod
     async def set_room_metadata(self, name: str, metadata: JsonObject) -> RoomRecord | None:
@@ -59,6 +63,13 @@ class Store(abc.ABC):
         """Remove a room with its participants in one step; return what was removed. With
         ``if_empty`` only a room without participants goes (an auto-created room whose last
         session ended, unless someone joined meanwhile)."""
+
+    @abc.abstractmethod
+    async def drop_room_data(self, name: str) -> int:
+        """Delete everything kept in the closed room's scope (products, sales and their
+        orders, idempotency keys, bans, mutes, chat, likes, gifts, co-hosts, counters), so a
+        room re-created under the name starts empty; nothing when the room exists again.
+        Returns how many keys went. The ``seq`` and history are the bus's (``forget_room``)."""
 
     @abc.abstractmethod
     async def room_counts(self, name: str) -> RoomCounts:

@@ -65,6 +65,9 @@ class MemoryStore(Store):
         # (expires monotonic, table, key) of every expiring write; stale ones are skipped
         self._expiries: list[tuple[float, int, tuple[str, ...]]] = []
         self._sweeper: asyncio.Task[None] | None = None
+        # scope -> (table, key) of every key written in it: _values 0, _hashes 1, _zsets 2,
+        # _pools 3, _replies 4 (see drop_room_data)
+        self._scope_keys: dict[str, set[tuple[int, tuple[str, ...]]]] = {}
 
     async def start(self) -> None:
         if self._sweeper is None:
@@ -116,8 +119,15 @@ class MemoryStore(Store):
         room = self._rooms.get(name)
         return None if room is None else room.record
 
-    async def list_rooms(self) -> list[RoomRecord]:
-        return sorted((r.record for r in self._rooms.values()), key=lambda r: r.created_at)
+    async def list_rooms(
+        self, *, after: tuple[float, str] | None = None, limit: int = 0
+    ) -> list[RoomRecord]:
+        records = sorted(
+            (r.record for r in self._rooms.values()
+             if after is None or (r.record.created_at, r.record.name) > after),
+            key=lambda r: (r.created_at, r.name),
+        )
+        return records[:limit] if limit > 0 else records
 
     async def set_room_metadata(self, name: str, metadata: JsonObject) -> RoomRecord | None:
         room = self._rooms.get(name)
@@ -134,6 +144,22 @@ class MemoryStore(Store):
             return None
         del self._rooms[name]
         return room.record, sorted(room.participants.values(), key=lambda p: (p.joined_at, p.sid))
+
+    async def drop_room_data(self, name: str) -> int:
+        if name in self._rooms:
+            return 0
+        tables: tuple[dict[Any, Any], ...] = (
+            self._values, self._hashes, self._zsets, self._pools, self._replies
+        )
+        dropped = 0
+        for table, key in self._scope_keys.pop(name, ()):
+            dropped += tables[table].pop(key, None) is not None
+        return dropped
+
+    def _index(self, table: int, key: tuple[str, ...]) -> None:
+        """Remember a key of the scope ``key[0]``, so closing the room finds it without a
+        scan of every table."""
+        self._scope_keys.setdefault(key[0], set()).add((table, key))
 
     async def room_counts(self, name: str) -> RoomCounts:
         room = self._rooms.get(name)
@@ -271,6 +297,7 @@ class MemoryStore(Store):
         self._values[(scope, key)] = (value, expires)
         if expires:
             heapq.heappush(self._expiries, (expires, _VALUES, (scope, key)))
+        self._index(0, (scope, key))
 
     async def incr(self, scope: str, key: str, by: int = 1, ttl_ms: int = 0) -> int:
         current = self._load(scope, key)
@@ -301,6 +328,7 @@ class MemoryStore(Store):
 
     async def hset(self, scope: str, key: str, field: str, value: bytes) -> None:
         self._hashes.setdefault((scope, key), {})[field] = bytes(value)
+        self._index(1, (scope, key))
 
     async def hget(self, scope: str, key: str, field: str) -> bytes | None:
         return self._hashes.get((scope, key), {}).get(field)
@@ -313,6 +341,7 @@ class MemoryStore(Store):
 
     async def zincr(self, scope: str, key: str, member: str, by: float) -> float:
         scores = self._zsets.setdefault((scope, key), {})
+        self._index(2, (scope, key))
         scores[member] = scores.get(member, 0.0) + by
         return scores[member]
 
@@ -325,6 +354,7 @@ class MemoryStore(Store):
         self, scope: str, pool: str, units: int, *, opens_at_ms: int = 0, closes_at_ms: int = 0
     ) -> None:
         self._pools[(scope, pool)] = _Pool(units, units, opens_at_ms, closes_at_ms)
+        self._index(3, (scope, pool))
 
     async def consume(
         self,
@@ -365,6 +395,7 @@ class MemoryStore(Store):
             expires = time.monotonic() + idempotency_ttl_ms / 1000
             self._replies[idem] = (bytes(record), bytes(request), expires)
             heapq.heappush(self._expiries, (expires, _REPLIES, idem))
+            self._index(4, idem)
         return ConsumeResult(ConsumeOutcome.OK, state.remaining, held + qty, bytes(record))
 
     async def pool_state(self, scope: str, pool: str) -> PoolState | None:

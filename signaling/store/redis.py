@@ -142,8 +142,32 @@ class RedisStore(Store):
         fields = {_text(k): v for k, v in (await self._r.hgetall(self.keys.room(name))).items()}
         return _room(fields) if "record" in fields else None
 
-    async def list_rooms(self) -> list[RoomRecord]:
-        names = [_text(n) for n in await self._r.zrange(self.keys.rooms, 0, -1)]
+    async def _room_names(self, after: tuple[float, str] | None, limit: int) -> list[str]:
+        """Names in (created_at, name) order past ``after``; the zset orders equal scores by
+        name, so only ties with the cursor's own score need skipping."""
+        if after is None:
+            stop = limit - 1 if limit > 0 else -1
+            return [_text(n) for n in await self._r.zrange(self.keys.rooms, 0, stop)]
+        score, last = after
+        if limit <= 0:
+            batch = await self._r.zrangebyscore(self.keys.rooms, score, "+inf", withscores=True)
+            return [_text(n) for n, s in batch if (float(s), _text(n)) > after]
+        names: list[str] = []
+        offset = 0
+        while len(names) < limit:
+            batch = await self._r.zrangebyscore(
+                self.keys.rooms, score, "+inf", start=offset, num=limit + 16, withscores=True
+            )
+            if not batch:
+                break
+            offset += len(batch)
+            names += [_text(n) for n, s in batch if (float(s), _text(n)) > (score, last)]
+        return names[:limit]
+
+    async def list_rooms(
+        self, *, after: tuple[float, str] | None = None, limit: int = 0
+    ) -> list[RoomRecord]:
+        names = await self._room_names(after, limit)
         async with self._r.pipeline(transaction=False) as pipe:
             for name in names:
                 pipe.hgetall(self.keys.room(name))
@@ -185,6 +209,21 @@ class RedisStore(Store):
         ]
         participants.sort(key=lambda p: (p.joined_at, p.sid))
         return _room(_pairs(room_flat)), participants
+
+    async def drop_room_data(self, name: str) -> int:
+        """Every key of the room's hash tag but the bus's seq and history: found with SCAN
+        (one pass over the keyspace per close, in batches), deleted by one script that
+        first checks the room was not re-created."""
+        tag = self.keys.room_tag(name)
+        pattern = "".join("\\" + c if c in "*?[]\\" else c for c in tag) + ":*"
+        keep = {self.keys.seq(name).encode(), self.keys.events(name).encode()}
+        found = [k async for k in self._r.scan_iter(match=pattern, count=1000) if k not in keep]
+        dropped = 0
+        for start in range(0, len(found), 500):
+            dropped += int(await self._run(
+                "DROP_ROOM_DATA", [self.keys.room(name), *found[start:start + 500]], []
+            ))
+        return dropped
 
     async def room_counts(self, name: str) -> RoomCounts:
         raw = await self._r.hgetall(self.keys.counts(name))

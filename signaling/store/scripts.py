@@ -41,6 +41,15 @@ redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
 return {room, parts, metas, tracks}
 """
 
+# KEYS: room, then the keys of the closed room's scope to delete -> how many went (0 when the
+# room exists again: it was re-created between the close and this)
+DROP_ROOM_DATA = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local n = 0
+for i = 2, #KEYS do n = n + redis.call('UNLINK', KEYS[i]) end
+return n
+"""
+
 # KEYS: room, participants, pmeta, counts; ARGV: sid, static json, metadata json, transport
 # -> -1 no room | 0 exists | 1 added
 ADD_PARTICIPANT = """
