@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sfu.settings import RTMP_PORT, FlvSettings, NodeSettings
+from signaling.live.likes import RATE as LIKE_RATE
 from signaling.live.resume import ResumeLimits
 from signaling.live.schema import LAYOUTS
 
@@ -176,6 +177,11 @@ class Config:
     resume_max_bytes: int = field(
         default=_RESUME.max_bytes,
         metadata={"help": "bytes one resume re-sends at most (else a fresh state)"},
+    )
+    like_rate: int = field(
+        default=LIKE_RATE,
+        metadata={"help": "like taps one identity may send per second in a room (bursts of "
+                          "100; past it error rate_limited; 0 = no limit)"},
     )
     flv_layout: str = field(
         default=_FLV.layout,

@@ -26,6 +26,7 @@ def signaling_settings(config: Config) -> SignalingSettings:
                             per_s=1000 / max(1, config.resume_interval_ms),
                             max_events=config.resume_max_events,
                             max_bytes=config.resume_max_bytes),
+        like_rate=config.like_rate,
         webhooks=WebhookSettings(
             urls=list(config.webhook_urls),
             secret=config.webhook_secret,

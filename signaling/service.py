@@ -16,6 +16,7 @@ from aiohttp import web
 
 from signaling.backends import open_backends
 from signaling.live.gateway import EventGateway
+from signaling.live.likes import RATE as LIKE_RATE
 from signaling.live.resume import ResumeLimits
 from signaling.live.schema import LAYOUTS
 from signaling.media import MediaControl
@@ -36,6 +37,7 @@ class SignalingSettings:
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     layout: str = LAYOUTS[0]  # what `state` tells pages about the co-host layout
     resume: ResumeLimits = field(default_factory=ResumeLimits)  # per connection
+    like_rate: float = LIKE_RATE  # like taps per second per identity per room (0 = no limit)
 
 
 class Signaling:
@@ -58,7 +60,8 @@ class Signaling:
         self.local_node: Callable[[], NodeRecord] | None = None
         # chat and commerce: the SFU's data-channel bridge and /ws/events both call this
         self.live = EventGateway(self.store, self.bus, self.webhooks, kick=self.rooms.kick,
-                                 layout=settings.layout, resume=settings.resume)
+                                 layout=settings.layout, resume=settings.resume,
+                                 like_rate=settings.like_rate)
 
     def attach_media(
         self, media: MediaControl, *, local_node: Callable[[], NodeRecord] | None = None

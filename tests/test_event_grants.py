@@ -26,6 +26,7 @@ from signaling.live.gateway import EventGateway
 from signaling.live.schema import CLIENT_EVENTS
 from signaling.store import Store
 from signaling.tokens import Grant
+from signaling.webhooks import Webhooks, WebhookSettings
 
 pytest_plugins = ["store_fixtures"]
 
@@ -169,3 +170,14 @@ async def test_ws_events_door_refuses_a_chatters_like_gift_and_purchase(server: 
     finally:
         await chatter.close()
         await watcher.close()
+
+
+async def test_like_rate_zero_lifts_the_limit(store: Store, bus: Bus) -> None:
+    gateway = EventGateway(store, bus, Webhooks(WebhookSettings()), like_rate=0)
+    try:
+        for _ in range(50):
+            assert await send(gateway, WATCHER, type="like", count=100) == []
+        await asyncio.sleep(0.6)
+        assert await gateway.likes.total("r") == 5000
+    finally:
+        await gateway.close()

@@ -31,6 +31,7 @@ from signaling.live.chat import Chat
 from signaling.live.cohosts import Cohosts, stage
 from signaling.live.errors import LiveError
 from signaling.live.gifts import Gifts
+from signaling.live.likes import RATE as LIKE_RATE
 from signaling.live.likes import Likes
 from signaling.live.moderation import Kick, Moderation
 from signaling.live.resume import ResumeBudget, ResumeLimits
@@ -60,7 +61,7 @@ class EventGateway:
     def __init__(
         self, store: Store, bus: Bus, webhooks: Webhooks, kick: Kick = _no_kick,
         *, interval_ms: int = 250, layout: str = LAYOUTS[0],
-        resume: ResumeLimits | None = None,
+        resume: ResumeLimits | None = None, like_rate: float = LIKE_RATE,
     ) -> None:
         self.store = store
         self.bus = bus
@@ -68,7 +69,7 @@ class EventGateway:
         self.moderation = Moderation(store, bus, kick)
         self.cohosts = Cohosts(store, bus, kick)
         self.chat = Chat(store, bus, self.moderation)
-        self.likes = Likes(store, bus, interval_ms)
+        self.likes = Likes(store, bus, interval_ms, like_rate)
         self.gifts = Gifts(store, bus)
         self.catalog = Catalog(store, bus)
         self.sales = Sales(store, bus, webhooks, self.catalog, interval_ms)

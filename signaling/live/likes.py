@@ -2,8 +2,9 @@
 increment per interval; the total is broadcast through a ``Coalescer``, so the room gets at
 most one ``likes`` event per 250 ms however many taps arrive, from however many processes.
 
-Taps are rate-limited per (room, identity) by a token bucket held in this process: ``RATE``
-taps per second, bursts up to ``BURST`` (one message of the largest count). A like message
+Taps are rate-limited per (room, identity) by a token bucket held in this process: ``rate``
+taps per second (``--like-rate``, 0 = no limit), bursts up to ``BURST`` (one message of the
+largest count). A like message
 that does not fit is refused whole (``rate_limited``) and adds nothing. In-process rather than a
 store counter as chat and gifts use: a tap must stay free of store round trips (that is what
 the summing above is for), and likes arrive far more often than chat or gifts. The cost is that
@@ -24,7 +25,7 @@ from signaling.live.throttle import Coalescer
 from signaling.store import Store
 
 INTERVAL_MS = 250
-RATE = 20.0  # taps per second per identity per room
+RATE = 20  # taps per second per identity per room (the default of --like-rate)
 BURST = 100.0  # taps one identity may send at once (the schema's largest `count`)
 MAX_BUCKETS = 100_000  # (room, identity) buckets kept in this process
 
@@ -36,8 +37,8 @@ class TapBucket:
         self.tokens = BURST
         self.at = now
 
-    def take(self, count: int, now: float) -> bool:
-        self.tokens = min(BURST, self.tokens + (now - self.at) * RATE)
+    def take(self, count: int, now: float, rate: float) -> bool:
+        self.tokens = min(BURST, self.tokens + (now - self.at) * rate)
         self.at = now
         if count > self.tokens:
             return False
@@ -46,9 +47,11 @@ class TapBucket:
 
 
 class Likes:
-    def __init__(self, store: Store, bus: Bus, interval_ms: int = INTERVAL_MS) -> None:
+    def __init__(self, store: Store, bus: Bus, interval_ms: int = INTERVAL_MS,
+                 rate: float = RATE) -> None:
         self.store = store
         self.bus = bus
+        self.rate = rate
         self._pending: dict[str, int] = {}
         self._buckets: dict[tuple[str, str], TapBucket] = {}  # least recently used first
         self.limited = 0  # like messages refused by the rate limit
@@ -58,7 +61,7 @@ class Likes:
         """Count taps; never waits (a tap costs no store round trip of its own). With an
         ``identity`` (a client's message) the taps must fit its bucket, else ``LiveError``
         ``rate_limited`` and nothing is counted."""
-        if identity is not None:
+        if identity is not None and self.rate > 0:
             self._admit(room, identity, count)
         self._pending[room] = self._pending.get(room, 0) + count
         self.coalescer.mark(room)
@@ -70,9 +73,9 @@ class Likes:
         self._buckets[key] = bucket
         if len(self._buckets) > MAX_BUCKETS:
             del self._buckets[next(iter(self._buckets))]
-        if not bucket.take(count, now):
+        if not bucket.take(count, now, self.rate):
             self.limited += 1
-            raise LiveError("rate_limited", f"at most {RATE:g} likes per second "
+            raise LiveError("rate_limited", f"at most {self.rate:g} likes per second "
                             f"(bursts of {BURST:g})", 429)
 
     async def total(self, room: str) -> int:
