@@ -20,7 +20,7 @@ from live_helpers import ADMIN, WsClient, claims, make_gateway, send
 from shopcast.config import Config
 from signaling.bus import Bus, Subscription
 from signaling.claims import Claims
-from signaling.live import likes
+from signaling.live import gifts, likes
 from signaling.live.catalog import Product
 from signaling.live.gateway import EventGateway
 from signaling.live.schema import CLIENT_EVENTS
@@ -181,3 +181,15 @@ async def test_like_rate_zero_lifts_the_limit(store: Store, bus: Bus) -> None:
         assert await gateway.likes.total("r") == 5000
     finally:
         await gateway.close()
+
+
+async def test_gift_flood_is_rate_limited_per_identity(gateway: EventGateway) -> None:
+    """Gifts were already limited (a store counter, so across nodes): 100 gift messages from
+    one identity put at most ``RATE_LIMIT`` of them on the leaderboard; another sender's gift
+    still goes through."""
+    codes = [r["code"] for _ in range(100)
+             for r in await send(gateway, WATCHER, type="gift", gift="heart", count=99)]
+    assert codes == ["rate_limited"] * (100 - gifts.RATE_LIMIT)
+    assert await send(gateway, ANCHOR, type="gift", gift="heart") == []
+    assert (await gateway.state("r"))["leaderboard"] == [["watcher", 99 * gifts.RATE_LIMIT],
+                                                         ["anchor", 1]]
