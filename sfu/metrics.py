@@ -6,6 +6,7 @@ identity is personal; neither belongs on a page anyone who reaches ``/metrics`` 
 
 from __future__ import annotations
 
+from sfu import events_channel
 from sfu.admission import DOORS, REASONS
 from sfu.node import SfuNode
 
@@ -54,6 +55,15 @@ def render(node: SfuNode) -> list[str]:
         kind = "counter" if name.endswith("_total") else "gauge"
         lines.append(f"# TYPE {name} {kind}")
         lines += [name + sample for sample in samples]
+    slow_closed = events_channel.stats.slow_closed
+    if node.workers is not None:
+        slow_closed += node.workers.counter("events_slow_closed", 0)
+    lines += [
+        "# HELP shopcast_events_slow_closed_total Events data channels closed because the "
+        "client did not drain them (past 1 MiB buffered); the client re-opens it with its seq.",
+        "# TYPE shopcast_events_slow_closed_total counter",
+        f"shopcast_events_slow_closed_total {slow_closed}",
+    ]
     if node.workers is not None:
         lines += [
             "# HELP shopcast_worker_bad_messages_total Worker control messages refused (logged,"

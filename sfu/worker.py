@@ -18,7 +18,7 @@ import socket
 
 from aiortc import RTCDataChannel
 
-from sfu import aiortc_private
+from sfu import aiortc_private, events_channel
 from sfu.errors import MediaError
 from sfu.event_bridge import EventGate
 from sfu.events_channel import EventsChannel
@@ -237,6 +237,7 @@ class Worker:
                 counters={
                     "retransmits": {k: p.retransmits for k, p in self.producers.items()},
                     "fast_starts": {k: p.fast_starts for k, p in self.producers.items()},
+                    "events_slow_closed": {0: events_channel.stats.slow_closed},
                 },
                 viewers=len(self.viewers),
                 bad_messages=dict(self.control.bad),

@@ -8,12 +8,20 @@ import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+import msgpack
+import pytest
 import pytest_asyncio
 from aiohttp import web
 from conftest import free_port, loopback_config
+from waiting import wait_for
 
+from loadtest.clients import play, publish
+from loadtest.media import PaintedVideoTrack, ToneAudioTrack
+from sfu import events_channel
+from sfu.node import NODE_KEY
 from shopcast.app import create_app
 from shopcast.cli import http_runner
 from shopcast.config import Config
@@ -193,3 +201,51 @@ def test_a_sweep_pass_is_bounded() -> None:
     time.sleep(0.01)
     assert store.sweep(budget=20) == 20 and len(store._values) == 30
     assert store.sweep() == 30 and not store._values and not store._expiries
+
+
+# --- events data channel: a participant that never drains -------------------------------------
+
+
+@pytest.mark.slow
+async def test_an_events_channel_that_never_drains_is_closed_and_counted(
+    server: Any, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A viewer whose SCTP stops acknowledging (it never drains its ``events`` channel) is
+    closed once 1 MiB waits for it, with a log line and a count in /metrics, instead of the
+    node queueing for it without bound; the viewer beside it gets every event."""
+    node = server.app[NODE_KEY]
+    anchor = await publish(server.url, "drain", server.token("drain", "anchor", "publish"),
+                           PaintedVideoTrack(), ToneAudioTrack())
+    viewers: list[Any] = []
+    try:
+        await wait_for(lambda: "drain" in node.rooms and node.rooms["drain"].live, 10, "live")
+        for name in ("stuck", "healthy"):
+            viewers.append(await play(server.url, "drain",
+                                      server.token("drain", name, "subscribe", "chat"),
+                                      decode=False, events=True))
+        await wait_for(lambda: all(v.events.of_type("state") for v in viewers), 15, "state")
+        stuck, healthy = viewers
+
+        async def deaf(_chunk: Any) -> None:  # no SACKs from here on: nothing drains
+            return None
+
+        stuck.pc.sctp._receive_chunk = deaf
+        feed = node.events.rooms["drain"]
+        ends = {e.claims.identity: e for e in feed.local.values()}
+        before = events_channel.stats.slow_closed
+        payload = "x" * 20_000
+        for n in range(100):  # 2 MB each, 20 KB every 10 ms: a healthy client keeps up
+            packed = msgpack.packb({"type": "bulk", "seq": 0, "n": n, "text": payload})
+            ends["stuck"].send(packed)
+            ends["healthy"].send(packed)
+            await asyncio.sleep(0.01)
+        assert events_channel.stats.slow_closed == before + 1  # closed once, not per send
+        assert "not drained by the client" in caplog.text
+        await wait_for(lambda: len(healthy.events.of_type("bulk")) == 100, 10, "healthy gets all")
+        assert healthy.events.channel.readyState == "open"
+        async with aiohttp.ClientSession() as http, http.get(f"{server.url}/metrics") as r:
+            assert f"shopcast_events_slow_closed_total {before + 1}" in await r.text()
+    finally:
+        for viewer in viewers:
+            await viewer.close()
+        await anchor.close()
