@@ -50,6 +50,9 @@ async def render(signaling: Signaling) -> list[str]:
             "Event resumes limited by this process: `rate` answered resume_limited, `size` "
             "over the per-resume caps and answered with a fresh state.",
             [f'{{reason="{r}"}} {n}' for r, n in sorted(live.resume_limited.items())])
+    _metric(lines, "shopcast_likes_limited_total", "counter",
+            "Like messages refused by this process's per-identity like rate (--like-rate).",
+            [f" {live.likes.limited}"])
     _metric(lines, "shopcast_resumed_bytes_total", "counter",
             "Bytes of events re-sent by resumes in this process.", [f" {live.resumed_bytes}"])
     _metric(lines, "shopcast_event_subscriptions", "gauge",

@@ -10,9 +10,11 @@ so most of this runs at the gateway, on both store backends; one test goes throu
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 import pytest_asyncio
 from live_helpers import ADMIN, WsClient, claims, make_gateway, send
@@ -193,3 +195,22 @@ async def test_gift_flood_is_rate_limited_per_identity(gateway: EventGateway) ->
     assert await send(gateway, ANCHOR, type="gift", gift="heart") == []
     assert (await gateway.state("r"))["leaderboard"] == [["watcher", 99 * gifts.RATE_LIMIT],
                                                          ["anchor", 1]]
+
+
+async def test_ws_events_like_flood_is_refused_and_counted(server: Any) -> None:
+    flooder = await WsClient.open(server.url, "taps", server.token("taps", "f", "subscribe"))
+    try:
+        assert (await flooder.next())["type"] == "state"
+        for i in range(30):
+            await flooder.send(type="like", count=100, cid=str(i))
+        refused = [await flooder.until("error") for _ in range(29)]
+        assert {e["code"] for e in refused} == {"rate_limited"}
+        seen = [e for e in flooder.received if e["type"] == "likes"]
+        assert (seen[-1] if seen else await flooder.until("likes"))["total"] == 100
+        async with aiohttp.ClientSession() as http, \
+                http.get(server.url + "/metrics") as response:
+            text = await response.text()
+        match = re.search(r"^shopcast_likes_limited_total (\d+)$", text, re.MULTILINE)
+        assert match and int(match.group(1)) == 29
+    finally:
+        await flooder.close()
