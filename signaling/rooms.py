@@ -31,6 +31,7 @@ from signaling.webhooks import Webhooks
 logger = logging.getLogger("shopcast.signaling.rooms")
 
 VIEWERS_INTERVAL_S = 1.0  # at most one `viewers` count event per room per second
+SWEEP_AFTER_S = 1.0  # a closed room is swept again after this (coalesced flushes are 250 ms)
 
 class RoomService:
     def __init__(
@@ -47,6 +48,7 @@ class RoomService:
         self.webhooks = webhooks
         self._viewers_sent: dict[str, float] = {}
         self._viewers_pending: dict[str, asyncio.Task[None]] = {}
+        self._sweeps: set[asyncio.Task[None]] = set()  # second passes over closed rooms
         self.media: MediaControl = media or NoMedia()
         self.auto_create = auto_create
 
@@ -104,17 +106,31 @@ class RoomService:
         await self._forget(name)
         return True
 
-    async def _forget(self, name: str) -> None:
+    async def _forget(self, name: str, *, sweep: bool = True) -> None:
         """Free what the closed room owned, after its ``room_closed`` went out: its scope in
         the store (commerce, moderation, chat, likes, gifts), its bus history (the seq is
         kept a while, see ``Bus.forget_room``) and this service's own per-room entries. A
-        re-created room starts with none of it."""
+        re-created room starts with none of it. A second pass SWEEP_AFTER_S later takes what
+        in-flight work wrote after the close (a coalesced ``likes`` flush, a stock tick)."""
         pending = self._viewers_pending.pop(name, None)
         if pending is not None and pending is not asyncio.current_task():
             pending.cancel()
         self._viewers_sent.pop(name, None)
+        if await self.store.get_room(name) is not None:
+            return  # re-created meanwhile: what is there is the new room's
         await self.store.drop_room_data(name)
         await self.bus.forget_room(name)
+        if sweep:
+            task = asyncio.create_task(self._sweep_later(name))
+            self._sweeps.add(task)
+            task.add_done_callback(self._sweeps.discard)
+
+    async def _sweep_later(self, name: str) -> None:
+        await asyncio.sleep(SWEEP_AFTER_S)
+        try:
+            await self._forget(name, sweep=False)
+        except Exception:  # a store outage: the keys' TTLs (bus) or the next close take them
+            logger.exception("sweeping closed room %s failed", name)
 
     # --- participants ----------------------------------------------------------------------
 

@@ -262,3 +262,25 @@ async def test_bus_forgets_a_closed_room(store: Any, bus: Any) -> None:
     await store.delete_room("b1")
     await bus.publish("b1", {"type": "late"})  # after the close: expires without forget_room
     assert await client.pttl(seq_key) > 0 and await client.pttl(events_key) > 0
+
+
+async def test_writes_in_flight_at_the_close_are_swept(server: Any, prefix: str) -> None:
+    """Likes tapped just before the close are flushed up to 250 ms after it (store increment
+    and a ``likes`` event): the second pass takes them, and nothing stays without a TTL."""
+    signaling = signaling_of(server)
+    admin = admin_of(server)
+    assert (await admin.post("/rooms", {"name": "late"}))[0] == 201
+    await signaling.bus.publish("late", {"type": "test"})
+    signaling.live.likes.tap("late", 3, identity="alice")  # flushed at once
+    await asyncio.sleep(0.05)
+    signaling.live.likes.tap("late", 2, identity="alice")  # waits for the next interval
+    assert (await admin.delete("/rooms/late"))[0] == 204
+    await asyncio.sleep(0.5)  # the flush has happened by now: it wrote after the close
+    for _ in range(40):
+        held = await leftovers(signaling, {"late"}, prefix)
+        if all(ttl > 0 for ttl in held.values()):
+            break
+        await asyncio.sleep(0.1)
+    assert held and all(ttl > 0 for ttl in held.values()), held
+    assert all(k.startswith("bus._retired:") or k.endswith((":seq", ":events")) for k in held)
+    assert await signaling.store.get("late", "likes") is None
