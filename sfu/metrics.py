@@ -63,6 +63,10 @@ def render(node: SfuNode) -> list[str]:
         "client did not drain them (past 1 MiB buffered); the client re-opens it with its seq.",
         "# TYPE shopcast_events_slow_closed_total counter",
         f"shopcast_events_slow_closed_total {slow_closed}",
+        "# HELP shopcast_events_refused_total Client event messages refused (error "
+        "too_many_pending) while 256 of the same participant's waited to be handled.",
+        "# TYPE shopcast_events_refused_total counter",
+        f"shopcast_events_refused_total {node.events.refused if node.events else 0}",
     ]
     if node.workers is not None:
         lines += [

@@ -4,6 +4,7 @@ the memory store's expiring keys evicted, and a participant's queue of event mes
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator
@@ -21,11 +22,15 @@ from waiting import wait_for
 from loadtest.clients import play, publish
 from loadtest.media import PaintedVideoTrack, ToneAudioTrack
 from sfu import events_channel
+from sfu.event_bridge import BUSY, MAX_PENDING, Endpoint, EventBridge
 from sfu.node import NODE_KEY
 from shopcast.app import create_app
 from shopcast.cli import http_runner
 from shopcast.config import Config
 from shopcast.control_plane import signaling_settings
+from signaling.bus.memory import MemoryBus
+from signaling.claims import Claims
+from signaling.live.resume import ResumeBudget, ResumeLimits
 from signaling.store.memory import MemoryStore
 from signaling.store.records import ConsumeOutcome
 from signaling.webhooks import Webhooks, WebhookSettings
@@ -249,3 +254,62 @@ async def test_an_events_channel_that_never_drains_is_closed_and_counted(
         for viewer in viewers:
             await viewer.close()
         await anchor.close()
+
+
+class _StalledHandler:
+    """The control plane's handler with its store stalled: nothing it is given returns until
+    ``go`` is set."""
+
+    def __init__(self) -> None:
+        self.go = asyncio.Event()
+        self.seen: list[bytes] = []
+
+    async def handle(self, room: str, claims: Claims, raw: bytes,
+                     budget: ResumeBudget | None = None) -> list[bytes]:
+        await self.go.wait()
+        self.seen.append(raw)
+        return []
+
+    async def snapshot(self, room: str) -> bytes:
+        return msgpack.packb({"type": "state", "seq": 0})
+
+    def resume_budget(self) -> ResumeBudget:
+        return ResumeBudget(ResumeLimits())
+
+
+async def test_a_participants_queue_of_messages_is_bounded(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """10,000 messages from one participant while the handler is stalled: at most MAX_PENDING
+    wait (tasks and bytes bounded), the rest get ``error too_many_pending``, counted and logged
+    once; another participant still gets its place; once the store answers, what waited is
+    handled in order."""
+    handler = _StalledHandler()
+    bridge = EventBridge(MemoryBus(), handler)
+    flooder_got: list[bytes] = []
+    other_got: list[bytes] = []
+    claims = Claims(identity="flooder", room="r", grants=frozenset(), name="", expires_at=0)
+    flooder = Endpoint("r", claims, flooder_got.append)
+    other = Endpoint("r", dataclasses.replace(claims, identity="other"), other_got.append)
+    try:
+        bridge.open_local("f", flooder)
+        bridge.open_local("o", other)
+        tasks_before = len(asyncio.all_tasks())
+        for n in range(10_000):
+            bridge.receive(flooder, msgpack.packb({"type": "like", "n": n}))
+        assert flooder.pending <= MAX_PENDING
+        assert len(asyncio.all_tasks()) - tasks_before <= MAX_PENDING
+        refused = 10_000 - (MAX_PENDING - 1)  # the join state took one place
+        assert bridge.refused == refused and flooder_got.count(BUSY) == refused
+        assert caplog.text.count("refused: 256 wait to be handled") == 1
+        bridge.receive(other, msgpack.packb({"type": "like", "n": -1}))  # its own bound
+        assert BUSY not in other_got
+        handler.go.set()
+        await wait_for(lambda: flooder.pending == 0 and other.pending == 0, 5, "drained")
+        numbers = [msgpack.unpackb(raw)["n"] for raw in handler.seen]
+        assert [n for n in numbers if n >= 0] == list(range(MAX_PENDING - 1))  # in order
+        assert numbers.count(-1) == 1
+        bridge.receive(flooder, msgpack.packb({"type": "like", "n": 0}))  # room again
+        await wait_for(lambda: len(handler.seen) == MAX_PENDING + 1, 5, "handled again")
+    finally:
+        await bridge.close()
