@@ -182,6 +182,8 @@ class RedisStore(Store):
                 stale.append(name)
         if stale:  # a delete that stopped between its two steps; nothing else can leave these
             await self._r.zrem(self.keys.rooms, *stale)
+            if limit > 0:  # a full page again, now that they are gone from the index
+                return await self.list_rooms(after=after, limit=limit)
         return rooms
 
     async def set_room_metadata(self, name: str, metadata: JsonObject) -> RoomRecord | None:
