@@ -103,9 +103,11 @@ def http_runner(app: web.Application, cfg: config_module.Config) -> web.AppRunne
     fires while no whole request has arrived: with the timeout set to ``http_header_timeout_ms``
     a client that never finishes its request line and headers (slowloris) is closed then,
     instead of after aiohttp's default of an hour. A request being handled (an upload, a
-    WebSocket, an FLV stream) is not affected."""
-    timeout_s = max(cfg.http_header_timeout_ms, 1) / 1000
-    return web.AppRunner(app, access_log=None, keepalive_timeout=timeout_s)
+    WebSocket, an FLV stream) is not affected. 0 keeps aiohttp's own timer."""
+    if cfg.http_header_timeout_ms <= 0:
+        return web.AppRunner(app, access_log=None)
+    return web.AppRunner(app, access_log=None,
+                         keepalive_timeout=cfg.http_header_timeout_ms / 1000)
 
 
 async def serve_forever(cfg: config_module.Config, role: str, demo_room: str) -> None:
