@@ -5,6 +5,7 @@ every local channel of the room and crosses to each worker process with channels
 once. What a client sends goes to the control plane's handler, in order per participant; its
 replies (errors, acks) go back to that participant only. Each channel has its own bucket of
 ``resume`` messages (``signaling/live/resume.py``), so one flooding channel is refused alone.
+At its token's ``exp`` a channel gets ``error token_expired`` and is closed (``expire_at``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -29,9 +31,7 @@ from signaling.live.schema import packed_error
 logger = logging.getLogger("shopcast.sfu.events")
 
 Send = Callable[[bytes], None]
-MAX_PENDING = 256  # one participant's messages waiting for the handler; past it refused
-BUSY = packed_error("too_many_pending",
-                    f"at most {MAX_PENDING} of your messages wait to be handled; try again")
+EXPIRED = packed_error("token_expired", "your token expired: join again with a new one")
 MAX_HELD = 1000  # events held for one joiner while its join state is built
 
 
@@ -80,11 +80,32 @@ class Endpoint:
         self.send = send
         self._on_ready = on_ready
         self._last: asyncio.Task[None] | None = None
-        self._pending = 0  # messages chained and not done: bounded by MAX_PENDING
-        self.refused = 0
         self._gate = EventGate(send)
         # this channel's bucket of ``resume`` messages: the handler's, made at the first message
         self.resume_budget: ResumeBudget | None = None
+        self.expired = False  # its token's ``exp`` passed: its messages are refused
+        self._expiry: asyncio.TimerHandle | None = None
+
+    def expire_at(self, close: Callable[[], None] | None) -> None:
+        """At the token's ``exp`` (one timer, not a poll): ``error token_expired``, then
+        ``close`` the channel (in a worker, where the pool cannot close it, every later message
+        is refused instead)."""
+        if self.claims.expires_at <= 0:
+            return
+        delay = max(0.0, self.claims.expires_at - time.time())
+        self._expiry = asyncio.get_running_loop().call_later(delay, self._expire, close)
+
+    def disarm(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+
+    def _expire(self, close: Callable[[], None] | None) -> None:
+        self._expiry = None
+        self.expired = True
+        self.send(EXPIRED)
+        if close is not None:
+            close()
 
     def deliver(self, packed: bytes) -> None:
         """A live room event: held until the join state went out."""
@@ -96,30 +117,17 @@ class Endpoint:
         if self._on_ready is not None:
             self._on_ready()
 
-    @property
-    def pending(self) -> int:
-        return self._pending
-
-    def chain(self, work: Callable[[], Awaitable[None]]) -> bool:
-        """Run ``work`` after this participant's previous message is done; False (and nothing
-        queued) when ``MAX_PENDING`` already wait, so a client that sends faster than the
-        handler answers (or a stalled store) cannot grow the process without bound."""
-        if self._pending >= MAX_PENDING:
-            return False
-        self._pending += 1
+    def chain(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Run ``work`` after this participant's previous message is done."""
         previous = self._last
 
         async def run() -> None:
-            try:
-                if previous is not None:
-                    with contextlib.suppress(Exception):
-                        await previous
-                await work()
-            finally:
-                self._pending -= 1
+            if previous is not None:
+                with contextlib.suppress(Exception):
+                    await previous
+            await work()
 
         self._last = spawn(run())
-        return True
 
 
 @dataclass
@@ -150,6 +158,7 @@ def open_channel(
     endpoint = Endpoint(room, claims, events.send)
     channel.on("close", closed)
     opened(endpoint)
+    endpoint.expire_at(channel.close)
     return endpoint
 
 
@@ -161,7 +170,6 @@ class EventBridge:
         self.handler = handler
         self.rooms: dict[str, RoomFeed] = {}
         self.handled = 0
-        self.refused = 0  # client messages refused past MAX_PENDING (for /metrics)
 
     def open_local(self, leg_id: str, endpoint: Endpoint) -> None:
         """A channel in this process opened: join state first, then live events."""
@@ -172,7 +180,9 @@ class EventBridge:
     def close_local(self, leg_id: str, room: str) -> None:
         feed = self.rooms.get(room)
         if feed is not None:
-            feed.local.pop(leg_id, None)
+            endpoint = feed.local.pop(leg_id, None)
+            if endpoint is not None:
+                endpoint.disarm()
             self._release(room, feed)
 
     def open_remote(self, worker: int, forward: Send, endpoint: Endpoint) -> None:
@@ -181,6 +191,7 @@ class EventBridge:
         feed.workers[worker] = forward
         feed.remote_counts[worker] = feed.remote_counts.get(worker, 0) + 1
         endpoint.chain(lambda: self._send_snapshot(endpoint))
+        endpoint.expire_at(None)
 
     def close_remote(self, worker: int, room: str) -> None:
         feed = self.rooms.get(room)
@@ -193,16 +204,8 @@ class EventBridge:
         self._release(room, feed)
 
     def receive(self, endpoint: Endpoint, raw: bytes) -> None:
-        """A client event: handled in arrival order for this participant, or refused with
-        ``error too_many_pending`` (logged once per participant, counted) past the bound."""
-        if endpoint.chain(lambda: self._handle(endpoint, raw)):
-            return
-        self.refused += 1
-        endpoint.refused += 1
-        if endpoint.refused == 1:
-            logger.warning("events from %s in room %s refused: %d wait to be handled",
-                           endpoint.claims.identity, endpoint.room, MAX_PENDING)
-        endpoint.send(BUSY)
+        """A client event: handled in arrival order for this participant."""
+        endpoint.chain(lambda: self._handle(endpoint, raw))
 
     async def close(self) -> None:
         await stop_tasks([f.task for f in self.rooms.values()])
@@ -210,6 +213,9 @@ class EventBridge:
 
     async def _handle(self, endpoint: Endpoint, raw: bytes) -> None:
         self.handled += 1
+        if endpoint.expired:
+            endpoint.send(EXPIRED)
+            return
         if endpoint.resume_budget is None:
             endpoint.resume_budget = self.handler.resume_budget()
         try:

@@ -22,7 +22,9 @@ Then, each answered to the sender only and echoing its ``cid``:
 Refusals are ``error {code, message, cid}`` and change nothing. Legs opened over the socket
 outlive it for ``resume_s``: a page that reconnects in time keeps playing and publishing without
 renegotiating; after that they are closed. aiohttp pings the socket every ``HEARTBEAT_S`` and
-drops it when a pong is missing, which starts the same grace period.
+drops it when a pong is missing, which starts the same grace period. At the socket's token's
+``exp`` it gets ``error token_expired`` and is closed with code 4001 (the same grace period: a
+page resumes with a new token).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from signaling.errors import ApiError, forbidden
 from signaling.live.gateway import EventGateway, allowed
 from signaling.live.resume import ResumeBudget
 from signaling.live.schema import MAX_EVENT_BYTES, pack, packed_error
-from signaling.live.websocket import stream_room
+from signaling.live.websocket import close_at_expiry, stream_room
 from signaling.negotiation import MAX_SDP_BYTES, Elsewhere, Negotiator
 from signaling.room_names import ROOM_NAME_RULE, valid_room_name
 from signaling.service import SIGNALING_KEY
@@ -151,8 +153,6 @@ async def _first(ws: web.WebSocketResponse) -> dict[str, Any] | None:
             data = _decode(message.data)
             if data is not None:
                 return data
-        elif message.type != WSMsgType.TEXT:
-            return None  # an oversized or broken frame: aiohttp is already closing the socket
         await ws.send_bytes(packed_error("bad_frame", "send binary msgpack maps"))
     return None
 
@@ -254,9 +254,13 @@ async def ws_signaling(request: web.Request) -> web.StreamResponse:
     if first.get("cid") is not None:
         reply["cid"] = first["cid"]
     await ws.send_bytes(pack(reply))
+    connection = _Connection(ws, signaling, session, gateway)
+    expiry = close_at_expiry(ws, claims, connection.send)  # this socket's token, at its exp
     try:
-        await _Connection(ws, signaling, session, gateway).run(after_seq)
+        await connection.run(after_seq)
     finally:
+        if expiry is not None:
+            expiry.cancel()
         signaling.detach(session)
         if not ws.closed:
             await ws.close()

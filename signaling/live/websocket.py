@@ -11,15 +11,19 @@ reconnects with ``after_seq`` per room and identity (``429 resume_limited`` with
 
 The token (query ``token`` or ``Authorization: Bearer``) needs ``subscribe``, ``chat`` or
 ``admin`` for the room; a banned identity is refused with 403 and disconnected (close code
-4003) when banned while connected. Frames larger than the schema's cap are answered with an
-``error`` rather than a dropped connection, so one bad message costs a client nothing else.
+4003) when banned while connected. At the token's ``exp`` the socket gets ``error
+token_expired`` and is closed with code 4001 (one timer per socket, ``close_at_expiry``).
+Frames larger than the schema's cap are answered with an ``error`` rather than a dropped
+connection, so one bad message costs a client nothing else.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -38,6 +42,7 @@ logger = logging.getLogger("shopcast.signaling.live.ws")
 
 PATH = "/ws/events/{room}"
 CLOSE_BANNED = 4003
+CLOSE_EXPIRED = 4001  # the token's exp passed: reconnect with a new token
 MAX_FRAME = 4 * MAX_EVENT_BYTES  # larger frames close the socket; up to this, an error reply
 JOIN_GRANTS = (Grant.SUBSCRIBE, Grant.CHAT, Grant.ADMIN)
 
@@ -129,6 +134,35 @@ class _Socket:
                 break
 
 
+def close_at_expiry(ws: web.WebSocketResponse, claims: Claims,
+                    send: Callable[[bytes], Awaitable[None]]) -> asyncio.TimerHandle | None:
+    """Close ``ws`` at its token's ``exp``: ``error token_expired`` through ``send`` (the
+    socket's own, with its lock), then close code 4001. One ``call_later`` per socket, not a
+    poll; the caller cancels the handle when the socket ends first."""
+    if claims.expires_at <= 0:
+        return None
+    delay = max(0.0, claims.expires_at - time.time())
+    return asyncio.get_running_loop().call_later(delay, _expire, ws, send)
+
+
+_expiring: set[asyncio.Task[None]] = set()  # closes under way, kept until done
+
+
+def _expire(ws: web.WebSocketResponse, send: Callable[[bytes], Awaitable[None]]) -> None:
+    task = asyncio.create_task(_close_expired(ws, send))
+    _expiring.add(task)
+    task.add_done_callback(_expiring.discard)
+
+
+async def _close_expired(ws: web.WebSocketResponse,
+                         send: Callable[[bytes], Awaitable[None]]) -> None:
+    if ws.closed:
+        return
+    with contextlib.suppress(Exception):  # a socket going away anyway is closed just the same
+        await send(packed_error("token_expired", "your token expired: reconnect with a new one"))
+    await ws.close(code=CLOSE_EXPIRED, message=b"token_expired")
+
+
 def _resume_limited(wait_s: float) -> web.Response:
     error = ApiError(429, "resume_limited",
                      f"too many reconnects with after_seq: retry in {wait_s:.1f} s")
@@ -151,7 +185,13 @@ async def events_socket(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, heartbeat=30.0)
     await ws.prepare(request)
     socket = _Socket(ws, gateway, room, claims)
-    sender = await stream_room(gateway, room, after_seq, socket.send, socket.forward, socket.read)
+    expiry = close_at_expiry(ws, claims, socket.send)
+    try:
+        sender = await stream_room(gateway, room, after_seq, socket.send, socket.forward,
+                                   socket.read)
+    finally:
+        if expiry is not None:
+            expiry.cancel()
     kicked = sender.done() and not sender.cancelled() and sender.exception() is None \
         and sender.result()
     if kicked:
