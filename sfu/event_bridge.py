@@ -31,6 +31,9 @@ from signaling.live.schema import packed_error
 logger = logging.getLogger("shopcast.sfu.events")
 
 Send = Callable[[bytes], None]
+MAX_PENDING = 256  # one participant's messages waiting for the handler; past it refused
+BUSY = packed_error("too_many_pending",
+                    f"at most {MAX_PENDING} of your messages wait to be handled; try again")
 EXPIRED = packed_error("token_expired", "your token expired: join again with a new one")
 MAX_HELD = 1000  # events held for one joiner while its join state is built
 
@@ -80,6 +83,8 @@ class Endpoint:
         self.send = send
         self._on_ready = on_ready
         self._last: asyncio.Task[None] | None = None
+        self._pending = 0  # messages chained and not done: bounded by MAX_PENDING
+        self.refused = 0
         self._gate = EventGate(send)
         # this channel's bucket of ``resume`` messages: the handler's, made at the first message
         self.resume_budget: ResumeBudget | None = None
@@ -117,17 +122,30 @@ class Endpoint:
         if self._on_ready is not None:
             self._on_ready()
 
-    def chain(self, work: Callable[[], Awaitable[None]]) -> None:
-        """Run ``work`` after this participant's previous message is done."""
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    def chain(self, work: Callable[[], Awaitable[None]]) -> bool:
+        """Run ``work`` after this participant's previous message is done; False (and nothing
+        queued) when ``MAX_PENDING`` already wait, so a client that sends faster than the
+        handler answers (or a stalled store) cannot grow the process without bound."""
+        if self._pending >= MAX_PENDING:
+            return False
+        self._pending += 1
         previous = self._last
 
         async def run() -> None:
-            if previous is not None:
-                with contextlib.suppress(Exception):
-                    await previous
-            await work()
+            try:
+                if previous is not None:
+                    with contextlib.suppress(Exception):
+                        await previous
+                await work()
+            finally:
+                self._pending -= 1
 
         self._last = spawn(run())
+        return True
 
 
 @dataclass
@@ -170,6 +188,7 @@ class EventBridge:
         self.handler = handler
         self.rooms: dict[str, RoomFeed] = {}
         self.handled = 0
+        self.refused = 0  # client messages refused past MAX_PENDING (for /metrics)
 
     def open_local(self, leg_id: str, endpoint: Endpoint) -> None:
         """A channel in this process opened: join state first, then live events."""
@@ -204,8 +223,16 @@ class EventBridge:
         self._release(room, feed)
 
     def receive(self, endpoint: Endpoint, raw: bytes) -> None:
-        """A client event: handled in arrival order for this participant."""
-        endpoint.chain(lambda: self._handle(endpoint, raw))
+        """A client event: handled in arrival order for this participant, or refused with
+        ``error too_many_pending`` (logged once per participant, counted) past the bound."""
+        if endpoint.chain(lambda: self._handle(endpoint, raw)):
+            return
+        self.refused += 1
+        endpoint.refused += 1
+        if endpoint.refused == 1:
+            logger.warning("events from %s in room %s refused: %d wait to be handled",
+                           endpoint.claims.identity, endpoint.room, MAX_PENDING)
+        endpoint.send(BUSY)
 
     async def close(self) -> None:
         await stop_tasks([f.task for f in self.rooms.values()])

@@ -153,6 +153,8 @@ async def _first(ws: web.WebSocketResponse) -> dict[str, Any] | None:
             data = _decode(message.data)
             if data is not None:
                 return data
+        elif message.type != WSMsgType.TEXT:
+            return None  # an oversized or broken frame: aiohttp is already closing the socket
         await ws.send_bytes(packed_error("bad_frame", "send binary msgpack maps"))
     return None
 
