@@ -193,6 +193,10 @@ async def test_memory_store_evicts_expired_keys_and_replies() -> None:
             await asyncio.sleep(0.1)
         assert set(store._values) == {("limits", "forever"), ("limits", "k0")}
         assert not store._replies and not store._expiries[1:]
+        # the per-room key index that closing a room uses forgets them too
+        assert store._scope_keys == {"limits": {(0, ("limits", "forever")),
+                                                (0, ("limits", "k0"))},
+                                     "shop": {(3, ("shop", "sku"))}}
         assert await store.get("limits", "k0") == b"again"
         assert len(await store.pool_ledger("shop", "sku")) == 10_000  # orders are not expiring
     finally:

@@ -98,6 +98,11 @@ class MemoryStore(Store):
             if entry is not None and 0 < entry[-1] <= now:
                 del entries[key]
                 dropped += 1
+                scope_keys = self._scope_keys.get(key[0])  # drop_room_data's index too
+                if scope_keys is not None:
+                    scope_keys.discard((0 if table == _VALUES else 4, key))
+                    if not scope_keys:
+                        del self._scope_keys[key[0]]
         return dropped
 
     # --- rooms -----------------------------------------------------------------------------
