@@ -7,7 +7,8 @@ node's callbacks are synchronous and sit next to the media path. Viewers in work
 reach it too: every kind of session arrives as a ``Session`` (``sfu/session.py``).
 
 ``NodeMediaControl`` is the control plane's ``MediaControl`` over this node: REST close, kick
-and mute end sessions or stop a producer here (directly in ``shopcast serve``, through the bus's
+and mute end sessions or stop a producer here (a kick or ban also ends the identity's HTTP-FLV
+responses, which are not sessions) (directly in ``shopcast serve``, through the bus's
 ``media`` topic when the node is its own process).
 """
 
@@ -18,6 +19,7 @@ import logging
 import os
 import time
 
+from sfu.flv.manager import FlvManager
 from sfu.node import SfuNode
 from sfu.producer import Producer
 from sfu.room import Room
@@ -77,8 +79,9 @@ class NodeMediaControl:
     """``MediaControl`` for the sessions of one node; sids are session ids, track sids as
     above."""
 
-    def __init__(self, node: SfuNode) -> None:
+    def __init__(self, node: SfuNode, flv: FlvManager | None = None) -> None:
         self.node = node
+        self.flv = flv
 
     async def end_room(self, room: str) -> int:
         sessions = [s for s in list(self.node.sessions.values()) if s.room == room]
@@ -93,6 +96,15 @@ class NodeMediaControl:
             return False
         await session.close()
         return True
+
+    async def end_identity(self, room: str, identity: str) -> int:
+        """End what ``identity`` has in ``room`` that is not a reported session: its HTTP-FLV
+        responses (a ban or kick ends them too). Return how many."""
+        output = self.flv.outputs.get(room) if self.flv is not None else None
+        ended = output.end_identity(identity) if output is not None else 0
+        if ended:
+            logger.info("room %s: %d FLV responses of %s ended", room, ended, identity)
+        return ended
 
     async def mute_track(self, room: str, sid: str, track_sid: str, muted: bool) -> bool:
         live_room = self.node.rooms.get(room)

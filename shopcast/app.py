@@ -72,7 +72,7 @@ def create_app(config: Config) -> web.Application:
     signaling = add_control_plane(app, config)  # before the node: signaling starts first
     node = add_media_plane(app, config, signaling)
     signaling.attach_media(  # REST close/kick/mute act on media here; the playback plan asks it
-        NodeMediaControl(node),
+        NodeMediaControl(node, app[FLV_KEY]),  # a kick also ends its FLV responses
         local_node=LoadMeter(node, signaling.settings.node_id, config.base_url,
                              config.webrtc_viewer_cap),
     )

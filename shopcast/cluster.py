@@ -18,6 +18,7 @@ from pathlib import Path
 from aiohttp import web
 
 from sfu import whip_whep
+from sfu.flv.manager import FLV_KEY
 from sfu.media_control import LoadMeter, NodeMediaControl
 from shopcast.app import add_media_plane, base_app, healthz, metrics, require_metrics_token
 from shopcast.config import Config
@@ -60,7 +61,7 @@ def create_sfu_app(config: Config) -> web.Application:
     placement = RoomPlacement(signaling.store, signaling.rooms)
     app[whip_whep.PLACEMENT_KEY] = NodePlacement(placement, node_id)  # before the media plane
     node = add_media_plane(app, config, signaling)
-    commands = MediaCommands(signaling.bus, NodeMediaControl(node))
+    commands = MediaCommands(signaling.bus, NodeMediaControl(node, app[FLV_KEY]))
     agent = NodeAgent(
         signaling.store, LoadMeter(node, node_id, config.base_url, config.webrtc_viewer_cap),
         bus=signaling.bus,

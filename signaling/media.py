@@ -20,6 +20,11 @@ class MediaControl(Protocol):
         """End one session; False if this node has no such session."""
         ...
 
+    async def end_identity(self, room: str, identity: str) -> int:
+        """End what ``identity`` has in ``room`` that is not a session (HTTP-FLV responses),
+        on a kick or ban; return how many on this node."""
+        ...
+
     async def mute_track(self, room: str, sid: str, track_sid: str, muted: bool) -> bool:
         """Stop (or resume) forwarding one published track; False if there is no such track."""
         ...
@@ -33,6 +38,9 @@ class NoMedia:
 
     async def end_session(self, room: str, sid: str) -> bool:
         return False
+
+    async def end_identity(self, room: str, identity: str) -> int:
+        return 0
 
     async def mute_track(self, room: str, sid: str, track_sid: str, muted: bool) -> bool:
         return False

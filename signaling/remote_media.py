@@ -36,6 +36,10 @@ class BusMediaControl:
         await self.bus.notify(TOPIC, {"op": "end_session", "room": room, "sid": sid})
         return True
 
+    async def end_identity(self, room: str, identity: str) -> int:
+        await self.bus.notify(TOPIC, {"op": "end_identity", "room": room, "identity": identity})
+        return 0
+
     async def mute_track(self, room: str, sid: str, track_sid: str, muted: bool) -> bool:
         await self.bus.notify(TOPIC, {"op": "mute_track", "room": room, "sid": sid,
                                       "track_sid": track_sid, "muted": muted})
@@ -73,6 +77,8 @@ class MediaCommands:
             await self.local.end_room(str(command["room"]))
         elif op == "end_session":
             await self.local.end_session(str(command["room"]), str(command["sid"]))
+        elif op == "end_identity":
+            await self.local.end_identity(str(command["room"]), str(command["identity"]))
         elif op == "mute_track":
             await self.local.mute_track(str(command["room"]), str(command["sid"]),
                                         str(command["track_sid"]), bool(command["muted"]))

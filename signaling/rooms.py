@@ -148,6 +148,7 @@ class RoomService:
             if await self.session_left(room, session.sid, reason="kicked") is not None:
                 kicked.append(session)
             await self.media.end_session(room, session.sid)
+        await self.media.end_identity(room, identity)  # its HTTP-FLV responses: not sessions
         return kicked
 
     async def mute(

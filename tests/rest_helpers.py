@@ -50,6 +50,7 @@ class RecordingMedia:
     """A MediaControl that records what the control plane asked for."""
 
     calls: list[tuple[Any, ...]] = field(default_factory=list)
+    identities_ended: list[tuple[str, str]] = field(default_factory=list)  # (room, identity)
 
     async def end_room(self, room: str) -> int:
         self.calls.append(("end_room", room))
@@ -58,6 +59,10 @@ class RecordingMedia:
     async def end_session(self, room: str, sid: str) -> bool:
         self.calls.append(("end_session", room, sid))
         return True
+
+    async def end_identity(self, room: str, identity: str) -> int:
+        self.identities_ended.append((room, identity))
+        return 0
 
     async def mute_track(self, room: str, sid: str, track_sid: str, muted: bool) -> bool:
         self.calls.append(("mute_track", room, sid, track_sid, muted))

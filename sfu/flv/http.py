@@ -2,7 +2,8 @@
 
 Statuses: 400 bad room name; 401/403 token problems (``Authorization: Bearer`` or
 ``?token=``, which players like mpegts.js and ffmpeg can send); 403 ``banned`` for an identity
-banned from the room (the same check as WHIP/WHEP and RTMP); 404 ``not_found`` for a room
+banned from the room (the same check as WHIP/WHEP and RTMP), and an open response ends when
+its identity is banned or kicked (``NodeMediaControl.end_identity``); 404 ``not_found`` for a room
 this node does not have (``307`` to the node where it is live, on a multi-node
 deployment); 503 ``not_live`` (with ``Retry-After``) for a room that exists but
 has no live publisher yet, or whose stream has not produced its first keyframe (this door's
@@ -109,7 +110,7 @@ async def play_flv(request: web.Request) -> web.StreamResponse:
     def ended(reader: FlvReader) -> None:
         done.set()
 
-    reader = output.add_reader(transport, ended, unsent)
+    reader = output.add_reader(transport, ended, unsent, identity=claims.identity)
     try:
         await done.wait()
     finally:

@@ -66,6 +66,7 @@ class RoomFlvOutput:
         self.log = TagLog(keep_ms=settings.latency_budget_ms + 1000)
         self.book = ReaderBook()
         self.readers = self.book.active
+        self._identities: dict[FlvReader, str] = {}  # whose token each reader came with
         self.video = next((p for p in producers if p.kind == "video"), None)
         self.audio = next((p for p in producers if p.kind == "audio"), None)
         self.publisher_id = producers[0].publisher_id if producers else ""
@@ -401,12 +402,15 @@ class RoomFlvOutput:
     # --- readers and housekeeping -------------------------------------------------------------
 
     def add_reader(
-        self, transport: Transport, on_closed: Any, unsent: Callable[[], int] | None = None
+        self, transport: Transport, on_closed: Any, unsent: Callable[[], int] | None = None,
+        identity: str = "",
     ) -> FlvReader:
-        """A new HTTP-FLV response: start it from the GOP cache (or the next keyframe)."""
+        """A new HTTP-FLV response: start it from the GOP cache (or the next keyframe).
+        ``identity`` is its token's, so a ban or kick can end it (``end_identity``)."""
 
         def closed(reader: FlvReader) -> None:
             self.book.remove(reader)
+            self._identities.pop(reader, None)
             on_closed(reader)
 
         reader = FlvReader(
@@ -419,8 +423,18 @@ class RoomFlvOutput:
             unsent=unsent,
         )
         self.book.add(reader)
+        if identity:
+            self._identities[reader] = identity
         reader.join()
         return reader
+
+    def end_identity(self, identity: str, reason: str = "kicked") -> int:
+        """End the responses of ``identity`` (banned or kicked); return how many. FLV readers
+        are not sessions, so the control plane's kick reaches them through here."""
+        ended = [r for r, who in self._identities.items() if who == identity and not r.closed]
+        for reader in ended:
+            reader.close(reason)
+        return len(ended)
 
     def request_keyframe(self) -> None:
         """From a joiner or a skipping reader: the publisher (throttled) or our transcoder."""
