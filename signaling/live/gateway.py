@@ -213,6 +213,8 @@ class EventGateway:
         return []
 
     async def _purchase(self, room: str, claims: Claims, data: dict[str, Any]) -> list[Reply]:
+        if await self.moderation.is_banned(room, claims.identity):  # before any stock moves
+            raise LiveError("banned", "you are banned from this room", 403)
         key = str(data.get("key") or "ch-" + uuid.uuid4().hex)
         order, duplicate = await self.sales.purchase(
             room, claims.identity, data["sku"], int(data.get("qty", 1)), key
