@@ -21,13 +21,13 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urljoin
 
 import aiohttp
 import msgpack
 import pytest
-from aiortc import RTCPeerConnection
 from conftest import Server, free_port, loopback_config
+from fuzz_inputs import json_body, mutate, packed, real_offer, rtmp_messages, sdp_offer, value
 from rest_helpers import signaling_of
 from waiting import wait_for
 
@@ -65,8 +65,9 @@ def no_error_logged(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
 @pytest.fixture
 def config(tmp_path: Path, backend: str, prefix: str) -> Config:
     # ws_resume_s=1: legs a /ws socket opened outlive it that long by design, then must end
+    # and rtmp_grace_ms=200: an RTMP publisher's session waits that long for its encoder
     return loopback_config(tmp_path, workers=0, rtmp_port=free_port(), redis=backend,
-                           redis_prefix=prefix, ws_resume_s=1)
+                           redis_prefix=prefix, ws_resume_s=1, rtmp_grace_ms=200)
 
 
 def rss() -> int:
@@ -85,152 +86,6 @@ class Budget:
             if time.monotonic() > self.deadline:
                 return
             yield i
-
-
-# --- mutations ------------------------------------------------------------------------------
-
-
-def mutate(rng: random.Random, data: bytes) -> bytes:
-    """One of: truncation, bit flips, a random splice, invalid UTF-8, duplication."""
-    if not data:
-        return bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 64)))
-    kind = rng.randrange(5)
-    if kind == 0:
-        return data[: rng.randrange(len(data))]
-    if kind == 1:
-        out = bytearray(data)
-        for _ in range(rng.randint(1, 16)):
-            out[rng.randrange(len(out))] ^= 1 << rng.randrange(8)
-        return bytes(out)
-    if kind == 2:
-        at = rng.randrange(len(data))
-        junk = bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 256)))
-        return data[:at] + junk + data[at:]
-    if kind == 3:
-        at = rng.randrange(len(data))
-        return data[:at] + rng.choice([b"\xff\xfe", b"\xc3\x28", b"\xed\xa0\x80", b"\x00"]) + \
-            data[at:]
-    return data * rng.randint(2, 4)
-
-
-def value(rng: random.Random, depth: int = 0) -> Any:
-    """A random JSON/msgpack-able value: wrong types, huge numbers, deep nesting."""
-    kind = rng.randrange(12 if depth < 6 else 8)
-    if kind == 0:
-        return None
-    if kind == 1:
-        return rng.choice([True, False])
-    if kind == 2:
-        return rng.choice([0, -1, 1, 2**31, 2**53, 2**63 - 1, -(2**63), rng.randint(-9, 99)])
-    if kind == 3:
-        return rng.choice([0.5, -1e308, 1e308, 1e-320, 3.14])
-    if kind == 4:
-        return "".join(chr(rng.randrange(32, 0x2FF)) for _ in range(rng.randint(0, 40)))
-    if kind == 5:
-        return rng.choice(["", "x" * 20_000, "\u0000", "fz1", "../../etc", "*", "<script>"])
-    if kind == 6:
-        return rng.choice(["chat", "like", "gift", "purchase", "resume", "ping", "join"])
-    if kind == 7:
-        return rng.choice([[], {}, [1] * 100])
-    if kind in (8, 9):
-        return [value(rng, depth + 1) for _ in range(rng.randint(0, 4))]
-    return {str(value(rng, 6)): value(rng, depth + 1) for _ in range(rng.randint(0, 5))}
-
-
-def deep(rng: random.Random) -> Any:
-    nested: Any = rng.choice([1, "x", None])
-    for _ in range(rng.choice([40, 200, 900])):
-        nested = [nested] if rng.random() < 0.5 else {"a": nested}
-    return nested
-
-
-def event(rng: random.Random) -> Any:
-    """A client event that often has a real type and wrong or extreme fields."""
-    roll = rng.random()
-    if roll < 0.1:
-        return value(rng)
-    if roll < 0.15:
-        return deep(rng)
-    data = {str(value(rng, 6)): value(rng, 3) for _ in range(rng.randint(0, 4))}
-    data["type"] = value(rng, 6) if rng.random() < 0.8 else value(rng, 3)
-    for key in rng.sample(["text", "count", "sku", "qty", "after_seq", "cid", "gift", "session",
-                           "room", "sdp", "leg"], rng.randint(0, 4)):
-        data[key] = value(rng, 3)
-    return data
-
-
-def packed(rng: random.Random) -> bytes:
-    """msgpack of a random structure, sometimes mutated, sometimes raw bytes."""
-    roll = rng.random()
-    if roll < 0.15:
-        return bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 300)))
-    try:
-        raw: bytes = msgpack.packb(event(rng), use_bin_type=True)
-    except (ValueError, OverflowError):  # too deep for msgpack's packer itself
-        raw = b"\xdc\xff\xff" * 100
-    return mutate(rng, raw) if roll < 0.4 else raw
-
-
-def json_body(rng: random.Random) -> bytes:
-    roll = rng.random()
-    if roll < 0.1:
-        return bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 200)))
-    if roll < 0.2:
-        levels = rng.choice([40, 200, 5000])
-        return b'{"a":' * levels + b"1" + b"}" * levels if rng.random() < 0.5 else \
-            b"[" * levels + b"1" + b"]" * levels
-    if roll < 0.3:
-        return rng.choice([b"NaN", b'{"price": Infinity}', b'{"a": 1e999}', b"[" * 10_000,
-                           b'{"sku": "a", "price": ' + b"9" * 5000 + b"}", b"\xff\xfe{}"])
-    body = value(rng) if rng.random() < 0.3 else {
-        k: value(rng, 3) for k in rng.sample(
-            ["name", "sku", "title", "price", "currency", "stock", "per_user", "duration_s",
-             "qty", "identity", "room", "grants", "ttl", "metadata", "text", "muted", "url",
-             "max_viewers", "words", "minutes"], rng.randint(0, 6))}
-    raw = json.dumps(body).encode()
-    return mutate(rng, raw) if rng.random() < 0.3 else raw
-
-
-def sdp_offer(rng: random.Random, base: str) -> bytes:
-    """The real offer mutated: random lines, many m= sections up to the byte limit, bytes."""
-    roll = rng.random()
-    if roll < 0.1:
-        return bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 2000)))
-    lines = base.split("\r\n")
-    if roll < 0.35:
-        section = rng.choice(["m=video 9 UDP/TLS/RTP/SAVPF 96", "m=audio 9 UDP/TLS/RTP/SAVPF 111",
-                              "m=application 9 UDP/DTLS/SCTP webrtc-datachannel",
-                              "m=video 0 RTP/AVP 0", "m=text 1 x y", "m=" + "9" * 40])
-        extra = [section, "a=mid:" + str(rng.randrange(10**6)), "a=sendrecv",
-                 "a=rtpmap:96 H264/90000", "a=rtpmap:111 opus/48000/2"]
-        lines.extend(extra * rng.randint(1, 400))
-    elif roll < 0.6:
-        for _ in range(rng.randint(1, 10)):
-            at = rng.randrange(len(lines))
-            lines[at] = rng.choice([
-                "", "a=" + "x" * rng.randint(1, 3000), "m=", "c=IN IP4 999.1.1.1",
-                "a=rtpmap:" + str(rng.choice([-1, 0, 96, 2**40])) + " H264/90000",
-                "a=fmtp:96 profile-level-id=zzzzzz;packetization-mode=9",
-                "a=candidate:1 1 udp 1 127.0.0.1 " + str(rng.choice([0, 70000, 9])) + " typ host",
-                "a=fingerprint:sha-256 00", "a=ssrc:" + str(2**40) + " cname:x",
-                "a=extmap:" + str(rng.choice([0, 15, 300])) + " urn:x", "a=setup:bogus",
-                "a=ice-ufrag:", "a=mid:" + "m" * 300, "a=group:BUNDLE " + "0 " * 100])
-    raw = "\r\n".join(lines).encode()
-    if 0.6 <= roll:
-        raw = mutate(rng, raw)
-    return raw[:MAX_SDP_BYTES] if rng.random() < 0.9 else raw + b"a" * MAX_SDP_BYTES
-
-
-async def real_offer() -> str:
-    pc = RTCPeerConnection()
-    try:
-        pc.addTransceiver("video", direction="sendrecv")
-        pc.addTransceiver("audio", direction="sendrecv")
-        pc.createDataChannel("events")
-        await pc.setLocalDescription(await pc.createOffer())
-        return str(pc.localDescription.sdp)
-    finally:
-        await pc.close()
 
 
 # --- checks ---------------------------------------------------------------------------------
@@ -341,6 +196,38 @@ async def test_fuzz_whip_whep_sdp(server: Server) -> None:
                           else location, headers={"Authorization": f"Bearer {token}"})
     await still_serves(server, before)
     await publish_and_play(server, "fz2")
+
+
+async def test_fuzz_whep_into_a_live_room(server: Server) -> None:
+    """WHEP offers, real and mutated, while an anchor streams: the viewer path past the room
+    lookup (codec matching, sections, admission); every session the fuzz opened is closed."""
+    rng = random.Random(SEED + 6)
+    base = await real_offer("recvonly")
+    node = server.app[NODE_KEY]
+    anchor = await publish(server.url, ROOM, server.token(ROOM, "anchor", "publish"),
+                           PaintedVideoTrack(), ToneAudioTrack())
+    created: list[str] = []
+    try:
+        await wait_for(lambda: ROOM in node.rooms and node.rooms[ROOM].live, 10, "anchor live")
+        before = rss()
+        async with aiohttp.ClientSession() as http:
+            for i in Budget(300, 2 * FUZZ_S):
+                token = server.token(ROOM, f"viewer{i % 7}", "subscribe")
+                body = base.encode() if rng.random() < 0.15 else sdp_offer(rng, base)
+                await request(http, "whep", "POST", f"{server.url}/whep/{ROOM}", body,
+                              {"Authorization": f"Bearer {token}",
+                               "Content-Type": "application/sdp"}, created)
+            for location in created:
+                viewer = location.rstrip("/").split("/")[-1]
+                await request(http, "whep", "DELETE", urljoin(server.url, location),
+                              headers={"Authorization": "Bearer " + server.token(
+                                  ROOM, "boss", "admin")})
+                assert viewer not in node.sessions
+        assert node.rooms[ROOM].live, "the anchor streams on through the fuzz"
+    finally:
+        await anchor.close()
+    assert created, "some WHEP offers were answered: the fuzz reached the viewer path"
+    await still_serves(server, before)
 
 
 async def test_fuzz_rest_bodies_and_paths(server: Server) -> None:
@@ -490,35 +377,48 @@ async def test_fuzz_event_gateway_handle(server: Server) -> None:
     await still_serves(server, before)
 
 
-async def read_until_closed(reader: asyncio.StreamReader, limit_s: float) -> None:
-    deadline = time.monotonic() + limit_s
+async def read_until_closed(reader: asyncio.StreamReader, limit_s: float) -> int:
+    """Bytes the server sent until it closed (or ``limit_s`` passed)."""
+    deadline, got = time.monotonic() + limit_s, 0
     while time.monotonic() < deadline:
         try:
             chunk = await asyncio.wait_for(reader.read(65536), deadline - time.monotonic())
         except (TimeoutError, ConnectionError):
-            return
+            return got
         if not chunk:
-            return
+            return got
+        got += len(chunk)
+    return got
 
 
-async def test_fuzz_rtmp_raw_bytes(server: Server) -> None:
+async def test_fuzz_rtmp(server: Server) -> None:
+    """Raw bytes before and after a real handshake, then commands and media messages of random
+    content, some publishing with a real token (the session must end with the connection)."""
     rng = random.Random(SEED + 5)
     before = rss()
+    node = server.app[NODE_KEY]
     port = server.config.rtmp_port
+    streams = [f"{ROOM}?token={server.token(ROOM, 'fuzzer', 'publish')}", f"{ROOM}?token=x",
+               ROOM, "", "a" * 5000, f"{ROOM}?token={server.token(ROOM, 'v', 'subscribe')}",
+               "../x?token=%ff"]
     for i in Budget(150, 2 * FUZZ_S):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
-            if i % 2 == 0:  # a real C0+C1, then junk where the handshake and chunks go
-                c1 = bytes(8) + bytes(rng.getrandbits(8) for _ in range(1528))
-                writer.write(b"\x03" + c1)
+            if i % 3:  # a real C0+C1, the server's S0+S1+S2, a C2 (sometimes mutated)
+                writer.write(b"\x03" + bytes(8) + bytes(rng.getrandbits(8) for _ in range(1528)))
                 await writer.drain()
-                await asyncio.wait_for(reader.readexactly(1 + 1536 + 1536), 5)
-                writer.write(mutate(rng, bytes(1536)))  # C2
-            junk = bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 8000)))
-            writer.write(junk)
+                s0s1s2 = await asyncio.wait_for(reader.readexactly(1 + 1536 + 1536), 5)
+                c2 = s0s1s2[1:1537]
+                writer.write(mutate(rng, c2) if rng.random() < 0.1 else c2)
+            if i % 3 == 2:
+                writer.write(rtmp_messages(rng, rng.choice(streams)))
+            else:
+                writer.write(bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 8000))))
             await writer.drain()
-            writer.write_eof()
-            await read_until_closed(reader, 0.3)
+            answered = await read_until_closed(reader, 0.2)
+            tally(f"rtmp mode {i % 3} {'answered' if answered else 'closed'}")
+            if ROOM in node.rooms and node.rooms[ROOM].live:
+                tally("rtmp live")
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
