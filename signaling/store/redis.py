@@ -63,6 +63,10 @@ class Keys:
     def scoped(self, scope: str, kind: str, key: str) -> str:
         return f"{self.room_tag(scope)}:{kind}:{key}"
 
+    def scope_index(self, scope: str) -> str:
+        """Every generic key written in the scope, so closing the room finds them all."""
+        return self.room_tag(scope) + ":index"
+
     def idempotency(self, scope: str, holder: str, key: str) -> str:
         return f"{self.room_tag(scope)}:idem:{len(holder)}:{holder}:{key}"
 
@@ -213,19 +217,11 @@ class RedisStore(Store):
         return _room(_pairs(room_flat)), participants
 
     async def drop_room_data(self, name: str) -> int:
-        """Every key of the room's hash tag but the bus's seq and history: found with SCAN
-        (one pass over the keyspace per close, in batches), deleted by one script that
-        first checks the room was not re-created."""
-        tag = self.keys.room_tag(name)
-        pattern = "".join("\\" + c if c in "*?[]\\" else c for c in tag) + ":*"
-        keep = {self.keys.seq(name).encode(), self.keys.events(name).encode()}
-        found = [k async for k in self._r.scan_iter(match=pattern, count=1000) if k not in keep]
-        dropped = 0
-        for start in range(0, len(found), 500):
-            dropped += int(await self._run(
-                "DROP_ROOM_DATA", [self.keys.room(name), *found[start:start + 500]], []
-            ))
-        return dropped
+        """Every key the room's scope index names (commerce, moderation, chat, likes, gifts,
+        co-hosts), in one script that first checks the room was not re-created."""
+        return int(await self._run(
+            "DROP_ROOM_DATA", [self.keys.room(name), self.keys.scope_index(name)], []
+        ))
 
     async def room_counts(self, name: str) -> RoomCounts:
         raw = await self._r.hgetall(self.keys.counts(name))
@@ -346,14 +342,25 @@ class RedisStore(Store):
 
     # --- generic atomic primitives ---------------------------------------------------------
 
+    async def _indexed(self, scope: str, key: str, command: str, *args: Any, **kw: Any) -> Any:
+        """``command`` on ``key`` with the key added to the scope's index, in one round trip
+        (one MULTI: the key never exists without its index entry)."""
+        async with self._r.pipeline(transaction=True) as pipe:
+            getattr(pipe, command)(key, *args, **kw)
+            pipe.sadd(self.keys.scope_index(scope), key)
+            replies = await pipe.execute()
+        return replies[0]
+
     async def incr(self, scope: str, key: str, by: int = 1, ttl_ms: int = 0) -> int:
-        return int(await self._run("INCR", [self.keys.scoped(scope, "kv", key)], [by, ttl_ms]))
+        keys = [self.keys.scoped(scope, "kv", key), self.keys.scope_index(scope)]
+        return int(await self._run("INCR", keys, [by, ttl_ms]))
 
     async def put(
         self, scope: str, key: str, value: bytes, *, ttl_ms: int = 0, only_if_absent: bool = False
     ) -> bool:
-        done = await self._r.set(
-            self.keys.scoped(scope, "kv", key), value, px=ttl_ms or None, nx=only_if_absent
+        done = await self._indexed(
+            scope, self.keys.scoped(scope, "kv", key), "set", value, px=ttl_ms or None,
+            nx=only_if_absent,
         )
         return bool(done)
 
@@ -365,7 +372,7 @@ class RedisStore(Store):
         return bool(await self._r.delete(self.keys.scoped(scope, "kv", key)))
 
     async def hset(self, scope: str, key: str, field: str, value: bytes) -> None:
-        await self._r.hset(self.keys.scoped(scope, "h", key), field, value)
+        await self._indexed(scope, self.keys.scoped(scope, "h", key), "hset", field, value)
 
     async def hget(self, scope: str, key: str, field: str) -> bytes | None:
         value: bytes | None = await self._r.hget(self.keys.scoped(scope, "h", key), field)
@@ -379,7 +386,9 @@ class RedisStore(Store):
         return bool(await self._r.hdel(self.keys.scoped(scope, "h", key), field))
 
     async def zincr(self, scope: str, key: str, member: str, by: float) -> float:
-        return float(await self._r.zincrby(self.keys.scoped(scope, "z", key), by, member))
+        return float(
+            await self._indexed(scope, self.keys.scoped(scope, "z", key), "zincrby", by, member)
+        )
 
     async def ztop(self, scope: str, key: str, count: int) -> list[tuple[str, float]]:
         if count <= 0:
@@ -403,6 +412,7 @@ class RedisStore(Store):
                 "remaining": units, "initial": units,
                 "opens": opens_at_ms, "closes": closes_at_ms,
             })
+            pipe.sadd(self.keys.scope_index(scope), state, held, ledger)
             await pipe.execute()
 
     async def consume(
@@ -422,7 +432,8 @@ class RedisStore(Store):
         if qty <= 0:
             raise ValueError("qty must be positive")
         keys = [*self._pool_keys(scope, pool),
-                self.keys.idempotency(scope, holder, idempotency_key)]
+                self.keys.idempotency(scope, holder, idempotency_key),
+                self.keys.scope_index(scope)]
         outcome, remaining, held, stored = await self._run(
             "CONSUME", keys,
             [holder, qty, limit, now_ms, record, idempotency_ttl_ms,

@@ -41,12 +41,14 @@ redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
 return {room, parts, metas, tracks}
 """
 
-# KEYS: room, then the keys of the closed room's scope to delete -> how many went (0 when the
-# room exists again: it was re-created between the close and this)
+# KEYS: room, the room's key index -> how many keys went (0 when the room exists again: it
+# was re-created between the close and this). The index names every key written in the
+# room's scope (all with its hash tag), so nothing is scanned.
 DROP_ROOM_DATA = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local n = 0
-for i = 2, #KEYS do n = n + redis.call('UNLINK', KEYS[i]) end
+for _, key in ipairs(redis.call('SMEMBERS', KEYS[2])) do n = n + redis.call('UNLINK', key) end
+redis.call('UNLINK', KEYS[2])
 return n
 """
 
@@ -115,15 +117,16 @@ redis.call('HSET', KEYS[1], 'node', '')
 return 1
 """
 
-# KEYS: counter; ARGV: by, ttl ms -> new value
+# KEYS: counter, the scope's key index; ARGV: by, ttl ms -> new value
 INCR = """
 local existed = redis.call('EXISTS', KEYS[1])
+if existed == 0 then redis.call('SADD', KEYS[2], KEYS[1]) end
 local v = redis.call('INCRBY', KEYS[1], ARGV[1])
 if existed == 0 and tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return v
 """
 
-# KEYS: pool, held, ledger, idempotency
+# KEYS: pool, held, ledger, idempotency, the scope's key index
 # ARGV: holder, qty, limit, now ms, record, idempotency ttl ms, '1' when a key was given,
 #       request (what the key buys; '' = not compared)
 # -> {outcome, remaining, held, record}
@@ -162,6 +165,7 @@ redis.call('RPUSH', KEYS[3], ARGV[5])
 if ARGV[7] == '1' then
   redis.call('HSET', KEYS[4], 'record', ARGV[5], 'request', ARGV[8])
   redis.call('PEXPIRE', KEYS[4], ARGV[6])
+  redis.call('SADD', KEYS[5], KEYS[4])
 end
 return {'ok', remaining - qty, held, ARGV[5]}
 """
