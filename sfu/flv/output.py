@@ -66,7 +66,6 @@ class RoomFlvOutput:
         self.log = TagLog(keep_ms=settings.latency_budget_ms + 1000)
         self.book = ReaderBook()
         self.readers = self.book.active
-        self._identities: dict[FlvReader, str] = {}  # whose token each reader came with
         self.video = next((p for p in producers if p.kind == "video"), None)
         self.audio = next((p for p in producers if p.kind == "audio"), None)
         self.publisher_id = producers[0].publisher_id if producers else ""
@@ -405,12 +404,10 @@ class RoomFlvOutput:
         self, transport: Transport, on_closed: Any, unsent: Callable[[], int] | None = None,
         identity: str = "",
     ) -> FlvReader:
-        """A new HTTP-FLV response: start it from the GOP cache (or the next keyframe).
-        ``identity`` is its token's, so a ban or kick can end it (``end_identity``)."""
-
+        """A new HTTP-FLV response from the GOP cache (or the next keyframe); ``identity`` (its
+        token's) lets a ban or kick end it (``end_identity``)."""
         def closed(reader: FlvReader) -> None:
             self.book.remove(reader)
-            self._identities.pop(reader, None)
             on_closed(reader)
 
         reader = FlvReader(
@@ -422,16 +419,14 @@ class RoomFlvOutput:
             on_closed=closed,
             unsent=unsent,
         )
-        self.book.add(reader)
-        if identity:
-            self._identities[reader] = identity
+        self.book.add(reader, identity)
         reader.join()
         return reader
 
     def end_identity(self, identity: str, reason: str = "kicked") -> int:
         """End the responses of ``identity`` (banned or kicked); return how many. FLV readers
         are not sessions, so the control plane's kick reaches them through here."""
-        ended = [r for r, who in self._identities.items() if who == identity and not r.closed]
+        ended = self.book.of_identity(identity)
         for reader in ended:
             reader.close(reason)
         return len(ended)

@@ -17,12 +17,20 @@ class ReaderBook:
         self.closed: dict[str, int] = {}  # close reason -> readers
         self._past_skips = 0
         self._past_bytes = 0
+        self._identities: dict[FlvReader, str] = {}  # whose token each reader came with
 
-    def add(self, reader: FlvReader) -> None:
+    def add(self, reader: FlvReader, identity: str = "") -> None:
         self.active.add(reader)
         self.joined += 1
+        if identity:
+            self._identities[reader] = identity
+
+    def of_identity(self, identity: str) -> list[FlvReader]:
+        """The open readers of ``identity`` (a ban or kick ends them)."""
+        return [r for r, who in self._identities.items() if who == identity and not r.closed]
 
     def remove(self, reader: FlvReader) -> None:
+        self._identities.pop(reader, None)
         if reader not in self.active:
             return
         self.active.discard(reader)
