@@ -106,6 +106,13 @@ class AudioTag:
     data: bytes
 
 
+def _fourcc_name(fourcc: bytes, known: dict[bytes, str]) -> str:
+    """A codec's name for a refusal: the known one, else its FourCC as text (or hex)."""
+    if fourcc in known:
+        return known[fourcc]
+    return "FourCC " + (fourcc.decode("ascii", "replace") if fourcc.isascii() else fourcc.hex())
+
+
 def _video_refusal(name: str) -> UnsupportedCodec:
     return UnsupportedCodec(f"RTMP video is {name}; ShopCast needs H.264")
 
@@ -150,11 +157,7 @@ def _parse_ex_video(body: bytes) -> VideoTag | None:
     packet_type = body[0] & 0x0F
     fourcc = body[1:5]
     if fourcc != b"avc1":
-        name = _VIDEO_FOURCC.get(fourcc)
-        if name is None:
-            name = "FourCC " + (fourcc.decode("ascii", "replace") if fourcc.isascii() else
-                                fourcc.hex())
-        raise _video_refusal(name)
+        raise _video_refusal(_fourcc_name(fourcc, _VIDEO_FOURCC))
     if not 1 <= frame_type <= 5:
         raise MalformedMedia(f"Enhanced RTMP video tag has frame type {frame_type}")
     if frame_type == FRAME_INFO or packet_type == _EX_METADATA:
@@ -204,11 +207,7 @@ def _parse_ex_audio(body: bytes) -> AudioTag | None:
     packet_type = body[0] & 0x0F
     fourcc = body[1:5]
     if fourcc != b"mp4a":
-        name = _AUDIO_FOURCC.get(fourcc)
-        if name is None:
-            name = "FourCC " + (fourcc.decode("ascii", "replace") if fourcc.isascii() else
-                                fourcc.hex())
-        raise _audio_refusal(name)
+        raise _audio_refusal(_fourcc_name(fourcc, _AUDIO_FOURCC))
     if packet_type in (_EX_AUDIO_SEQUENCE_END, _EX_AUDIO_MULTICHANNEL_CONFIG):
         return None
     if packet_type == _EX_SEQUENCE_START:
