@@ -146,9 +146,10 @@ class FlvReader:
             right = tuple(band[:, half + half // 8: width - half // 8].reshape(-1, 3).mean(axis=0))
             self.pictures.append(Picture(ts, width, left, right))  # type: ignore[arg-type]
 
-    def count(self, width: int, left: str, right: str) -> int:
+    def count(self, width: int, left: str, right: str, since: int = 0) -> int:
+        """Pictures (from number ``since`` on) of this width with these colours left and right."""
         return sum(p.width == width and _is(p.left, left) and _is(p.right, right)
-                   for p in self.pictures)
+                   for p in self.pictures[since:])
 
 
 def _is(rgb: tuple[float, float, float], colour: str) -> bool:
@@ -184,8 +185,7 @@ async def test_flv_reader_sees_the_mix_while_a_cohost_is_on_and_the_anchor_after
         cohost = None
         mixed = len(reader.pictures)
         await wait_for(
-            lambda: sum(p.width == 640 and _is(p.left, "red") and _is(p.right, "red")
-                        for p in reader.pictures[mixed:]) >= 30,
+            lambda: reader.count(640, "red", "red", since=mixed) >= 30,
             20, "the anchor alone again, still the same response")
         assert not outputs[room].stats()["mixing"]
         assert not reader.ended and not task.done()

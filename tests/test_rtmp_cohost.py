@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from conftest import Server, free_port, loopback_config
 from test_cohost import invite
-from test_flv_mixer import FlvReader, _is
+from test_flv_mixer import FlvReader
 from test_rtmp_ingest import live, pushing, rtmp_url
 from waiting import wait_for
 
@@ -107,8 +107,7 @@ async def test_rtmp_anchor_and_whip_cohost_mix_in_flv(server: Server) -> None:
             cohost = None
             mixed = len(reader.pictures)
             await wait_for(
-                lambda: sum(p.width == 640 and _is(p.left, "red") and _is(p.right, "red")
-                            for p in reader.pictures[mixed:]) >= 30,
+                lambda: reader.count(640, "red", "red", since=mixed) >= 30,
                 20, "the anchor alone again, still the same response")
             assert not outputs[room].stats()["mixing"]
             after = len(reader.raw)
