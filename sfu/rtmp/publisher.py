@@ -82,8 +82,7 @@ class RtmpPublisher:
         self.created_at = time.monotonic()
         self.connected_at: float | None = None
         self.closed = False
-        self._feed = FlvFeed()
-        self.flv_feed: FlvFeed | None = self._feed
+        self.flv_feed = FlvFeed()  # FLV readers get the encoder's own tags
         self.metadata: dict[str, object] = {}
         self.video = RtmpVideo(room, keyframe_interval_s=options.keyframe_interval_s,
                                on_bframes=self._bframes_seen)
@@ -180,7 +179,7 @@ class RtmpPublisher:
         ms = self._time(timestamp_ms)
         if tag.avc_packet_type == 0:
             self.video.set_config(AvcConfig.parse(tag.data))
-            self._feed.push(FeedTag(TAG_VIDEO, ms, payload, False, True))
+            self.flv_feed.push(FeedTag(TAG_VIDEO, ms, payload, False, True))
             return
         if tag.avc_packet_type != 1:
             return
@@ -190,7 +189,7 @@ class RtmpPublisher:
         if self.connected_at is None and not self._ready(unit.keyframe):
             return
         if self._flv_allows(self.video.producer, unit.keyframe):
-            self._feed.push(FeedTag(TAG_VIDEO, ms, payload, unit.keyframe, False))
+            self.flv_feed.push(FeedTag(TAG_VIDEO, ms, payload, unit.keyframe, False))
         if unit.keyframe:
             self._map_clock(self.video.producer, unit.pts_ms, CLOCK_KHZ)
         self.video.push(unit)
@@ -205,14 +204,14 @@ class RtmpPublisher:
                 if self.audio is not None:
                     self.audio.close()
                 producer = self.audio.producer if self.audio is not None else None
-                self.audio = RtmpAudio(self.room, tag.data, on_opus=self._feed.push_opus)
+                self.audio = RtmpAudio(self.room, tag.data, on_opus=self.flv_feed.push_opus)
                 self.audio.producer = producer
-            self._feed.push(FeedTag(TAG_AUDIO, ms, payload, False, True))
+            self.flv_feed.push(FeedTag(TAG_AUDIO, ms, payload, False, True))
             return
         if self.audio is None or self.connected_at is None:
             return
         if self._flv_allows(self.audio.producer, True):
-            self._feed.push(FeedTag(TAG_AUDIO, ms, payload, False, False))
+            self.flv_feed.push(FeedTag(TAG_AUDIO, ms, payload, False, False))
         self._audio_packets += 1
         if self._audio_packets % SENDER_REPORT_EVERY == 1:
             self._map_clock(self.audio.producer, ms, OPUS_KHZ)
