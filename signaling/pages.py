@@ -1,4 +1,4 @@
-"""The browser pages (anchor console, co-host, viewer) and their static files, no build step."""
+"""The browser pages (anchor console, co-host, viewer, replay) and their static files."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from signaling.errors import not_found
 from signaling.http_errors import Handler
 
 PAGES = {"/": "index.html", "/anchor": "anchor.html", "/cohost": "cohost.html",
-         "/viewer": "viewer.html"}
+         "/viewer": "viewer.html", "/replay": "replay.html"}
 # Browser libraries from npm (web/package.json, installed by ./dev setup into web/node_modules),
 # served from here and never from a CDN: URL under /vendor/ -> file under the web directory.
 VENDOR = {

@@ -15,9 +15,9 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from signaling.bus import Bus
 from signaling.live.errors import LiveError, not_found
 from signaling.live.schema import MAX_PRICE, event, pack
+from signaling.live.timeline import RoomPublisher
 from signaling.store import Store
 
 SKU = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -61,7 +61,7 @@ def check_product(product: Product) -> None:
 
 
 class Catalog:
-    def __init__(self, store: Store, bus: Bus) -> None:
+    def __init__(self, store: Store, bus: RoomPublisher) -> None:
         self.store = store
         self.bus = bus
 

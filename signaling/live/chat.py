@@ -12,11 +12,11 @@ import time
 import uuid
 from typing import Any
 
-from signaling.bus import Bus
 from signaling.bus.base import unpack
 from signaling.live.errors import LiveError
 from signaling.live.moderation import Moderation
 from signaling.live.schema import MAX_CHAT_CHARS, event
+from signaling.live.timeline import RoomPublisher
 from signaling.store import Store
 from signaling.tokens import Claims, Grant
 
@@ -27,7 +27,7 @@ RATE_WINDOW_MS = 5000
 
 
 class Chat:
-    def __init__(self, store: Store, bus: Bus, moderation: Moderation) -> None:
+    def __init__(self, store: Store, bus: RoomPublisher, moderation: Moderation) -> None:
         self.store = store
         self.bus = bus
         self.moderation = moderation

@@ -26,12 +26,12 @@ import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from signaling.bus import Bus
 from signaling.events import Webhook
 from signaling.live.catalog import Catalog, Product, check_product
 from signaling.live.errors import LiveError, not_found
 from signaling.live.schema import MAX_PER_USER, MAX_QTY, MAX_SALE_S, MAX_STOCK, event, pack
 from signaling.live.throttle import Coalescer
+from signaling.live.timeline import RoomPublisher
 from signaling.store import ConsumeOutcome, Store
 from signaling.webhooks import Webhooks
 
@@ -76,7 +76,8 @@ class Sale:
 
 class Sales:
     def __init__(
-        self, store: Store, bus: Bus, webhooks: Webhooks, catalog: Catalog, interval_ms: int = 250
+        self, store: Store, bus: RoomPublisher, webhooks: Webhooks, catalog: Catalog,
+        interval_ms: int = 250,
     ) -> None:
         self.store = store
         self.bus = bus

@@ -1,0 +1,120 @@
+"""The room's commerce timeline: pins, unpins, sales, stock and sold_out (chat when asked),
+each kept with the wall time it was published, so any node can put it on a recording's clock.
+
+Events are kept where they are published: the catalog, the sales (and the chat) publish through
+a ``Timeline``, which publishes on the bus and then keeps the event. The kept events live in the
+room's scope, a ring of ``MAX_EVENTS`` slots in the hash ``timeline`` numbered by the counter
+``timeline:n``: bounded per room, the same on both backends, and freed with the rest of the
+room's data when the room is closed. A ring that went round has lost its oldest events; a
+recording that may have had some of them is answered with ``truncated``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from signaling.bus import Bus, Event
+from signaling.bus.base import pack, unpack
+from signaling.store import Store
+
+COMMERCE_TYPES = frozenset({"product_pinned", "sale", "stock", "sold_out"})
+MAX_EVENTS = 4096  # kept per room; the oldest go first
+RING = "timeline"  # hash: slot (n % MAX_EVENTS) -> {n, wall, event}
+COUNTER = "timeline:n"
+
+
+class RoomPublisher(Protocol):
+    """What the commerce services need of the bus: ``publish`` (the bus, or a ``Timeline``)."""
+
+    async def publish(self, room: str, event: Mapping[str, Any]) -> Event: ...
+
+
+@dataclass(frozen=True)
+class Kept:
+    """One kept event: its number in the room's timeline, its wall time, the event."""
+
+    n: int
+    wall: float
+    event: dict[str, Any]
+
+
+class Timeline:
+    """Publishes room events on the bus and keeps the commerce ones with their wall time."""
+
+    def __init__(self, store: Store, bus: Bus, *, chat: bool = False,
+                 max_events: int = MAX_EVENTS) -> None:
+        self.store = store
+        self.bus = bus
+        self.max_events = max_events
+        self.types = COMMERCE_TYPES | {"chat"} if chat else COMMERCE_TYPES
+
+    async def publish(self, room: str, event: Mapping[str, Any]) -> Event:
+        published = await self.bus.publish(room, event)
+        if published.type in self.types:
+            await self.keep(room, published, time.time())
+        return published
+
+    async def keep(self, room: str, event: Event, wall: float) -> None:
+        n = await self.store.incr(room, COUNTER)
+        record = pack({"n": n, "wall": wall, "event": dict(event.data)})
+        await self.store.hset(room, RING, str(n % self.max_events), record)
+
+    async def kept(self, room: str) -> tuple[list[Kept], bool]:
+        """The room's kept events, oldest first, and whether older ones were lost."""
+        raw = await self.store.hgetall(room, RING)
+        kept = sorted((_kept(value) for value in raw.values()), key=lambda k: k.n)
+        return kept, bool(kept) and kept[0].n > 1
+
+
+def _kept(raw: bytes) -> Kept:
+    data = unpack(raw)
+    return Kept(int(data["n"]), float(data["wall"]), dict(data["event"]))
+
+
+def on_recording_clock(
+    kept: Iterable[Kept], started_at: float, duration_s: float, *, lost: bool = False
+) -> tuple[list[dict[str, Any]], bool]:
+    """The events of a recording that started at wall time ``started_at`` and lasts
+    ``duration_s``, each as ``{"t": seconds on the recording's clock, "type", ...fields}``,
+    and whether some may be missing. What was on screen when the recording started (the pin,
+    the sale and its stock) comes first at ``t = 0`` with ``at_start``; an unpin is
+    ``product_unpinned``."""
+    kept = sorted(kept, key=lambda k: k.n)
+    before: dict[tuple[str, str], Kept] = {}
+    inside: list[dict[str, Any]] = []
+    end = started_at + duration_s
+    for item in kept:
+        if item.wall < started_at:
+            _fold(before, item)
+        elif item.wall <= end:
+            inside.append(_entry(item, round(item.wall - started_at, 3)))
+    at_start = [_entry(k, 0.0) | {"at_start": True} for k in sorted(before.values(),
+                                                                      key=lambda k: k.n)]
+    # a ring that went round lost its oldest events: some were inside if the oldest kept is
+    truncated = lost and (not kept or kept[0].wall > started_at)
+    return at_start + inside, truncated
+
+
+def _fold(state: dict[tuple[str, str], Kept], item: Kept) -> None:
+    """Keep only what still holds at the end of ``state``: the last pin, the last sale, and
+    the stock of that sale's product since it started."""
+    kind = str(item.event.get("type", ""))
+    sku = str(item.event.get("sku", ""))
+    if kind == "product_pinned":
+        state[("pin", "")] = item
+    elif kind == "sale":
+        state[("sale", "")] = item
+        state.pop(("stock", sku), None)
+    elif kind in ("stock", "sold_out"):
+        state[("stock", sku)] = item
+
+
+def _entry(item: Kept, t: float) -> dict[str, Any]:
+    fields = {k: v for k, v in item.event.items() if k not in ("type", "t")}
+    kind = str(item.event.get("type", ""))
+    if kind == "product_pinned" and fields.get("product") is None:
+        kind = "product_unpinned"
+    return {"t": t, "type": kind, **fields}

@@ -1,0 +1,198 @@
+"""The product timeline: commerce events kept with their wall time where they are published,
+bounded per room and freed with the room, put on a recording's clock; and the replay page's
+pure "cards at time t" (web/js/replay_timeline.js), run in node.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from signaling.bus import Bus
+from signaling.live.timeline import Kept, Timeline, on_recording_clock
+from signaling.store import Store
+
+pytest_plugins = ["store_fixtures"]  # backend, store, bus: memory and redis
+
+WEB = Path(__file__).resolve().parent.parent / "web"
+PRODUCT = {"sku": "mug", "title": "Mug", "price": 1200, "currency": "USD", "image_url": ""}
+
+
+def event(type_: str, **fields: Any) -> dict[str, Any]:
+    """A room event as the bus carries it (the schema's checks are not the timeline's)."""
+    return {"type": type_, **fields}
+
+
+def kept(n: int, wall: float, type_: str, **fields: Any) -> Kept:
+    return Kept(n, wall, {"type": type_, "seq": n, **fields})
+
+
+# --- kept where published, both backends ---------------------------------------------------
+
+
+async def test_commerce_events_are_kept_with_their_wall_time(store: Store, bus: Bus) -> None:
+    timeline = Timeline(store, bus)
+    await store.create_room("r")
+    await timeline.publish("r", event("product_pinned", product=PRODUCT))
+    await timeline.publish("r", event("likes", total=3))  # not commerce: published, not kept
+    await timeline.publish("r", event("chat", id="c1", text="hi"))  # chat is off by default
+    await timeline.publish("r", event("sale", sku="mug", stock=5, remaining=5))
+    await timeline.publish("r", event("stock", sku="mug", remaining=4))
+    await timeline.publish("r", event("sold_out", sku="mug"))
+    await timeline.publish("r", event("product_pinned", product=None))
+    items, lost = await timeline.kept("r")
+    assert not lost
+    assert [k.event["type"] for k in items] == [
+        "product_pinned", "sale", "stock", "sold_out", "product_pinned"]
+    assert [k.n for k in items] == [1, 2, 3, 4, 5]
+    assert all(a.wall <= b.wall for a, b in itertools.pairwise(items))
+    assert [e.type for e in await bus.history("r")] == [
+        "product_pinned", "likes", "chat", "sale", "stock", "sold_out", "product_pinned"]
+    assert items[0].event["seq"] == 1 and items[0].event["product"] == PRODUCT
+
+
+async def test_chat_is_kept_only_when_asked(store: Store, bus: Bus) -> None:
+    timeline = Timeline(store, bus, chat=True)
+    await timeline.publish("r", event("chat", id="c1", text="hi"))
+    items, _ = await timeline.kept("r")
+    assert [k.event["text"] for k in items] == ["hi"]
+
+
+async def test_the_ring_is_bounded_and_says_what_it_lost(store: Store, bus: Bus) -> None:
+    timeline = Timeline(store, bus, max_events=8)
+    for i in range(20):
+        await timeline.publish("r", event("stock", sku="mug", remaining=100 - i))
+    items, lost = await timeline.kept("r")
+    assert lost
+    assert [k.n for k in items] == list(range(13, 21))
+    assert [k.event["remaining"] for k in items] == list(range(88, 80, -1))
+    assert len(await store.hgetall("r", "timeline")) == 8
+    # a recording that started before the oldest kept event may have lost some
+    _, truncated = on_recording_clock(items, items[0].wall - 1.0, 60.0, lost=lost)
+    assert truncated
+    _, truncated = on_recording_clock(items, items[-1].wall, 60.0, lost=lost)
+    assert not truncated
+
+
+async def test_closing_the_room_frees_its_timeline(store: Store, bus: Bus) -> None:
+    timeline = Timeline(store, bus)
+    await store.create_room("gone")
+    await store.create_room("stays")
+    for room in ("gone", "stays"):
+        await timeline.publish(room, event("product_pinned", product=PRODUCT))
+    await store.delete_room("gone")
+    assert await store.drop_room_data("gone") >= 2  # the ring and its counter
+    assert await timeline.kept("gone") == ([], False)
+    assert len((await timeline.kept("stays"))[0]) == 1
+    # a room re-created under the name starts a new timeline from 1
+    await store.create_room("gone")
+    await timeline.publish("gone", event("sold_out", sku="mug"))
+    assert [k.n for k in (await timeline.kept("gone"))[0]] == [1]
+
+
+# --- on the recording's clock (pure) -------------------------------------------------------
+
+
+def test_events_go_on_the_recording_clock() -> None:
+    start = 1_000_000.0
+    items = [
+        kept(1, start + 10.0, "product_pinned", product=PRODUCT),
+        kept(2, start + 12.5, "sale", sku="mug", stock=5, remaining=5),
+        kept(3, start + 20.0, "product_pinned", product=None),
+        kept(4, start + 31.0, "sold_out", sku="mug"),  # after the recording's end
+    ]
+    events, truncated = on_recording_clock(items, start, 30.0)
+    assert not truncated
+    assert [(e["t"], e["type"]) for e in events] == [
+        (10.0, "product_pinned"), (12.5, "sale"), (20.0, "product_unpinned")]
+    assert events[0]["product"] == PRODUCT and events[1]["remaining"] == 5
+    assert events[2]["product"] is None
+
+
+def test_what_was_on_screen_at_the_start_comes_first_at_zero() -> None:
+    start = 500.0
+    other = {**PRODUCT, "sku": "cup", "title": "Cup"}
+    items = [
+        kept(1, 100.0, "product_pinned", product=other),
+        kept(2, 110.0, "sale", sku="cup", stock=9, remaining=9),
+        kept(3, 120.0, "stock", sku="cup", remaining=7),
+        kept(4, 200.0, "product_pinned", product=PRODUCT),
+        kept(5, 210.0, "sale", sku="mug", stock=5, remaining=5),
+        kept(6, 220.0, "stock", sku="mug", remaining=2),
+        kept(7, 230.0, "stock", sku="cup", remaining=6),
+        kept(8, 505.0, "sold_out", sku="mug"),
+    ]
+    events, _ = on_recording_clock(items, start, 60.0)
+    at_start = [e for e in events if e.get("at_start")]
+    assert [(e["type"], e.get("sku")) for e in at_start] == [
+        ("product_pinned", None), ("sale", "mug"), ("stock", "mug"), ("stock", "cup")]
+    assert at_start[0]["product"] == PRODUCT and all(e["t"] == 0.0 for e in at_start)
+    assert at_start[2]["remaining"] == 2
+    assert [(e["t"], e["type"]) for e in events if not e.get("at_start")] == [(5.0, "sold_out")]
+
+
+def test_an_unpin_before_the_start_leaves_no_card_at_zero() -> None:
+    items = [kept(1, 1.0, "product_pinned", product=PRODUCT),
+             kept(2, 2.0, "product_pinned", product=None)]
+    events, _ = on_recording_clock(items, 10.0, 5.0)
+    assert [(e["t"], e["type"]) for e in events] == [(0.0, "product_unpinned")]
+
+
+# --- the page's pure function, in node --------------------------------------------------------
+
+
+def run_js(script: str) -> Any:
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is not installed; run ./dev setup")
+    module = (WEB / "js" / "replay_timeline.js").as_uri()
+    code = f'import * as tl from "{module}";\n{script}'
+    done = subprocess.run([node, "--input-type=module", "-e", code], capture_output=True,
+                          text=True, timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+TIMELINE = [
+    {"t": 10.0, "type": "product_pinned", "product": PRODUCT},
+    {"t": 12.5, "type": "sale", "sku": "mug", "stock": 5, "remaining": 5, "ends_at_ms": 9e12},
+    {"t": 14.0, "type": "stock", "sku": "mug", "remaining": 3},
+    {"t": 20.0, "type": "product_unpinned", "product": None},
+    {"t": 25.0, "type": "product_pinned", "product": {**PRODUCT, "sku": "cup", "title": "Cup"}},
+    {"t": 27.0, "type": "product_pinned", "product": {**PRODUCT, "sku": "hat", "title": "Hat"}},
+]
+
+
+def test_cards_at_time_t() -> None:
+    times = [0, 9.99, 10, 12, 13, 15, 19.9, 20, 22, 26, 28]
+    script = f"""
+      const events = {json.dumps(TIMELINE)};
+      console.log(JSON.stringify({json.dumps(times)}.map((t) => tl.cardsAt(events, t))));"""
+    at = dict(zip(times, run_js(script), strict=True))
+    for t in (0, 9.99, 20, 22):
+        assert at[t] == [], t
+    for t in (10, 12, 13, 15, 19.9):
+        assert [c["product"]["sku"] for c in at[t]] == ["mug"], t
+        assert at[t][0]["since"] == 10
+    assert at[12][0]["sale"] is None
+    assert at[13][0]["sale"]["remaining"] == 5
+    assert at[15][0]["sale"]["remaining"] == 3
+    assert [(c["product"]["sku"], c["since"], c["sale"]) for c in at[26]] == [("cup", 25, None)]
+    assert [(c["product"]["sku"], c["since"]) for c in at[28]] == [("hat", 27)]
+
+
+def test_sale_state_decides_the_buy_button() -> None:
+    sale = {"sku": "mug", "remaining": 2, "ends_at_ms": 2000}
+    script = f"""
+      const sale = {json.dumps(sale)};
+      console.log(JSON.stringify([
+        tl.saleState(sale, "mug", 1000), tl.saleState(sale, "mug", 2000),
+        tl.saleState({{...sale, remaining: 0}}, "mug", 1000), tl.saleState(sale, "cup", 1000),
+        tl.saleState(null, "mug", 1000)]));"""
+    assert run_js(script) == ["open", "ended", "sold_out", "not_on_sale", "not_on_sale"]

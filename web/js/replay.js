@@ -1,0 +1,155 @@
+// Replay page: plays a recording with seeking and shows the product cards of the moment the
+// video is at (the timeline route, on the recording's clock). A card's buy button works while
+// its product is still on sale now (GET /rooms/{room}/sales), through the same order API as the
+// live page (POST /orders with an Idempotency-Key). Server text is rendered with textContent only.
+import { el, formatPrice, newKey } from "./room_events.js";
+import { cardsAt, saleState } from "./replay_timeline.js";
+
+const SALE_POLL_MS = 5000;
+const BUTTON_TEXT = { open: "Buy now", sold_out: "Sold out", ended: "Sale ended",
+  not_on_sale: "Not on sale now" };
+
+const q = new URLSearchParams(location.search);
+const room = q.get("room") || "";
+const recording = q.get("recording") || "";
+const token = q.get("token") || "";
+const video = document.getElementById("video");
+const cardsRoot = document.getElementById("cards");
+const note = document.getElementById("timeline-note");
+const stateEl = document.getElementById("state");
+const errorEl = document.getElementById("error");
+
+let events = [];
+let shown = "";            // the cards on screen, so a timeupdate that changes nothing is cheap
+let liveSale = null;       // the room's sale now, from REST
+let clockOffset = 0;       // server ms - local ms
+const buying = new Set();  // skus with an order in flight
+const orders = [];
+
+window.shopcastReplay = {
+  orders,
+  get events() { return events; },
+  get liveSale() { return liveSale; },
+  cardsAt: (t) => cardsAt(events, t),
+};
+
+function setState(text) {
+  stateEl.textContent = text;
+  stateEl.dataset.state = text;
+}
+
+function fail(message) {
+  errorEl.textContent = message;
+  errorEl.hidden = false;
+  setState("error");
+}
+
+async function api(path, options = {}) {
+  const res = await fetch(`/api/v1${path}`, {
+    ...options, headers: { Authorization: `Bearer ${token}`, ...(options.headers || {}) },
+  });
+  const body = await res.json().catch(() => ({}));
+  if (!res.ok) {
+    const err = new Error((body.error && body.error.message) || `HTTP ${res.status}`);
+    err.code = body.error && body.error.code;
+    throw err;
+  }
+  return body;
+}
+
+function card({ product }) {
+  const status = el("p", { class: "order-status", role: "status" });
+  const buy = el("button", { class: "btn primary buy", type: "button", disabled: true,
+    "data-sku": product.sku, text: BUTTON_TEXT.not_on_sale });
+  buy.addEventListener("click", () => order(product.sku, status));
+  const image = el("img", { alt: "", hidden: !product.image_url });
+  if (product.image_url) image.src = product.image_url;
+  return el("div", { class: "product-card", "data-sku": product.sku }, image,
+    el("div", { class: "product-body" },
+      el("h3", { class: "product-title", text: product.title }),
+      el("p", { class: "price", text: formatPrice(product.price, product.currency) }),
+      buy, status));
+}
+
+function render() {
+  const cards = cardsAt(events, video.currentTime);
+  const key = cards.map((c) => `${c.product.sku}@${c.since}`).join(" ");
+  if (key !== shown) {
+    shown = key;
+    cardsRoot.replaceChildren(...cards.map(card));
+    if (cards.length) checkSale();
+  }
+  renderButtons();
+}
+
+function renderButtons() {
+  const now = Date.now() + clockOffset;
+  for (const button of cardsRoot.querySelectorAll("button.buy")) {
+    const sku = button.dataset.sku;
+    const state = saleState(liveSale, sku, now);
+    button.dataset.state = state;
+    button.disabled = state !== "open" || buying.has(sku);
+    button.textContent = BUTTON_TEXT[state];
+  }
+}
+
+async function checkSale() {
+  try {
+    const { sale } = await api(`/rooms/${encodeURIComponent(room)}/sales`);
+    liveSale = sale || null;
+    if (sale) clockOffset = sale.server_ms - Date.now();
+  } catch {
+    liveSale = null; // a closed room sells nothing
+  }
+  renderButtons();
+}
+
+async function order(sku, status) {
+  if (buying.has(sku)) return;
+  buying.add(sku);
+  renderButtons();
+  const key = newKey(); // one key per click: a retried request can never buy twice
+  try {
+    const placed = await api(`/rooms/${encodeURIComponent(room)}/orders`, {
+      method: "POST", body: JSON.stringify({ sku, qty: 1 }),
+      headers: { "Content-Type": "application/json", "Idempotency-Key": key },
+    });
+    orders.push(placed);
+    status.dataset.bad = "";
+    status.textContent = `Order ${placed.id} confirmed`;
+  } catch (err) {
+    status.dataset.bad = "1";
+    status.textContent = err.message;
+  } finally {
+    buying.delete(sku);
+    await checkSale();
+  }
+}
+
+async function start() {
+  if (!room || !recording || !token) {
+    fail("add ?room=...&recording=...&token=... to the URL");
+    return;
+  }
+  document.getElementById("room").textContent = room;
+  const id = encodeURIComponent(recording);
+  video.src = `/api/v1/recordings/${id}?token=${encodeURIComponent(token)}`;
+  try {
+    const timeline = await api(`/recordings/${id}/timeline`);
+    if (timeline.room !== room) throw new Error(`recording ${recording} is not of room ${room}`);
+    events = timeline.events;
+    note.textContent = timeline.truncated
+      ? "Some of this recording's product events were too old to keep." : "";
+    setState("ready");
+  } catch (err) {
+    fail(`timeline: ${err.message}`);
+  }
+  render();
+}
+
+for (const name of ["timeupdate", "seeked", "seeking", "loadedmetadata"]) {
+  video.addEventListener(name, render);
+}
+setInterval(() => { if (shown) checkSale(); }, SALE_POLL_MS);
+setInterval(renderButtons, 1000); // a sale's end passes without any event
+start();
