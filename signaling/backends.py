@@ -15,7 +15,9 @@ def open_backends(redis_url: str = "", prefix: str = "shopcast", history: int = 
         return MemoryStore(), MemoryBus(history)
     from signaling.bus.redis import RedisBus
     from signaling.store.connect import redis_client
+    from signaling.store.outage import Outage
     from signaling.store.redis import RedisStore
 
     client = redis_client(redis_url)
-    return RedisStore(client, prefix), RedisBus(client, prefix, history)
+    outage = Outage()  # one client, one view of whether Redis answers
+    return RedisStore(client, prefix, outage), RedisBus(client, prefix, history, outage)

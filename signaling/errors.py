@@ -18,11 +18,12 @@ if TYPE_CHECKING:
 class ApiError(Exception):
     """An error with an HTTP status and a stable machine-readable code."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, *, retry_after_s: int = 0) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.retry_after_s = retry_after_s  # > 0: sent as ``Retry-After`` (429, 503)
 
     def body(self) -> str:
         """The JSON body every door sends: ``{"error": {"code": ..., "message": ...}}``."""
@@ -33,7 +34,23 @@ class ApiError(Exception):
         # and it has aiohttp.web loaded already.
         from aiohttp import web
 
-        return web.Response(status=self.status, text=self.body(), content_type="application/json")
+        response = web.Response(status=self.status, text=self.body(),
+                                content_type="application/json")
+        if self.retry_after_s > 0:
+            response.headers["Retry-After"] = str(self.retry_after_s)
+        return response
+
+
+class StoreUnavailable(ApiError):
+    """The shared store (Redis) cannot be reached right now (restarting, failing over, loading
+    its data): ``503 store_unavailable`` with ``Retry-After``. Raised by the Redis backends for
+    any call that failed for that reason, so every door that touches the store answers the same
+    way and nothing above them needs to know about Redis."""
+
+    RETRY_AFTER_S = 2
+
+    def __init__(self, message: str = "the room store is unavailable; retry shortly") -> None:
+        super().__init__(503, "store_unavailable", message, retry_after_s=self.RETRY_AFTER_S)
 
 
 def bad_request(message: str, code: str = "bad_request") -> ApiError:

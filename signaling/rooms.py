@@ -238,6 +238,27 @@ class RoomService:
                 await self._forget(room)
         return participant
 
+    async def restore_session(self, room: str, participant: ParticipantRecord,
+                              tracks: list[TrackRecord], *, owner: str = "") -> bool:
+        """After Redis lost its data: record a session that never ended again, with its room
+        (created as this service creates rooms for sessions), its tracks, its stage slot and,
+        with ``owner``, the room's node. The join's events and webhooks went out when it
+        joined and are not repeated; the viewer count is announced. Idempotent."""
+        await self.store.create_room(room, auto=self.auto_create)
+        try:
+            added = await self.store.add_participant(room, participant)
+        except RoomNotFound:
+            return False  # closed meanwhile
+        for track in tracks:
+            await self.store.add_track(room, participant.sid, track)
+        if participant.slot >= 0:
+            await cohosts.stage_joined(self.store, room, participant.sid, participant.identity,
+                                       participant.name, participant.slot)
+        if owner:
+            await self.store.claim_room_node(room, owner)
+        await self._viewers(room)
+        return added
+
     async def track_published(self, room: str, sid: str, track: TrackRecord) -> bool:
         if not await self.store.add_track(room, sid, track):
             return False

@@ -27,7 +27,8 @@ import pytest
 import pytest_asyncio
 
 from shopcast.config import Config
-from signaling.tokens import Grant, mint
+from signaling.flv_tickets import issue
+from signaling.tokens import Claims, Grant, mint
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -71,7 +72,7 @@ def _redis_pings(port: int) -> bool:
         return False
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def stop_redis(proc: subprocess.Popen[bytes]) -> None:
     """Terminate, then kill if it ignores SIGTERM, so no redis outlives the session."""
     if proc.poll() is None:
         proc.terminate()
@@ -82,18 +83,25 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=5)
 
 
-def _start_redis(binary: str, port: int) -> subprocess.Popen[bytes] | None:
-    """Start redis-server on ``port``; None if it exited early (say, the port was taken)."""
+def start_redis(binary: str, port: int, directory: str, *, appendonly: bool = True
+                ) -> subprocess.Popen[bytes] | None:
+    """Start redis-server on ``port`` keeping its files in ``directory``; None if it exited
+    early (say, the port was taken). With ``appendonly`` it persists (AOF, fsync every
+    second), as the server requires for commerce; without, it persists nothing."""
     cmd = [
         binary,
         "--port",
         str(port),
         "--bind",
         "127.0.0.1",
+        "--dir",
+        directory,
         "--save",
         "",
         "--appendonly",
-        "no",
+        "yes" if appendonly else "no",
+        "--appendfsync",
+        "everysec",
         "--daemonize",
         "no",
     ]
@@ -105,22 +113,29 @@ def _start_redis(binary: str, port: int) -> subprocess.Popen[bytes] | None:
         if _redis_pings(port):
             return proc
         time.sleep(0.05)
-    _stop(proc)
+    stop_redis(proc)
     pytest.fail(f"redis-server did not answer PING on port {port} within {REDIS_START_TIMEOUT_S}s")
 
 
 # --- redis -----------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[str]:
-    """A real, empty, non-persistent redis-server on loopback; yields ``redis://127.0.0.1:N/0``."""
+def redis_binary() -> str:
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("redis-server is not installed; run ./dev setup")
+    return binary
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real, empty redis-server on loopback with AOF on (the server refuses to run commerce
+    on a Redis that persists nothing); yields ``redis://127.0.0.1:N/0``."""
+    binary = redis_binary()
+    directory = str(tmp_path_factory.mktemp("redis"))
     for _attempt in range(3):  # another process may grab the free port before redis binds it
         port = free_port()
-        proc = _start_redis(binary, port)
+        proc = start_redis(binary, port, directory)
         if proc is not None:
             break
     else:
@@ -128,7 +143,7 @@ def redis_server() -> Iterator[str]:
     try:
         yield f"redis://127.0.0.1:{port}/0"
     finally:
-        _stop(proc)
+        stop_redis(proc)
 
 
 # --- config and server -----------------------------------------------------------------------
@@ -177,6 +192,13 @@ class Server:
             grants=[Grant(g) for g in grants],
             ttl=ttl,
         )
+
+    def flv_url(self, room: str, identity: str = "flv") -> str:
+        """``/live/{room}.flv`` with a fresh ticket for ``identity``, as the playback plan hands
+        out (``?token=`` needs ``--flv-plain-token``)."""
+        ticket = issue(self.config.secret, Claims(identity, room, frozenset({Grant.SUBSCRIBE})),
+                       room)
+        return f"{self.url}/live/{room}.flv?ticket={ticket}"
 
 
 @pytest_asyncio.fixture

@@ -7,6 +7,12 @@ gap (it fell behind and its queue overflowed, or a message was lost) it refills 
 so a slow consumer never slows the publisher or anyone else, and a reconnecting client that
 gives its last ``seq`` gets exactly what it missed.
 
+A room's ``seq`` counts within an ``epoch``: an id that changes only when the counter starts
+again from nothing (Redis lost its data, a memory backend's process restarted). Every event
+carries its epoch; a ``Subscription`` that sees a new one hands out one ``resync`` event (so
+the client drops its last ``seq`` and asks for a fresh ``state``), then the new epoch's events
+from its first, instead of dropping them as already seen.
+
 Topics (``notify``/``listen``) are un-sequenced control messages between processes, e.g. "kick
 this participant" sent to the node that owns the room.
 """
@@ -41,6 +47,7 @@ class Event:
     room: str
     seq: int
     data: Mapping[str, Any] = field(hash=False)
+    epoch: str = ""  # the room's seq epoch ("" when unknown: topics, old writers)
 
     @property
     def type(self) -> str:
@@ -72,13 +79,16 @@ def check_event(event: Mapping[str, Any]) -> None:
 class Subscription:
     """Events of one room (or messages of one topic), in order; use as ``async with``."""
 
-    def __init__(self, bus: Bus, channel: str, *, after_seq: int | None, sequenced: bool) -> None:
+    def __init__(self, bus: Bus, channel: str, *, after_seq: int | None, sequenced: bool,
+                 epoch: str = "") -> None:
         self.bus = bus
         self.channel = channel
         self.sequenced = sequenced
         self.dropped = 0  # events that did not fit the queue (refilled from history later)
+        self.resyncs = 0  # new epochs seen
         self._after = after_seq
         self._last = after_seq
+        self._epoch = epoch  # of ``_last``; "" adopts the first event's
         self._queue: asyncio.Queue[Event] = asyncio.Queue(SUBSCRIPTION_QUEUE)
         self._backlog: collections.deque[Event] = collections.deque()
 
@@ -108,6 +118,10 @@ class Subscription:
             event = self._backlog.popleft() if from_backlog else await self._queue.get()
             if not self.sequenced:
                 return event
+            if event.epoch != self._epoch and event.epoch:
+                if self._epoch:
+                    return await self._resync(event)
+                self._epoch = event.epoch
             if self._last is not None:
                 if event.seq <= self._last:
                     continue  # already handed out (history and live overlap)
@@ -117,6 +131,16 @@ class Subscription:
                     continue
             self._last = event.seq
             return event
+
+    async def _resync(self, event: Event) -> Event:
+        """``event`` is of a new epoch: the seq started again. Hand out ``resync``, then the
+        new epoch's events from its first (history holds those this one may have missed)."""
+        self.resyncs += 1
+        self._epoch = event.epoch
+        self._last = 0
+        kept = [e for e in await self.bus.history(self.channel, 0) if e.epoch == event.epoch]
+        self._backlog = collections.deque([*kept, event])
+        return resync_event(self.channel, event.epoch)
 
     def __aiter__(self) -> Subscription:
         return self
@@ -128,6 +152,16 @@ class Subscription:
     def last_seq(self) -> int | None:
         return self._last
 
+    @property
+    def epoch(self) -> str:
+        return self._epoch
+
+
+def resync_event(room: str, epoch: str) -> Event:
+    """What a subscriber hands its client when the room's seq started again (schema:
+    ``resync``): no ``seq`` of its own; the events that follow are the new epoch's."""
+    return Event(room, 0, {"type": "resync", "epoch": epoch}, epoch)
+
 
 class Bus(abc.ABC):
     """Publish/subscribe of room events; both backends keep the same semantics."""
@@ -137,9 +171,12 @@ class Bus(abc.ABC):
         self.published = 0
         self._subs: dict[str, set[Subscription]] = {}
 
-    def subscribe(self, room: str, *, after_seq: int | None = None) -> Subscription:
-        """Events of ``room`` from now on; with ``after_seq``, first those after it."""
-        return Subscription(self, room, after_seq=after_seq, sequenced=True)
+    def subscribe(self, room: str, *, after_seq: int | None = None,
+                  epoch: str = "") -> Subscription:
+        """Events of ``room`` from now on; with ``after_seq``, first those after it. ``epoch``
+        is the one ``after_seq`` belongs to (from ``position``): events of another one start
+        with ``resync``."""
+        return Subscription(self, room, after_seq=after_seq, sequenced=True, epoch=epoch)
 
     def listen(self, topic: str) -> Subscription:
         """Messages ``notify``'d on ``topic`` from now on (no seq, no history)."""
@@ -186,6 +223,10 @@ class Bus(abc.ABC):
 
     @abc.abstractmethod
     async def last_seq(self, room: str) -> int: ...
+
+    @abc.abstractmethod
+    async def position(self, room: str) -> tuple[str, int]:
+        """The room's epoch and last ``seq``, read together ("" before its first event)."""
 
     @abc.abstractmethod
     async def forget_room(self, room: str) -> None:

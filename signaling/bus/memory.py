@@ -1,7 +1,8 @@
 """The in-memory Bus: asyncio fan-out inside one process, history in a bounded deque.
 
 A closed room's history goes at once (one process: its subscribers got ``room_closed`` live);
-its ``seq`` is kept in ``_retired`` until CLOSED_SEQ_TTL_S, pruned oldest first.
+its ``seq`` is kept in ``_retired`` until CLOSED_SEQ_TTL_S, pruned oldest first. The epoch is
+the process's: its counters start again only when it does.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import collections
 import itertools
 import time
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,6 +27,7 @@ class MemoryBus(Bus):
             collections.OrderedDict()
         )
         self.retired_ttl_s: float = CLOSED_SEQ_TTL_S
+        self.epoch = uuid.uuid4().hex[:12]
 
     def _prune(self) -> None:
         now = time.monotonic()
@@ -55,7 +58,7 @@ class MemoryBus(Bus):
         seq = last + 1
         self._seq[room] = seq
         # a round trip through msgpack gives subscribers what Redis would: no shared objects
-        stamped = Event(room, seq, {**unpack(pack(event)), "seq": seq})
+        stamped = Event(room, seq, {**unpack(pack(event)), "seq": seq}, self.epoch)
         history = self._history.get(room)
         if history is None:
             history = self._history[room] = collections.deque(maxlen=self.history_size)
@@ -75,6 +78,9 @@ class MemoryBus(Bus):
     async def last_seq(self, room: str) -> int:
         seq = self._seq.get(room)
         return self._kept_seq(room) if seq is None else seq
+
+    async def position(self, room: str) -> tuple[str, int]:
+        return self.epoch, await self.last_seq(room)
 
     async def notify(self, topic: str, message: Mapping[str, Any]) -> None:
         self._fan_out("\0" + topic, Event("", 0, unpack(pack(message))))

@@ -1,8 +1,11 @@
 """The Redis Bus: a room's ``seq`` is an INCR, its history a Stream (entry id ``<seq>-0``), its
 fan-out a pub/sub channel; one Lua script does all three, so pub/sub order is ``seq`` order.
+The room's epoch is a key beside its seq, written by the first publish that finds none (a new
+room, or one whose seq Redis lost with it); the two keys live and expire together.
 
 One pub/sub connection per process carries every room this process has subscribers in; a
-reader task hands messages to local subscriptions. Messages are ``b"<seq>:" + msgpack``.
+reader task hands messages to local subscriptions. Messages are
+``b"<seq>:<epoch>:" + msgpack``.
 """
 
 from __future__ import annotations
@@ -25,42 +28,56 @@ from signaling.bus.base import (
     pack,
     unpack,
 )
+from signaling.store.outage import UNREACHABLE, Outage, guard
 from signaling.store.redis import Keys
 
 logger = logging.getLogger("shopcast.signaling.bus")
 
-# KEYS: seq, stream, room hash; ARGV: payload, max history, channel, closed seq ttl ms,
-# closed history ttl ms -> seq. A room that is not in the store (closed, or never created)
-# keeps its seq and history only for the closed TTLs; a live room's are persistent.
+# KEYS: seq, stream, room hash, epoch; ARGV: payload, max history, channel, closed seq ttl
+# ms, closed history ttl ms -> {seq, epoch}. A room that is not in the store (closed, or
+# never created) keeps its seq, epoch and history only for the closed TTLs; a live room's are
+# persistent. A missing epoch is made from the server's clock (unique per room and reset).
 PUBLISH = """
 local seq = redis.call('INCR', KEYS[1])
+local epoch = redis.call('GET', KEYS[4])
+if not epoch then
+  local now = redis.call('TIME')
+  epoch = now[1] .. string.format('%06d', tonumber(now[2]))
+  redis.call('SET', KEYS[4], epoch)
+end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'e', ARGV[1])
-redis.call('PUBLISH', ARGV[3], seq .. ':' .. ARGV[1])
+redis.call('PUBLISH', ARGV[3], seq .. ':' .. epoch .. ':' .. ARGV[1])
 if redis.call('EXISTS', KEYS[3]) == 1 then
   redis.call('PERSIST', KEYS[1])
   redis.call('PERSIST', KEYS[2])
+  redis.call('PERSIST', KEYS[4])
 else
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
   redis.call('PEXPIRE', KEYS[2], ARGV[5])
+  redis.call('PEXPIRE', KEYS[4], ARGV[4])
 end
-return seq
+return {seq, epoch}
 """
 
-# KEYS: seq, stream, room hash; ARGV: closed seq ttl ms, closed history ttl ms
+# KEYS: seq, stream, room hash, epoch; ARGV: closed seq ttl ms, closed history ttl ms
 FORGET = """
 if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
+redis.call('PEXPIRE', KEYS[4], ARGV[1])
 return 1
 """
 
 ANCHOR = "\0anchor"  # a channel we always hold, so the reader never runs out of subscriptions
 
 
+@guard("_channel_opened")
 class RedisBus(Bus):
-    def __init__(self, client: Redis, prefix: str = "shopcast", history_size: int = 1000) -> None:
+    def __init__(self, client: Redis, prefix: str = "shopcast", history_size: int = 1000,
+                 outage: Outage | None = None) -> None:
         super().__init__(history_size)
         self.client = client
+        self.outage = outage or Outage()  # shared with the store on the same client
         self._r: Any = client
         self.keys = Keys(prefix)
         self._publish = client.register_script(PUBLISH)
@@ -116,10 +133,14 @@ class RedisBus(Bus):
         while True:
             try:
                 async for message in self._pubsub.listen():
+                    self.outage.answered()
                     self._handle(message)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # a dropped connection: redis-py reconnects and resubscribes
+            except UNREACHABLE as exc:  # redis-py reconnects and resubscribes on the next read
+                self.outage.failed(exc)  # logged once per outage, not every retry
+                await asyncio.sleep(0.5)
+            except Exception:
                 logger.exception("event bus reader failed; retrying")
                 await asyncio.sleep(0.5)
 
@@ -142,47 +163,54 @@ class RedisBus(Bus):
             if channel.startswith("\0"):
                 self._fan_out(channel, Event("", 0, unpack(raw)))
                 return
-            head, _, payload = raw.partition(b":")
+            head, _, rest = raw.partition(b":")
+            epoch, _, payload = rest.partition(b":")
             seq = int(head)
-            self._fan_out(channel, Event(channel, seq, {**unpack(payload), "seq": seq}))
+            self._fan_out(channel, Event(channel, seq, {**unpack(payload), "seq": seq},
+                                         epoch.decode()))
         except (ValueError, TypeError):
             logger.warning("dropping a malformed bus message on %r", wire)
 
     async def publish(self, room: str, event: Mapping[str, Any]) -> Event:
         check_event(event)
         payload = pack({k: v for k, v in event.items() if k != "seq"})
-        seq = int(
-            await self._publish(
-                keys=[self.keys.seq(room), self.keys.events(room), self.keys.room(room)],
-                args=[payload, self.history_size, self.keys.events(room), *self.closed_ttl_ms],
-            )
+        seq, epoch = await self._publish(
+            keys=self._stream_keys(room),
+            args=[payload, self.history_size, self.keys.events(room), *self.closed_ttl_ms],
         )
         self.published += 1
-        return Event(room, seq, {**unpack(payload), "seq": seq})
+        return Event(room, int(seq), {**unpack(payload), "seq": int(seq)}, epoch.decode())
 
-    def _events(self, room: str, entries: list[Any]) -> list[Event]:
+    def _stream_keys(self, room: str) -> list[str]:
+        k = self.keys
+        return [k.seq(room), k.events(room), k.room(room), k.stream_epoch(room)]
+
+    async def history(self, room: str, after_seq: int = 0, limit: int = 0) -> list[Event]:
+        """The kept events with the epoch they belong to: the stream and the epoch key are
+        lost (or expire) together, so every entry is of the epoch read beside it."""
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.get(self.keys.stream_epoch(room))
+            pipe.xrange(self.keys.events(room), min=f"{after_seq + 1}-0", max="+",
+                        count=limit or None)
+            raw_epoch, entries = await pipe.execute()
+        epoch = raw_epoch.decode() if raw_epoch else ""
         events = []
         for entry_id, fields in entries:
             seq = int(entry_id.split(b"-")[0])
-            events.append(Event(room, seq, {**unpack(fields[b"e"]), "seq": seq}))
+            events.append(Event(room, seq, {**unpack(fields[b"e"]), "seq": seq}, epoch))
         return events
-
-    async def history(self, room: str, after_seq: int = 0, limit: int = 0) -> list[Event]:
-        entries = await self._r.xrange(
-            self.keys.events(room), min=f"{after_seq + 1}-0", max="+", count=limit or None
-        )
-        return self._events(room, entries)
 
     async def last_seq(self, room: str) -> int:
         value = await self._r.get(self.keys.seq(room))
         return int(value or 0)
 
+    async def position(self, room: str) -> tuple[str, int]:
+        epoch, seq = await self._r.mget([self.keys.stream_epoch(room), self.keys.seq(room)])
+        return (epoch.decode() if epoch else ""), int(seq or 0)
+
     async def forget_room(self, room: str) -> None:
-        """Expire the closed room's seq and history (nothing if it was re-created since)."""
-        await self._forget(
-            keys=[self.keys.seq(room), self.keys.events(room), self.keys.room(room)],
-            args=list(self.closed_ttl_ms),
-        )
+        """Expire the closed room's seq, epoch and history (nothing if it was re-created)."""
+        await self._forget(keys=self._stream_keys(room), args=list(self.closed_ttl_ms))
 
     async def notify(self, topic: str, message: Mapping[str, Any]) -> None:
         await self._r.publish(self.keys.topic(topic), pack(message))

@@ -207,6 +207,15 @@ class Store(abc.ABC):
     async def pool_ledger(self, scope: str, pool: str) -> list[bytes]:
         """The records of every successful consume, in order."""
 
+    # --- data loss ---------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def data_epoch(self, candidate: str) -> str:
+        """The id written when this store's data began (``candidate`` when there is none yet,
+        in one atomic step). It changes only when the data were lost (Redis restarted empty,
+        or failed over to an empty replica): then every process registers again what it
+        holds (``signaling/store/durability.py``)."""
+
     # --- lifetime --------------------------------------------------------------------------
 
     @abc.abstractmethod

@@ -68,6 +68,12 @@ class MemoryStore(Store):
         # scope -> (table, key) of every key written in it: _values 0, _hashes 1, _zsets 2,
         # _pools 3, _replies 4 (see drop_room_data)
         self._scope_keys: dict[str, set[tuple[int, tuple[str, ...]]]] = {}
+        self._data_epoch = ""
+
+    async def data_epoch(self, candidate: str) -> str:
+        if not self._data_epoch:  # this process's data: lost only with the process
+            self._data_epoch = candidate
+        return self._data_epoch
 
     async def start(self) -> None:
         if self._sweeper is None:

@@ -12,9 +12,12 @@ import uuid
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from signaling.store import scripts
 from signaling.store.base import RoomNotFound, Store
+from signaling.store.durability import Persistence
+from signaling.store.outage import Outage, guard
 from signaling.store.records import (
     ConsumeOutcome,
     ConsumeResult,
@@ -56,6 +59,10 @@ class Keys:
     def seq(self, room: str) -> str:
         return self.room_tag(room) + ":seq"
 
+    def stream_epoch(self, room: str) -> str:
+        """The epoch of the room's seq: made again when the seq starts from nothing."""
+        return self.room_tag(room) + ":epoch"
+
     def events(self, room: str) -> str:
         """Both the history stream and the pub/sub channel of a room's events."""
         return self.room_tag(room) + ":events"
@@ -84,6 +91,11 @@ class Keys:
     def topic(self, name: str) -> str:
         return f"{self.prefix}:topic:{name}"
 
+    @property
+    def data_epoch(self) -> str:
+        """Written once when the deployment's data begin; its loss is the data's loss."""
+        return f"{self.prefix}:epoch"
+
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
@@ -107,9 +119,12 @@ def _participant(static: bytes, meta: bytes | None, tracks: dict[str, bytes]) ->
     )
 
 
+@guard()
 class RedisStore(Store):
-    def __init__(self, client: Redis, prefix: str = "shopcast") -> None:
+    def __init__(self, client: Redis, prefix: str = "shopcast",
+                 outage: Outage | None = None) -> None:
         self.client = client
+        self.outage = outage or Outage()  # shared with the bus on the same client
         self._r: Any = client  # redis-py's typed replies are str|bytes unions; ours are bytes
         self.keys = Keys(prefix)
         self._scripts = {
@@ -126,6 +141,26 @@ class RedisStore(Store):
 
     async def close(self) -> None:
         await self.client.aclose()
+
+    async def data_epoch(self, candidate: str) -> str:
+        key = self.keys.data_epoch
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.set(key, candidate, nx=True)
+            pipe.get(key)
+            _, current = await pipe.execute()
+        return _text(current)
+
+    async def persistence(self) -> Persistence:
+        """What the server persists, from ``CONFIG GET appendonly`` and ``CONFIG GET save``;
+        ``known`` is False when CONFIG is refused (managed Redis often renames it)."""
+        try:
+            appendonly = await self._r.config_get("appendonly")
+            save = await self._r.config_get("save")
+        except ResponseError as exc:
+            return Persistence(known=False, detail=str(exc))
+        aof = _text(next(iter(appendonly.values()), b"no")) == "yes"
+        snapshots = _text(next(iter(save.values()), b"")).strip()
+        return Persistence(aof=aof, snapshots=snapshots)
 
     # --- rooms -----------------------------------------------------------------------------
 
