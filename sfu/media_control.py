@@ -106,6 +106,15 @@ class NodeMediaControl:
             logger.info("room %s: %d FLV responses of %s ended", room, ended, identity)
         return ended
 
+    async def end_publishers(self, room: str) -> int:
+        """End the room's publishers here (a forbid): WHIP anchor, co-hosts, RTMP encoder."""
+        live_room = self.node.rooms.get(room)
+        publishers = list(live_room.publishers.values()) if live_room is not None else []
+        await asyncio.gather(*(p.close() for p in publishers), return_exceptions=True)
+        if publishers:
+            logger.info("room %s: %d publishers ended (forbidden)", room, len(publishers))
+        return len(publishers)
+
     async def mute_track(self, room: str, sid: str, track_sid: str, muted: bool) -> bool:
         live_room = self.node.rooms.get(room)
         publisher = live_room.publishers.get(sid) if live_room is not None else None

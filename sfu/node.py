@@ -35,6 +35,7 @@ from sfu.settings import NodeSettings
 from sfu.viewer import Viewer
 from sfu.worker_pool import WorkerPool
 from signaling.claims import Claims, Grant
+from signaling.errors import ApiError
 from signaling.live.schema import event
 
 logger = logging.getLogger("shopcast.sfu.node")
@@ -46,6 +47,10 @@ CohostAdmission = Callable[[str, str], Awaitable[bool]]
 
 BanCheck = Callable[[str, str], Awaitable[bool]]
 """(room, identity) -> is this identity banned from the room (the control plane's moderation)?"""
+
+ForbidCheck = Callable[[str], Awaitable[ApiError | None]]
+"""room -> the ``403 room_forbidden`` to answer while the room is forbidden (the control
+plane's compliance forbid, ``signaling/live/forbid.py``), else None."""
 
 
 class RoomObserver(Protocol):
@@ -71,7 +76,8 @@ class SfuNode:
     What it tells others is fixed at construction: ``events`` serves participants' ``events``
     data channels (here and in the workers), ``cohost_admission`` asks the control plane for a
     co-host's invitation (None: no invitation needed), ``banned`` whether an identity is banned
-    from a room (asked by the WHIP, WHEP and FLV doors; None: nobody is), the observers hear of
+    from a room (asked by the WHIP, WHEP and FLV doors; None: nobody is), ``forbidden`` whether
+    the room is forbidden (the same doors and ``/ws``; None: never), the observers hear of
     publishers and sessions coming and going."""
 
     def __init__(
@@ -81,6 +87,7 @@ class SfuNode:
         events: EventBridge | None = None,
         cohost_admission: CohostAdmission | None = None,
         banned: BanCheck | None = None,
+        forbidden: ForbidCheck | None = None,
         room_observers: Sequence[RoomObserver] = (),
         session_observers: Sequence[SessionObserver] = (),
     ) -> None:
@@ -97,6 +104,7 @@ class SfuNode:
         self.cohost_admission = cohost_admission
         self.admission = Admission(settings)
         self.banned = banned
+        self.forbidden = forbidden
         self.workers = (WorkerPool(settings, self._session_closed, events)
                         if settings.workers > 0 else None)
         aiortc_private.install()  # checked already by the command line; once per process
@@ -293,6 +301,12 @@ class SfuNode:
         """Whether the control plane bans ``identity`` from ``room_name`` (the doors refuse it;
         a ban also kicks its open sessions through the control plane)."""
         return self.banned is not None and await self.banned(room_name, identity)
+
+    async def refuse_forbidden(self, room_name: str) -> None:
+        """Raise the control plane's ``403 room_forbidden`` while ``room_name`` is forbidden
+        (a forbid also ends the room's publishers through the control plane)."""
+        if self.forbidden is not None and (refusal := await self.forbidden(room_name)):
+            raise refusal
 
     def session(self, room_name: str, session_id: str, role: str) -> Session:
         """The ``role`` session ``session_id`` of ``room_name`` (a WHIP/WHEP resource)."""

@@ -4,7 +4,8 @@
 ``201`` with a ``Location`` resource; ``DELETE`` on that resource ends the session. Only the
 session's own identity (the token's ``sub``) or an ``admin`` of the room may end it (``403
 not_owner`` otherwise): a resource id that leaks must not let a co-host or a viewer end the
-anchor's stream. A banned identity is refused at both doors (``403 banned``), as at FLV and RTMP.
+anchor's stream. A banned identity is refused at both doors (``403 banned``), as at FLV and RTMP,
+and so is everyone while the room is forbidden (``403 room_forbidden``).
 
 On a node of a multi-node deployment (``shopcast sfu``) the app carries a ``Placement``: a
 publish for a room another node owns, or a play for a room live elsewhere, answers ``307``
@@ -95,9 +96,13 @@ def _claims(request: web.Request, kind: str, room: str) -> Claims:
 
 
 async def refuse_banned(request: web.Request, room: str, claims: Claims) -> None:
-    """The ban part of the doors' authorization step (WHIP, WHEP, FLV): ``403 banned``."""
-    if await request.app[NODE_KEY].is_banned(room, claims.identity):
+    """The ban and forbid part of the doors' authorization step (WHIP, WHEP, FLV): ``403
+    banned``, or ``403 room_forbidden`` with the reason while the room is forbidden (viewers
+    too: there is nothing to watch, and what was cut is not served again)."""
+    node = request.app[NODE_KEY]
+    if await node.is_banned(room, claims.identity):
         raise forbidden(f"{claims.identity!r} is banned from room {room!r}", "banned")
+    await node.refuse_forbidden(room)
 
 
 def require_owner(session: Session, claims: Claims) -> None:

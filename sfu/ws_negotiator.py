@@ -51,6 +51,7 @@ class NodeNegotiator:
     async def _publish(self, room: str, claims: Claims, offer_sdp: str,
                        address: str | None) -> tuple[str, str]:
         _check(room, claims, publish=True)
+        await self.node.refuse_forbidden(room)
         if self.placement is not None and (url := await self.placement.publish_elsewhere(room)):
             raise Elsewhere(url)
         leg, answer = await self.node.publish(room, claims.identity,
@@ -61,6 +62,7 @@ class NodeNegotiator:
     async def _play(self, room: str, claims: Claims, offer_sdp: str,
                     address: str | None) -> tuple[str, str]:
         _check(room, claims, publish=False)
+        await self.node.refuse_forbidden(room)
         local = self.node.rooms.get(room)
         if self.placement is not None and (local is None or not local.live) and (
             url := await self.placement.play_elsewhere(room)

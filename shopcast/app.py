@@ -106,6 +106,7 @@ def add_media_plane(app: web.Application, config: Config, signaling: Signaling) 
         events=EventBridge(signaling.bus, signaling.live),  # the events data channels
         cohost_admission=signaling.live.cohosts.admits,  # co-hosts need an invitation
         banned=signaling.live.is_banned,  # WHIP, WHEP and FLV refuse a banned identity
+        forbidden=signaling.live.forbids.refusal,  # ... and everyone in a forbidden room
         room_observers=[flv, bridge],
         session_observers=[bridge],
     )
@@ -119,7 +120,8 @@ def add_media_plane(app: web.Application, config: Config, signaling: Signaling) 
         rtmp = RtmpDoor(node.publish_rtmp, config.resolve_secret(), host=config.host,
                         port=config.rtmp_port,
                         placement=placement.publish_here if placement is not None else None,
-                        banned=signaling.live.is_banned)
+                        banned=signaling.live.is_banned,
+                        forbidden=signaling.live.forbids.refusal)
         app[RTMP_KEY] = rtmp
 
     async def node_lifetime(app: web.Application) -> AsyncIterator[None]:

@@ -25,6 +25,11 @@ class MediaControl(Protocol):
         on a kick or ban; return how many on this node."""
         ...
 
+    async def end_publishers(self, room: str) -> int:
+        """End every publisher session of ``room`` on this node (WHIP anchor, co-hosts, RTMP
+        encoder): a forbid; return how many."""
+        ...
+
     async def mute_track(self, room: str, sid: str, track_sid: str, muted: bool) -> bool:
         """Stop (or resume) forwarding one published track; False if there is no such track."""
         ...
@@ -40,6 +45,9 @@ class NoMedia:
         return False
 
     async def end_identity(self, room: str, identity: str) -> int:
+        return 0
+
+    async def end_publishers(self, room: str) -> int:
         return 0
 
     async def mute_track(self, room: str, sid: str, track_sid: str, muted: bool) -> bool:

@@ -40,6 +40,10 @@ class BusMediaControl:
         await self.bus.notify(TOPIC, {"op": "end_identity", "room": room, "identity": identity})
         return 0
 
+    async def end_publishers(self, room: str) -> int:
+        await self.bus.notify(TOPIC, {"op": "end_publishers", "room": room})
+        return 0
+
     async def mute_track(self, room: str, sid: str, track_sid: str, muted: bool) -> bool:
         await self.bus.notify(TOPIC, {"op": "mute_track", "room": room, "sid": sid,
                                       "track_sid": track_sid, "muted": muted})
@@ -79,6 +83,8 @@ class MediaCommands:
             await self.local.end_session(str(command["room"]), str(command["sid"]))
         elif op == "end_identity":
             await self.local.end_identity(str(command["room"]), str(command["identity"]))
+        elif op == "end_publishers":
+            await self.local.end_publishers(str(command["room"]))
         elif op == "mute_track":
             await self.local.mute_track(str(command["room"]), str(command["sid"]),
                                         str(command["track_sid"]), bool(command["muted"]))

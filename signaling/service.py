@@ -61,7 +61,8 @@ class Signaling:
         # chat and commerce: the SFU's data-channel bridge and /ws/events both call this
         self.live = EventGateway(self.store, self.bus, self.webhooks, kick=self.rooms.kick,
                                  layout=settings.layout, resume=settings.resume,
-                                 like_rate=settings.like_rate)
+                                 like_rate=settings.like_rate,
+                                 end_publishing=lambda room: self.rooms.media.end_publishers(room))
 
     def attach_media(
         self, media: MediaControl, *, local_node: Callable[[], NodeRecord] | None = None

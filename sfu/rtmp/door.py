@@ -3,11 +3,11 @@ Stream Key ``{room}?token=...``, the SRS convention).
 
 The same authorization step as WHIP runs before any media is accepted: the token is verified
 (signature, expiry), it must carry ``publish`` (or ``cohost`` for a co-host slot) for this
-room, the room name must be valid, the identity must not be banned from the room, and the node
-decides the slot (anchor taken, room full, no
-invitation). Refusals reach the encoder as an ``onStatus`` error with the same machine code the
-HTTP doors use, and the connection is closed: nothing is left behind. This is the one place
-where domain and token errors become RTMP statuses.
+room, the room name must be valid, the identity must not be banned from the room, the room
+must not be forbidden (``room_forbidden`` with the reason), and the node decides the slot
+(anchor taken, room full, no invitation). Refusals reach the encoder as an ``onStatus``
+error with the same machine code the HTTP doors use, and the connection is closed: nothing
+is left behind. This is the one place where domain and token errors become RTMP statuses.
 
 Multi-node: RTMP cannot be redirected (OBS does not follow), so an encoder publishes straight
 to a node and the room is placed where the publish lands (``placement``); a room already live
@@ -51,6 +51,9 @@ RtmpPlacement = Callable[[str], Awaitable[str | None]]
 BanCheck = Callable[[str, str], Awaitable[bool]]
 """(room, identity) -> is this identity banned from the room (the control plane's moderation)?"""
 
+ForbidCheck = Callable[[str], Awaitable[ApiError | None]]
+"""room -> the ``403 room_forbidden`` while the room is forbidden (``sfu.node.ForbidCheck``)."""
+
 
 def refusal(error: Exception) -> RtmpRefused:
     """A domain or token error as the encoder sees it: ``onStatus`` level error, code, text."""
@@ -66,12 +69,13 @@ class RtmpDoor:
     """Authorizes RTMP publishes and hands them to the node."""
 
     def __init__(self, publish: Publish, secret: str, *, host: str, port: int,
-                 placement: RtmpPlacement | None = None, banned: BanCheck | None = None
-                 ) -> None:
+                 placement: RtmpPlacement | None = None, banned: BanCheck | None = None,
+                 forbidden: ForbidCheck | None = None) -> None:
         self._publish = publish
         self._secret = secret
         self._placement = placement
         self._banned = banned
+        self._forbidden = forbidden
         self.server = RtmpServer(self._on_publish, host=host, port=port)
         self.refused: dict[str, int] = {}  # code -> publishes refused, for /metrics
 
@@ -112,6 +116,8 @@ class RtmpDoor:
         if self._banned is not None and await self._banned(room, claims.identity):
             raise RtmpRefused(UNAUTHORIZED, f"banned: {claims.identity!r} is banned from room "
                                             f"{room!r}")
+        if self._forbidden is not None and (forbid := await self._forbidden(room)):
+            raise forbid  # onStatus NetStream.Publish.Unauthorized "room_forbidden: <reason>"
         if self._placement is not None:
             owner = await self._placement(room)
             if owner is not None:

@@ -12,6 +12,8 @@ The SFU's data-channel bridge and the ``/ws/events/{room}`` WebSocket both call 
 - ``snapshot(room)``: the packed ``state`` a joiner gets first; it reflects the room up to its
   ``seq``, and the transport then delivers bus events from ``seq + 1`` on.
 - ``is_banned(room, identity)``: refuse a (re)joining banned identity.
+- ``forbids``: the room's compliance forbid (``signaling/live/forbid.py``), which the media
+  doors refuse with; ``state`` carries it, so a page joining a forbidden room shows why.
 
 A refused message changes nothing and only its sender hears about it.
 """
@@ -30,6 +32,7 @@ from signaling.live.catalog import Catalog
 from signaling.live.chat import Chat
 from signaling.live.cohosts import Cohosts, stage
 from signaling.live.errors import LiveError
+from signaling.live.forbid import EndPublishing, Forbids
 from signaling.live.gifts import Gifts
 from signaling.live.likes import RATE as LIKE_RATE
 from signaling.live.likes import Likes
@@ -62,11 +65,13 @@ class EventGateway:
         self, store: Store, bus: Bus, webhooks: Webhooks, kick: Kick = _no_kick,
         *, interval_ms: int = 250, layout: str = LAYOUTS[0],
         resume: ResumeLimits | None = None, like_rate: float = LIKE_RATE,
+        end_publishing: EndPublishing | None = None,
     ) -> None:
         self.store = store
         self.bus = bus
         self.layout = layout
         self.moderation = Moderation(store, bus, kick)
+        self.forbids = Forbids(store, bus, end_publishing)
         self.cohosts = Cohosts(store, bus, kick)
         self.chat = Chat(store, bus, self.moderation)
         self.likes = Likes(store, bus, interval_ms, like_rate)
@@ -167,6 +172,7 @@ class EventGateway:
         """The ``state`` event: read ``seq`` first, so nothing it misses is older than it."""
         seq = await self.bus.last_seq(room)
         pinned = await self.catalog.pinned(room)
+        forbid = await self.forbids.get(room)
         return event(
             "state", seq=seq, pinned=pinned.to_json() if pinned else None,
             sale=await self.sales.current(room), likes=await self.likes.total(room),
@@ -174,6 +180,7 @@ class EventGateway:
             chat=await self.chat.history(room, seq), gifts=self.gifts.catalog(),
             server_ms=int(time.time() * 1000), publishers=await stage(self.store, room),
             cohosts=[i.to_json() for i in await self.cohosts.list(room)], layout=self.layout,
+            forbid=forbid.to_json() if forbid is not None else None,
         )
 
     async def viewer_count(self, room: str) -> int:

@@ -178,7 +178,9 @@ SERVER_EVENTS: dict[str, EventSpec] = {s.type: s for s in [
             Field("cohosts", "list", "co-host invitations: [{identity, invited_by, "
                   "invited_at_ms, status: invited | accepted}]"),
             Field("layout", "str", "how pages and the FLV mix place publishers: "
-                  + " | ".join(LAYOUTS)), reply=True),
+                  + " | ".join(LAYOUTS)),
+            Field("forbid", "map", "the room's forbid while it holds: {until (unix s), reason, "
+                  "by}", required=False, nullable=True), reply=True),
     _server("chat", "A chat message. Render `text` as text, never as HTML.",
             Field("id", "str", "message id (for `delete_chat`)"), IDENTITY,
             Field("name", "str", "display name"), Field("text", "str", "the message"),
@@ -223,6 +225,13 @@ SERVER_EVENTS: dict[str, EventSpec] = {s.type: s for s in [
             "anchor's console shows it; admins can act on it.",
             IDENTITY, Field("code", "str", "what to change: bframes"),
             Field("message", "str", "the advice, human-readable")),
+    _server("room_forbidden", "An admin forbade the room: its publishing ended on every "
+            "node and new publishes (and plays) are refused with `room_forbidden` until "
+            "`until`. Pages show the reason.",
+            Field("until", "int", "unix seconds when the forbid ends by itself"),
+            Field("reason", "str", "why, for the anchor and the audience")),
+    _server("forbid_lifted", "The room's forbid was lifted before `until`: publishing may "
+            "resume."),
     _server("kicked", "A participant was removed (banned); that client disconnects.",
             IDENTITY, Field("reason", "str", "why, e.g. banned")),
     _server("ack", "Reply to an admin action that succeeded.",
