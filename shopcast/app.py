@@ -18,9 +18,10 @@ from sfu.flv import metrics as flv_metrics
 from sfu.flv.manager import FLV_KEY, FlvManager
 from sfu.media_control import LoadMeter, NodeMediaControl, SessionBridge
 from sfu.node import NODE_KEY, SfuNode
+from sfu.recording.manager import RECORDING_KEY, RecordingManager
 from sfu.rtmp import metrics as rtmp_metrics
 from sfu.rtmp.door import RTMP_KEY, RtmpDoor
-from sfu.settings import FlvSettings, NodeSettings
+from sfu.settings import FlvSettings, NodeSettings, RecordSettings
 from sfu.ws_negotiator import NodeNegotiator
 from shopcast.config import Config
 from shopcast.control_plane import add_control_plane, metrics_lines
@@ -29,6 +30,7 @@ from signaling.cors import CORS_KEY, CorsPolicy, cors_middleware
 from signaling.errors import ApiError
 from signaling.front_door import MAX_BODY_BYTES
 from signaling.http_errors import error_middleware
+from signaling.recordings_index import RECORDINGS_KEY
 from signaling.service import Signaling
 from signaling.ws_signaling import WsSignaling
 
@@ -99,19 +101,28 @@ def add_media_plane(app: web.Application, config: Config, signaling: Signaling) 
         stuck_timeout_ms=config.flv_stuck_timeout_ms,
         keyframe_period_ms=config.flv_keyframe_interval_ms,
         layout=config.flv_layout,
+        plain_token=config.flv_plain_token,
     ))
     bridge = SessionBridge(signaling.reporter)
+    recording = RecordingManager(
+        flv, RecordSettings(config.record, config.record_dir, config.record_segment_s,
+                            config.record_retention_days),
+        app[RECORDINGS_KEY], signaling.bus, signaling.settings.node_id,
+        finished=lambda meta: signaling.webhooks.emit("recording_finished",
+                                                      recording=meta.public()),
+    )
     node = SfuNode(
         node_settings(config),
         events=EventBridge(signaling.bus, signaling.live),  # the events data channels
         cohost_admission=signaling.live.cohosts.admits,  # co-hosts need an invitation
         banned=signaling.live.is_banned,  # WHIP, WHEP and FLV refuse a banned identity
         forbidden=signaling.live.forbids.refusal,  # ... and everyone in a forbidden room
-        room_observers=[flv, bridge],
+        room_observers=[flv, recording, bridge],
         session_observers=[bridge],
     )
     app[NODE_KEY] = node
     app[FLV_KEY] = flv
+    app[RECORDING_KEY] = recording
     app[REFUSALS_KEY] = DoorRefusals()  # WHIP, WHEP and FLV count what they refuse
 
     rtmp = None
@@ -126,11 +137,13 @@ def add_media_plane(app: web.Application, config: Config, signaling: Signaling) 
 
     async def node_lifetime(app: web.Application) -> AsyncIterator[None]:
         await node.start()
+        await recording.start()
         if rtmp is not None:
             await rtmp.start()
         yield
         if rtmp is not None:
             await rtmp.close()
+        await recording.close()  # the last fragments and the index, before the node stops
         await node.stop()
 
     app.cleanup_ctx.append(node_lifetime)

@@ -36,7 +36,8 @@ def create_signaling_app(config: Config) -> web.Application:
     signaling = add_control_plane(app, config)
     signaling.attach_media(BusMediaControl(signaling.bus))  # close/kick/mute: to the nodes
     placement = RoomPlacement(signaling.store, signaling.rooms)
-    forwarder = add_front_door(app, placement, signaling.settings.secret)
+    forwarder = add_front_door(app, placement, signaling.settings.secret,
+                               plain_flv_token=config.flv_plain_token)
     ws_signaling.add_routes(app, WsSignaling(FrontDoorNegotiator(placement), config.ws_resume_s))
     reaper = NodeReaper(placement)
 

@@ -11,7 +11,7 @@ comes back with ``Location`` on the front door's path, so the client's later ``D
 back here too and is forwarded to whichever node owns the room. Media then flows straight
 between the client and the node: the answer SDP carries the node's ICE candidates.
 
-HTTP-FLV keeps its ``307``: its token travels in the query, which a redirect keeps.
+HTTP-FLV keeps its ``307``: its ticket (or token) travels in the query, which a redirect keeps.
 
 A node that died after its last heartbeat is still in the registry for up to the heartbeat TTL
 (4.5 s): a forward to it fails to connect and the client gets ``503`` with ``Retry-After``.
@@ -30,10 +30,11 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from signaling.errors import ApiError, not_found
+from signaling.flv_tickets import flv_claims
 from signaling.nodes import HEARTBEAT_TTL_MS, NoNodeAvailable
 from signaling.room_names import require_room_name
 from signaling.routing import RETRY_AFTER_S, RoomPlacement, redirect
-from signaling.tokens import Grant, authorize
+from signaling.tokens import authorize
 
 logger = logging.getLogger("shopcast.signaling.front_door")
 
@@ -191,6 +192,7 @@ def _client_response(resp: aiohttp.ClientResponse, payload: bytes, target: str) 
 FRONT_DOOR_KEY = web.AppKey("room_placement", RoomPlacement)
 FORWARDER_KEY = web.AppKey("node_forwarder", NodeForwarder)
 SECRET = web.AppKey("front_door_secret", str)
+PLAIN_FLV_TOKEN = web.AppKey("front_door_plain_flv_token", bool)
 
 
 def _room(request: web.Request) -> str:
@@ -244,8 +246,9 @@ async def _resource(request: web.Request) -> web.StreamResponse:
 
 async def _flv(request: web.Request) -> web.StreamResponse:
     room = _room(request)
-    authorize(request.app[SECRET], request.headers.get("Authorization"), grant=Grant.SUBSCRIBE,
-              room=room, query_token=request.query.get("token"))
+    flv_claims(request.app[SECRET], room, authorization=request.headers.get("Authorization"),
+               ticket=request.query.get("ticket"), query_token=request.query.get("token"),
+               plain_token=request.app[PLAIN_FLV_TOKEN])
     placement = request.app[FRONT_DOOR_KEY]
     owner = await placement.live_owner(room)
     if owner is not None:
@@ -257,13 +260,16 @@ async def _flv(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def add_front_door(app: web.Application, placement: RoomPlacement, secret: str) -> NodeForwarder:
+def add_front_door(app: web.Application, placement: RoomPlacement, secret: str, *,
+                   plain_flv_token: bool = False) -> NodeForwarder:
     """WHIP, WHEP and FLV on a signaling process, on the same URLs as a node's. The caller
-    runs the returned forwarder for the app's life (``start``/``close``)."""
+    runs the returned forwarder for the app's life (``start``/``close``). ``plain_flv_token``:
+    FLV takes ``?token=`` too, not only tickets (``--flv-plain-token``)."""
     forwarder = NodeForwarder()
     app[FRONT_DOOR_KEY] = placement
     app[FORWARDER_KEY] = forwarder
     app[SECRET] = secret
+    app[PLAIN_FLV_TOKEN] = plain_flv_token
     app.router.add_post("/whip/{room}", _whip)
     app.router.add_post("/whep/{room}", _whep)
     app.router.add_get("/live/{room}.flv", _flv)

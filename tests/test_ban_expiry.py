@@ -118,8 +118,9 @@ async def test_a_banned_identitys_purchase_is_refused(server: Any) -> None:
     headers = {"Authorization": f"Bearer {admin}"}
     api = f"{server.url}/api/v1/rooms/{ROOM}"
     async with aiohttp.ClientSession() as http:
+        root = {"Authorization": f"Bearer {server.token('*', 'ops', 'admin')}"}
         async with http.post(f"{server.url}/api/v1/rooms", json={"name": ROOM},
-                             headers=headers) as response:
+                             headers=root) as response:
             assert response.status in (200, 201), await response.text()
         async with http.post(f"{api}/products", json={"sku": "mug", "title": "Mug", "price": 500},
                              headers=headers) as response:
@@ -160,11 +161,10 @@ async def test_a_banned_viewers_open_flv_response_ends(server: Any) -> None:
     room = "ban2"
     anchor = await start_anchor(server, room)
     admin = server.token(room, "mod", "admin")
-    flv = f"{server.url}/live/{room}.flv?token="
     try:
         async with aiohttp.ClientSession() as http:
-            troll = await http.get(flv + server.token(room, "troll", "subscribe"))
-            fan = await http.get(flv + server.token(room, "fan", "subscribe"))
+            troll = await http.get(server.flv_url(room, "troll"))
+            fan = await http.get(server.flv_url(room, "fan"))
             try:
                 assert troll.status == 200 and fan.status == 200
                 assert await troll.content.read(3) == b"FLV"

@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import make_mocked_request
 from flv_helpers import start_anchor
+from rest_helpers import forge_token
 from waiting import wait_for
 
 from loadtest.clients import SignalingError, play, publish
@@ -78,10 +79,13 @@ async def test_only_the_owner_or_an_admin_ends_a_session(server: Any) -> None:
         anchor_url, anchor_id = resource(server, anchor), resource(server, anchor).rsplit("/")[-1]
         outsiders = [server.token("own1", "intruder", "publish"),  # a second publish token
                      server.token("own1", "guest", "cohost", "subscribe"),  # uninvited co-host
-                     server.token("*", "someone", "publish", "cohost")]  # any room, no admin
+                     server.token("own1", "someone", "publish", "cohost")]  # both, no admin
         for token in outsiders:
             status, body = await delete(anchor_url, token)
             assert (status, body["error"]["code"]) == (403, "not_owner"), body
+        anywhere = forge_token(server.config.secret, "*", "someone", "publish", "cohost")
+        status, body = await delete(anchor_url, anywhere)  # '*' without admin: not a token
+        assert (status, body["error"]["code"]) == (401, "invalid_token"), body
         status, body = await delete(resource(server, viewer),
                                     server.token("own1", "v2", "subscribe"))
         assert (status, body["error"]["code"]) == (403, "not_owner"), "a viewer ends another"
@@ -188,11 +192,10 @@ async def test_a_banned_identity_is_refused_at_whip_whep_and_flv(server: Any) ->
                               server.token("ban1", "troll", "publish", "cohost"),
                               PaintedVideoTrack(), None)
             assert (refused.value.status, refused.value.code) == (403, "banned")
-            flv = f"{server.url}/live/ban1.flv?token="
-            async with http.get(flv + server.token("ban1", "troll", "subscribe")) as response:
+            async with http.get(server.flv_url("ban1", "troll")) as response:
                 assert response.status == 403
                 assert (await response.json())["error"]["code"] == "banned"
-            async with http.get(flv + server.token("ban1", "fan", "subscribe")) as response:
+            async with http.get(server.flv_url("ban1", "fan")) as response:
                 assert response.status == 200, "others still play FLV"
                 assert await response.content.read(3) == b"FLV"
 

@@ -21,9 +21,7 @@ pytestmark = pytest.mark.slow
 
 
 async def first_bytes(server: Any, room: str) -> bytes:
-    token = server.token(room, "flv", "subscribe")
-    async with aiohttp.ClientSession() as http, http.get(
-            f"{server.url}/live/{room}.flv?token={token}") as response:
+    async with aiohttp.ClientSession() as http, http.get(server.flv_url(room)) as response:
         return await response.content.readexactly(13)
 
 
@@ -35,9 +33,8 @@ async def test_a_video_only_whip_anchor_announces_no_audio(server: Any) -> None:
         await wait_for(lambda: "vonly" in outputs and outputs["vonly"].live, 10, "FLV live")
         head = await first_bytes(server, "vonly")
         assert head[:3] == b"FLV" and head[4] == 0x01, f"flags {head[4]:#x}: video only"
-        token = server.token("vonly", "probe", "subscribe")
         started = time.monotonic()
-        probe = await asyncio.to_thread(ffprobe, f"{server.url}/live/vonly.flv?token={token}")
+        probe = await asyncio.to_thread(ffprobe, server.flv_url("vonly", "probe"))
         assert time.monotonic() - started < 3, "libavformat did not wait for audio"
         assert [s["codec_type"] for s in probe["streams"]] == ["video"]
     finally:
@@ -73,9 +70,8 @@ async def test_an_anchor_whose_audio_never_comes_announces_video_only(server: An
         await wait_for(lambda: "mute" in outputs and outputs["mute"].live, 10, "FLV live")
         head = await first_bytes(server, "mute")
         assert head[4] == 0x01, f"flags {head[4]:#x}: no audio has come, none is announced"
-        token = server.token("mute", "probe", "subscribe")
         started = time.monotonic()
-        await asyncio.to_thread(ffprobe, f"{server.url}/live/mute.flv?token={token}")
+        await asyncio.to_thread(ffprobe, server.flv_url("mute", "probe"))
         assert time.monotonic() - started < 3, "libavformat did not wait for audio"
     finally:
         await anchor.close()

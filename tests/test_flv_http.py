@@ -29,9 +29,12 @@ def config(config: Config) -> Config:
 
 
 
-def flv_url(server: Any, room: str, token: str | None = None) -> str:
-    token = token if token is not None else server.token(room, "v", "subscribe")
-    return f"{server.url}/live/{room}.flv?token={token}"
+def flv_url(server: Any, room: str) -> str:
+    return str(server.flv_url(room, "v"))
+
+
+def bearer(token: str) -> dict[str, dict[str, str]]:
+    return {"headers": {"Authorization": f"Bearer {token}"}}
 
 
 async def test_status_codes(server: Any) -> None:
@@ -42,11 +45,13 @@ async def test_status_codes(server: Any) -> None:
 
         status, body = await get(f"{server.url}/live/r1.flv")
         assert status == 401 and body["error"]["code"] == "missing_token"
-        status, _ = await get(flv_url(server, "r1", "garbage"))
+        status, _ = await get(f"{server.url}/live/r1.flv", **bearer("garbage"))
         assert status == 401
-        status, _ = await get(flv_url(server, "r1", server.token("other", "v", "subscribe")))
+        status, _ = await get(f"{server.url}/live/r1.flv",
+                              **bearer(server.token("other", "v", "subscribe")))
         assert status == 403
-        status, _ = await get(flv_url(server, "r1", server.token("r1", "v", "chat")))
+        status, _ = await get(f"{server.url}/live/r1.flv",
+                              **bearer(server.token("r1", "v", "chat")))
         assert status == 403
         status, body = await get(flv_url(server, "r1"))
         assert status == 404 and body["error"]["code"] == "not_found"
@@ -95,8 +100,8 @@ async def test_slow_reader_is_skipped_then_dropped_while_normal_reader_stays_in_
     loop = asyncio.get_running_loop()
     port = int(server.url.rsplit(":", 1)[1])
     await loop.sock_connect(sock, ("127.0.0.1", port))
-    token = server.token("flv2", "slow", "subscribe")
-    await loop.sock_sendall(sock, f"GET /live/flv2.flv?token={token} HTTP/1.1\r\n"
+    path = server.flv_url("flv2", "slow").removeprefix(server.url)
+    await loop.sock_sendall(sock, f"GET {path} HTTP/1.1\r\n"
                                   f"Host: x\r\n\r\n".encode())
     try:
         await wait_for(lambda: len(output.readers) == 2, 5, "two readers")

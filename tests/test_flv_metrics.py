@@ -42,7 +42,7 @@ async def test_metrics_count_flv_readers(server: Any) -> None:
         while not (room in outputs and outputs[room].live):
             assert time.monotonic() < deadline, "FLV output never went live"
             await asyncio.sleep(0.05)
-        url = f"{server.url}/live/{room}.flv?token={server.token(room, 'v', 'subscribe')}"
+        url = server.flv_url(room, "v")
         async with aiohttp.ClientSession() as http:
             async with http.get(url) as flv:
                 assert flv.status == 200

@@ -165,8 +165,7 @@ async def test_flv_reader_sees_the_mix_while_a_cohost_is_on_and_the_anchor_after
     anchor = await publish(server.url, room, server.token(room, "anchor", "publish"),
                            PaintedVideoTrack(colour="red"), ToneAudioTrack())
     cohost = None
-    reader = FlvReader(f"{server.url}/live/{room}.flv?token="
-                       f"{server.token(room, 'v', 'subscribe')}")
+    reader = FlvReader(server.flv_url(room, "v"))
     task: asyncio.Task[None] | None = None
     try:
         await wait_for(lambda: room in outputs and outputs[room].live, 10, "FLV live")

@@ -17,11 +17,12 @@ from rest_helpers import Api
 
 from shopcast.cluster import create_signaling_app
 from shopcast.config import Config
+from signaling.flv_tickets import issue
 from signaling.nodes import NodeAgent
 from signaling.routing import NodeReaper, RoomPlacement
 from signaling.service import SIGNALING_KEY, Signaling
 from signaling.store import NodeRecord, ParticipantRecord, Transport
-from signaling.tokens import mint
+from signaling.tokens import Claims, Grant, mint
 
 pytest_plugins = ["store_fixtures"]
 
@@ -88,9 +89,12 @@ async def test_front_door_redirects_to_the_rooms_node(front: tuple[str, Signalin
         watch = {"Authorization": f"Bearer {token('r2', 'v', 'subscribe')}"}
         status, _, body = await raw("POST", url + "/whep/r2", data="v=0", headers=watch)
         assert status == 404 and "not_live" in body  # viewers never assign a room
-        sub = token("r1", "v", "subscribe")
-        status, headers, _ = await raw("GET", f"{url}/live/r1.flv?token={sub}")
-        assert status == 307 and headers["Location"] == f"http://n1/live/r1.flv?token={sub}"
+        ticket = issue(SECRET, Claims("v", "r1", frozenset({Grant.SUBSCRIBE})), "r1")
+        status, headers, _ = await raw("GET", f"{url}/live/r1.flv?ticket={ticket}")
+        assert status == 307 and headers["Location"] == f"http://n1/live/r1.flv?ticket={ticket}"
+        sub = token("r1", "v", "subscribe")  # a plain token only with --flv-plain-token
+        status, _, body = await raw("GET", f"{url}/live/r1.flv?token={sub}")
+        assert status == 401 and "ticket_required" in body
         status, _, body = await raw("DELETE", url + "/whip/r1/abc")
         assert status == 503 and "node_unavailable" in body  # forwarded too (test_front_door)
     finally:
@@ -184,7 +188,8 @@ async def test_playback_plan_whep_under_the_cap_flv_above(front: tuple[str, Sign
         load["viewers"] = 10
         await asyncio.sleep(0.15)
         status, plan = await viewer.get("/rooms/shop/playback")
-        assert plan["transport"] == "flv" and plan["url"] == "http://n1:8443/live/shop.flv"
+        assert plan["transport"] == "flv" and plan["url"] == plan["flv_url"]
+        assert plan["url"].startswith("http://n1:8443/live/shop.flv?ticket=")
         assert (await Api(url + "/api/v1", token("other", "v", "subscribe")).get(
             "/rooms/shop/playback"))[0] == 403
     finally:

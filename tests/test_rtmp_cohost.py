@@ -80,8 +80,7 @@ async def test_rtmp_anchor_and_whip_cohost_mix_in_flv(server: Server) -> None:
          "-c:v", "libx264", "-profile:v", "high", "-bf", "0", "-g", "30", "-tune", "zerolatency",
          "-pix_fmt", "yuv420p", "-c:a", "aac", "-f", "flv", url],
         stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    reader = FlvReader(f"{server.url}/live/{room}.flv?token="
-                       f"{server.token(room, 'v', 'subscribe')}")
+    reader = FlvReader(server.flv_url(room, "v"))
     cohost = None
     task: asyncio.Task[None] | None = None
     with pushing(encoder):

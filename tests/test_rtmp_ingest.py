@@ -94,9 +94,7 @@ async def test_ffmpeg_push_plays_over_webrtc_and_flv(server: Server) -> None:
             for i in range(3):
                 assert pts[i] == sorted(pts[i]), f"viewer {i}: frames in order"
                 assert viewers[i].lost == 0
-            token = server.token("rtmp1", "flv", "subscribe")
-            probe = await asyncio.to_thread(
-                ffprobe, f"{server.url}/live/rtmp1.flv?token={token}")
+            probe = await asyncio.to_thread(ffprobe, server.flv_url("rtmp1"))
             streams = {s["codec_type"]: s for s in probe["streams"]}
             assert streams["video"]["codec_name"] == "h264"
             assert streams["video"]["profile"] == "High"
@@ -165,10 +163,7 @@ async def test_a_video_only_encoder_gets_an_honest_flv_header(server: Server) ->
     url = rtmp_url(server, "rtmp5", server.token("rtmp5", "anchor", "publish"))
     with pushing(ffmpeg_push(url, audio=False)):
         await live(server, "rtmp5")
-        token = server.token("rtmp5", "flv", "subscribe")
-        async with aiohttp.ClientSession() as http, http.get(
-            f"{server.url}/live/rtmp5.flv?token={token}"
-        ) as response:
+        async with aiohttp.ClientSession() as http, http.get(server.flv_url("rtmp5")) as response:
             head = await response.content.readexactly(13)
         assert head[:3] == b"FLV" and head[4] == 0x01, "video only: no audio flag"
 
@@ -234,9 +229,7 @@ async def test_b_frames_reach_webrtc_viewers_without_them_and_flv_with_them(
                 text = await response.text()
             assert 'shopcast_rtmp_bframes{room="rtmp7",slot="0"} 1' in text
             assert publisher.id not in text, "no session id on /metrics"
-            token = server.token("rtmp7", "flv", "subscribe")
-            probe = await asyncio.to_thread(
-                ffprobe, f"{server.url}/live/rtmp7.flv?token={token}")
+            probe = await asyncio.to_thread(ffprobe, server.flv_url("rtmp7"))
             video = next(s for s in probe["streams"] if s["codec_type"] == "video")
             assert video["profile"] == "High" and video["has_b_frames"] > 0, video
         finally:
@@ -254,8 +247,7 @@ async def test_an_encoder_that_drops_and_returns_keeps_its_viewers(server: Serve
         pts: list[int] = []
         viewer = await play(server.url, "rtmp8", server.token("rtmp8", "v", "subscribe"),
                             on_frame=lambda frame: pts.append(frame.pts))
-        reader = FlvReader(f"{server.url}/live/rtmp8.flv?token="
-                           f"{server.token('rtmp8', 'flv', 'subscribe')}")
+        reader = FlvReader(server.flv_url("rtmp8"))
         reading = asyncio.create_task(reader.run())
         await wait_for(lambda: len(pts) >= 30 and len(reader.pictures) >= 30, 15,
                        "30 frames before the drop, over WebRTC and FLV")
@@ -288,8 +280,7 @@ async def test_rest_mute_stops_the_video_for_webrtc_and_flv_alike(server: Server
     with pushing(ffmpeg_push(url)):
         await live(server, "rtmp9")
         viewer = await play(server.url, "rtmp9", server.token("rtmp9", "v", "subscribe"))
-        reader = FlvReader(f"{server.url}/live/rtmp9.flv?token="
-                           f"{server.token('rtmp9', 'flv', 'subscribe')}")
+        reader = FlvReader(server.flv_url("rtmp9"))
         reading = asyncio.create_task(reader.run())
         try:
             await wait_for(lambda: viewer.frames >= 20 and len(reader.pictures) >= 20, 15,

@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 import pytest_asyncio
 from conftest import free_port
@@ -60,7 +61,11 @@ async def test_rtmp_lands_on_a_node_and_plays_through_the_front_door(
                 await asyncio.sleep(0.3)
         try:
             await wait_for(lambda: viewer.frames >= 30, 20, "30 frames through the front door")
-            flv = f"{procs['sig'].url}/live/{room}.flv?token={token(room, 'flv', 'subscribe')}"
+            async with aiohttp.ClientSession() as http, http.get(  # the plan's ticket
+                    f"{procs['sig'].url}/api/v1/rooms/{room}/playback",
+                    headers={"Authorization": f"Bearer {token(room, 'flv', 'subscribe')}"}) as r:
+                ticket = (await r.json())["flv_url"].partition("?")[2]
+            flv = f"{procs['sig'].url}/live/{room}.flv?{ticket}"  # through the front door
             probe = await asyncio.to_thread(ffprobe, flv)  # 307 to sfu-2, followed by ffprobe
             assert {s["codec_type"] for s in probe["streams"]} == {"video", "audio"}
             elsewhere = ffmpeg_push(

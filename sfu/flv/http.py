@@ -1,11 +1,13 @@
-"""``GET /live/{room}.flv?token=...``: chunked ``video/x-flv``, H.264 + AAC, from a keyframe.
+"""``GET /live/{room}.flv?ticket=...``: chunked ``video/x-flv``, H.264 + AAC, from a keyframe.
 
-Statuses: 400 bad room name; 401/403 token problems (``Authorization: Bearer`` or
-``?token=``, which players like mpegts.js and ffmpeg can send); 403 ``banned`` for an identity
-banned from the room (the same check as WHIP/WHEP and RTMP), and an open response ends when
-its identity is banned or kicked (``NodeMediaControl.end_identity``); 404 ``not_found`` for a room
-this node does not have (``307`` to the node where it is live, on a multi-node
-deployment); 503 ``not_live`` (with ``Retry-After``) for a room that exists but
+Statuses: 400 bad room name; 401/403 credential problems: a ``?ticket=`` from the playback
+plan (``signaling/flv_tickets.py``: ``invalid_ticket``, ``ticket_expired``, ``wrong_room``), an
+``Authorization: Bearer`` token, or a ``?token=`` only with ``--flv-plain-token`` (else ``401
+ticket_required``); a started response is not cut when its ticket expires; 403 ``banned`` for
+an identity banned from the room (the same check as WHIP/WHEP and RTMP), and an open
+response ends when its identity is banned or kicked (``NodeMediaControl.end_identity``); 404
+``not_found`` for a room this node does not have (``307`` to the node where it is live, on a
+multi-node deployment); 503 ``not_live`` (with ``Retry-After``) for a room that exists but
 has no live publisher yet, or whose stream has not produced its first keyframe (this door's
 own answer, not ``NotLive``'s 404: a player retries after ``Retry-After``). Media errors get
 their statuses from ``sfu/http_errors.py``.
@@ -34,8 +36,8 @@ from sfu.http_errors import media_errors
 from sfu.node import NODE_KEY
 from sfu.whip_whep import SECRET_KEY, elsewhere, refuse_banned
 from signaling.errors import ApiError
+from signaling.flv_tickets import flv_claims
 from signaling.routing import redirect
-from signaling.tokens import Grant, authorize
 
 RETRY_AFTER_S = 2
 
@@ -65,15 +67,12 @@ def _kernel_queue(fd: int) -> Callable[[], int]:
 async def play_flv(request: web.Request) -> web.StreamResponse:
     room = request.match_info["room"]
     require_room_name(room)
-    claims = authorize(
-        request.app[SECRET_KEY],
-        request.headers.get("Authorization"),
-        grant=Grant.SUBSCRIBE,
-        room=room,
-        query_token=request.query.get("token"),
-    )
-    await refuse_banned(request, room, claims)
     manager = request.app[FLV_KEY]
+    claims = flv_claims(request.app[SECRET_KEY], room,
+                        authorization=request.headers.get("Authorization"),
+                        ticket=request.query.get("ticket"), query_token=request.query.get("token"),
+                        plain_token=manager.settings.plain_token)
+    await refuse_banned(request, room, claims)
     output = manager.outputs.get(room)
     if output is None or output.closed:
         target = await elsewhere(request, room, publish=False)  # multi-node: live elsewhere

@@ -3,7 +3,9 @@
 The playback plan is how a viewer page decides between WebRTC and HTTP-FLV without knowing
 the deployment: WHEP while the room's node is under its WebRTC viewer cap, the FLV URL once it
 is full, so a large audience spills over to FLV on its own. URLs point at the owning node, so
-the client needs no redirect (browsers drop ``Authorization`` on a cross-origin redirect).
+the client needs no redirect (browsers drop ``Authorization`` on a cross-origin redirect). The
+FLV URL carries a short-lived ticket for the caller (``signaling/flv_tickets.py``), so a player
+needs no token in its URL and a leaked link stops working.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from aiohttp import web
 from signaling.api.routes import Call, Route, json_response
 from signaling.api.schema import STRING, array, obj
 from signaling.errors import ApiError, forbidden, not_found
+from signaling.flv_tickets import TICKET_TTL_S, issue
 from signaling.nodes import DRAIN_TOPIC
 from signaling.routing import RoomPlacement
 from signaling.store import NodeRecord
@@ -39,7 +42,8 @@ PLAN = obj(
     transport={"type": "string", "enum": ["whep", "flv"]},
     url={"type": "string", "description": "where to play, for the chosen transport"},
     whep_url=STRING,
-    flv_url={"type": "string", "description": "append ?token=... (players cannot send headers)"},
+    flv_url={"type": "string", "description": "with ?ticket=: start playing within "
+             f"{TICKET_TTL_S} s (a started stream plays on); ask again after that"},
     node=STRING, viewers={"type": "integer"}, max_viewers={"type": "integer"},
 )
 
@@ -77,9 +81,9 @@ async def drain_node(call: Call) -> web.StreamResponse:
     raise ApiError(504, "node_unresponsive", f"node {node_id!r} did not confirm in time")
 
 
-def plan(room: str, node: NodeRecord) -> dict[str, object]:
+def plan(room: str, node: NodeRecord, ticket: str) -> dict[str, object]:
     base = node.url.rstrip("/")
-    whep, flv = f"{base}/whep/{room}", f"{base}/live/{room}.flv"
+    whep, flv = f"{base}/whep/{room}", f"{base}/live/{room}.flv?ticket={ticket}"
     full = bool(node.max_viewers) and node.viewers >= node.max_viewers
     return {
         "room": room, "transport": "flv" if full else "whep", "url": flv if full else whep,
@@ -98,7 +102,8 @@ async def playback(call: Call) -> web.StreamResponse:
         node = signaling.local_node()  # shopcast serve: the one node is this process
     if node is None:
         raise not_found(f"room {room!r} is not live on any node", "not_live")
-    return json_response(plan(room, node))
+    assert call.claims is not None  # the route needs subscribe
+    return json_response(plan(room, node, issue(signaling.settings.secret, call.claims, room)))
 
 
 ROUTES = [
@@ -115,5 +120,7 @@ ROUTES = [
     Route("GET", "/rooms/{room}/playback", playback, "How a viewer should watch a room",
           "getPlayback", "rooms", grant=Grant.SUBSCRIBE, response=PLAN, errors=(404,),
           description="WHEP on the room's node while it is under its WebRTC viewer cap, "
-          "else the HTTP-FLV URL. 404 not_live when no node serves the room."),
+          "else the HTTP-FLV URL. The FLV URL carries a ticket for the caller's identity that "
+          f"starts a stream within {TICKET_TTL_S} s. 404 not_live when no node serves the "
+          "room."),
 ]

@@ -37,7 +37,6 @@ let muted = true;
 let transport = null; // "webrtc" | "flv" once chosen
 let fallback = true; // may WebRTC trouble switch this page to FLV?
 let flv = null; // the FLV session (flv.js playFlv) while on FLV
-let flvUrl = "";
 let flvReason = "";
 let startTimer = null; // WEBRTC_START_MS watchdog of the current WHEP attempt
 let playedPc = null; // the RTCPeerConnection whose media reached "playing"
@@ -192,7 +191,7 @@ async function connect() {
   const plan = fallback ? await playbackPlan() : null;
   if (transport === "flv") return; // switched while the plan was on its way
   if (plan && plan.transport === "flv") {
-    useFlv("the playback plan says flv (WebRTC viewers are at capacity)", plan.flv_url);
+    useFlv("the playback plan says flv (WebRTC viewers are at capacity)");
     return;
   }
   const whepUrl = (plan && plan.whep_url) || "/whep/" + encodeURIComponent(params.room);
@@ -273,15 +272,25 @@ async function checkStarted(mine) {
 
 // ---- HTTP-FLV ------------------------------------------------------------------------------
 
-// Switch this page to FLV for good (url: the plan's FLV URL, else this server's).
-function useFlv(why, url) {
+// Switch this page to FLV for good.
+function useFlv(why) {
   clearTimeout(retryTimer);
   retryTimer = null;
   dropConnection();
   flvReason = why;
-  flvUrl = url || `/live/${encodeURIComponent(params.room)}.flv`;
   setTransport("flv", why);
   startFlv();
+}
+
+// The FLV URL for this attempt, asked afresh each time: the playback plan's carries a ticket
+// that starts a stream within a minute (a leaked link soon stops working). Without a plan
+// endpoint, this server's URL with the token (a server started with --flv-plain-token).
+// null: no plan yet (the room is not live), so wait and ask again.
+async function flvStreamUrl() {
+  const plan = await playbackPlan();
+  if (plan && plan.flv_url) return plan.flv_url;
+  if (!planMissing) return null;
+  return withToken(`/live/${encodeURIComponent(params.room)}.flv`, params.token);
 }
 
 function stopFlv() {
@@ -308,7 +317,13 @@ async function startFlv() {
     return;
   }
   if (state !== "waiting" && state !== "left" && state !== "retrying") setState("connecting");
-  const url = withToken(flvUrl, params.token);
+  const url = await flvStreamUrl();
+  if (transport !== "flv" || flv) return; // the page moved on while the plan was on its way
+  if (!url) {
+    if (state !== "left") setState("waiting");
+    retryTimer = setTimeout(startFlv, RETRY_MS);
+    return;
+  }
   const mine = playFlv(mpegts, els.video, url, (err) => flvEnded(mine, err));
   flv = mine;
   els.video.muted = muted;
@@ -327,9 +342,12 @@ async function flvEnded(mine, err) {
     showError(null);
     if (state !== "left") setState("waiting");
   } else if (status === 400 || status === 401 || status === 403) {
-    showError(await flvRefusal(mine.url, status)); // retrying cannot fix a bad token
-    setState("error");
-    return;
+    const refusal = await flvRefusal(mine.url, status);
+    if (refusal.code !== "ticket_expired") { // a new ticket fixes that; nothing fixes a bad token
+      showError(refusal);
+      setState("error");
+      return;
+    }
   } else {
     if (err.kind === "MediaError") showError(new Error(`HTTP-FLV: ${err.detail}: ${err.message}`));
     setState(state === "playing" ? "left" : "retrying");
