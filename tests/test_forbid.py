@@ -6,7 +6,8 @@ shares its check) are refused with ``403 room_forbidden`` and the reason, a ``/w
 join is let in with the forbid in its ``state``; ``DELETE`` lifts it and the anchor gets back
 in. Bad input (``until`` in the past, a huge reason, a non-admin, no token) is a 4xx JSON error
 that leaves no forbid behind. The forbid is the store's: another store client sees it, and it
-ends at ``until`` by itself. The two-node case is in ``test_forbid_multinode``.
+ends at ``until`` by itself. And the same across processes: a forbid posted to one signaling
+process ends the anchor on its SFU node (two of each, one Redis).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from conftest import Server, free_port, loopback_config
 from live_helpers import WsClient
 from rest_helpers import Api
 from rtmp_clients import RawClient
+from test_multinode import Proc, anchor_on, cluster, node_of  # noqa: F401 (cluster: a fixture)
+from test_multinode import token as multinode_token
 from waiting import wait_for
 
 from loadtest.clients import SignalingError, play, publish
@@ -226,3 +229,45 @@ async def wait_for_async(fetch: Any, limit_s: float) -> None:
             return
         assert time.monotonic() < deadline, "the forbid outlived its until"
         await asyncio.sleep(0.1)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+async def test_forbid_through_another_signaling_process_ends_the_anchor_on_its_node(
+        cluster: dict[str, Proc]) -> None:  # noqa: F811 (the fixture)
+    """Two signaling and two SFU processes on one Redis: the anchor publishes through
+    signaling A to whichever node holds the room; the forbid is posted to signaling B, whose
+    command reaches that node over the bus; a re-publish through B is refused with the reason
+    (the node's door answers, the front door forwards), and lifting through A lets it back."""
+    sig_a, sig_b = cluster["sig-a"], cluster["sig-b"]
+    admin_a = Api(sig_a.url + "/api/v1", multinode_token(ROOM, "ops", "admin"))
+    admin_b = Api(sig_b.url + "/api/v1", multinode_token(ROOM, "ops", "admin"))
+    first = await anchor_on(sig_a.url, ROOM)
+    watcher = await WsClient.open(sig_b.url, ROOM, multinode_token(ROOM, "fan", "subscribe"))
+    try:
+        assert await first.wait_connected(10)
+        owner = await node_of(admin_a, ROOM, "anchor")
+        assert (await watcher.next())["type"] == "state"
+        until = int(time.time()) + 600
+        posted = time.monotonic()
+        status, body = await admin_b.post(f"/rooms/{ROOM}/forbid",
+                                          {"until": until, "reason": REASON})
+        assert status == 201, body
+        await until_ended(first, 5)
+        total_s = time.monotonic() - posted
+        print(f"forbid via sig-b: the anchor on {owner} closed {total_s * 1000:.0f} ms after "
+              "the POST")
+        assert total_s <= ENDED_WITHIN_S, f"the anchor lasted {total_s:.2f} s past the forbid"
+        assert (await watcher.until("room_forbidden"))["reason"] == REASON
+        again = await refused_publish(sig_b.url, multinode_token(ROOM, "anchor", "publish"))
+        assert (again.status, again.code) == (403, "room_forbidden") and REASON in again.message
+
+        assert (await admin_a.delete(f"/rooms/{ROOM}/forbid"))[0] == 204
+        back = await anchor_on(sig_b.url, ROOM)
+        try:
+            assert await back.wait_connected(10)
+        finally:
+            await back.close()
+    finally:
+        await watcher.close()
+        await first.close()
