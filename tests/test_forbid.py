@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 import aiohttp
 import msgpack
@@ -34,6 +35,9 @@ from sfu.node import NODE_KEY
 from shopcast.config import Config
 from signaling.backends import open_backends
 from signaling.live.forbid import Forbids
+
+if TYPE_CHECKING:
+    from playwright.async_api import BrowserContext
 
 pytest_plugins = ["store_fixtures"]
 
@@ -271,3 +275,35 @@ async def test_forbid_through_another_signaling_process_ends_the_anchor_on_its_n
     finally:
         await watcher.close()
         await first.close()
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["memory"], indirect=True)
+async def test_the_anchor_page_shows_the_reason(server: Server, chromium: BrowserContext
+                                                ) -> None:
+    """The anchor console in Chromium: live, then forbidden: the broadcast ends, the banner
+    shows the reason and Go live is disabled; lifted: the banner goes, Go live works."""
+    page = await chromium.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    token = server.token(ROOM, "anchor", "publish", "subscribe")
+    query = urlencode({"room": ROOM, "token": token, "autostart": "1"})
+    await page.goto(f"{server.url}/anchor?{query}")
+    await page.wait_for_function("window.shopcast && window.shopcast.state === 'connected'",
+                                 timeout=20_000)
+    api = admin_api(server)
+    status, _ = await api.post(f"/rooms/{ROOM}/forbid",
+                               {"until": int(time.time()) + 600, "reason": REASON})
+    assert status == 201
+    await page.wait_for_function(
+        "(r) => !document.getElementById('forbid').hidden && "
+        "document.getElementById('forbid').textContent.includes(r)", arg=REASON, timeout=5_000)
+    await page.wait_for_function("window.shopcast.state !== 'connected'", timeout=5_000)
+    assert await page.is_disabled("#golive")
+    assert (await api.delete(f"/rooms/{ROOM}/forbid"))[0] == 204
+    await page.wait_for_function("document.getElementById('forbid').hidden", timeout=5_000)
+    assert not await page.is_disabled("#golive")
+    await page.click("#golive")
+    await page.wait_for_function("window.shopcast.state === 'connected'", timeout=20_000)
+    assert not errors, errors

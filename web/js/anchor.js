@@ -1,6 +1,10 @@
 // Anchor console: camera + mic preview, publish over WHIP (H.264 preferred, Opus), stop;
-// invite co-hosts and see them beside the preview once they join.
+// invite co-hosts and see them beside the preview once they join. When the room is forbidden
+// (a compliance stop: the server ends the broadcast and refuses Go live until it is lifted),
+// #forbid shows the reason, from the room's events when the token may join them (subscribe,
+// chat or admin) and from the refusal of Go live otherwise.
 import { pageParams } from "./whip.js";
+import { RoomEvents, tokenClaims } from "./room_events.js";
 import { openCamera, publish, teardown } from "./publish.js";
 import { CallStage } from "./stage.js";
 
@@ -9,8 +13,9 @@ const els = {
   preview: $("preview"), golive: $("golive"), stop: $("stop"), state: $("state"),
   error: $("error"), info: $("info"), room: $("room"), badge: $("live-badge"),
   stage: $("stage"), cohostId: $("cohost-id"), invite: $("invite"), remove: $("remove"),
-  cohostInfo: $("cohost-info"),
+  cohostInfo: $("cohost-info"), forbid: $("forbid"),
 };
+const EVENT_GRANTS = ["subscribe", "chat", "admin"];
 
 let params;
 let camera = null;      // {stream, maxBitrate}: local camera + mic
@@ -18,13 +23,37 @@ let cohosts = null;     // CallStage: the co-hosts' tiles while live
 let pc = null;          // publishing peer connection
 let resource = null;    // WHIP resource URL for DELETE
 let state = "new";      // what #state shows; the pc's connectionState while publishing
+let forbid = null;      // {until, reason} while the room is forbidden
 
 window.shopcast = {
   get pc() { return pc; },
   get state() { return state; },
   get resource() { return resource; },
   get cohosts() { return cohosts ? cohosts.playing() : []; },
+  get forbid() { return forbid; },
 };
+
+// The room's forbid (null: none): the banner says why and until when; Go live waits for it.
+function showForbid(f) {
+  forbid = f && f.until * 1000 > Date.now() ? { until: f.until, reason: f.reason } : null;
+  els.forbid.hidden = !forbid;
+  els.forbid.textContent = forbid
+    ? `This room is forbidden until ${new Date(forbid.until * 1000).toLocaleString()}: ${forbid.reason}`
+    : "";
+  els.golive.disabled = Boolean(forbid) || Boolean(pc) || !camera;
+}
+
+function followForbid() {
+  const grants = tokenClaims(params.token).grants || [];
+  if (!grants.some((g) => EVENT_GRANTS.includes(g))) return;
+  new RoomEvents(params.room, params.token, {
+    onEvent: (ev) => {
+      if (ev.type === "state") showForbid(ev.forbid || null);
+      else if (ev.type === "room_forbidden") showForbid(ev);
+      else if (ev.type === "forbid_lifted") showForbid(null);
+    },
+  }).connect();
+}
 
 function setState(s) {
   state = s;
@@ -70,6 +99,10 @@ async function goLive() {
     if (pc === mine) {
       showError(e);
       await stop();
+      if (e.code === "room_forbidden") { // the reason is in the message; until: the events'
+        els.forbid.hidden = false;
+        els.forbid.textContent = e.message;
+      }
     }
   }
 }
@@ -105,7 +138,7 @@ async function stop(finalState = "closed") {
   cohosts = null;
   if (old) old.close();
   setState(finalState);
-  els.golive.disabled = !camera;
+  els.golive.disabled = !camera || Boolean(forbid);
   if (res) await teardown(res, params.token);
 }
 
@@ -131,6 +164,7 @@ async function main() {
     if (id) cohostCall("DELETE", id);
   });
   window.addEventListener("pagehide", () => { if (resource) teardown(resource, params.token); });
+  if (params.room && params.token) followForbid();
   try {
     camera = await openCamera(params.query);
     els.preview.srcObject = camera.stream;
@@ -141,7 +175,7 @@ async function main() {
     showError(new Error("camera/microphone unavailable: " + (e.message || e.name)));
     return;
   }
-  els.golive.disabled = !(params.room && params.token);
+  els.golive.disabled = !(params.room && params.token) || Boolean(forbid);
   if (params.query.get("autostart") === "1" && !els.golive.disabled) els.golive.click();
 }
 
