@@ -19,5 +19,6 @@ def open_backends(redis_url: str = "", prefix: str = "shopcast", history: int = 
     from signaling.store.redis import RedisStore
 
     client = redis_client(redis_url)
-    outage = Outage()  # one client, one view of whether Redis answers
+    # one client, one view of whether Redis answers; an outage drops its idle connections
+    outage = Outage(reset=lambda: client.connection_pool.disconnect(inuse_connections=False))
     return RedisStore(client, prefix, outage), RedisBus(client, prefix, history, outage)

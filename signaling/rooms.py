@@ -8,12 +8,14 @@ kicked over REST and then closed by the SFU is announced once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from signaling.bus import Bus
+from signaling.errors import StoreUnavailable
 from signaling.events import RoomEvent, Webhook
 from signaling.live import cohosts
 from signaling.live.schema import event
@@ -311,7 +313,8 @@ class RoomService:
     async def _send_viewers_later(self, room: str, wait: float) -> None:
         await asyncio.sleep(wait)
         self._viewers_pending.pop(room, None)
-        await self._send_viewers(room)
+        with contextlib.suppress(StoreUnavailable):  # the next join or leave announces it
+            await self._send_viewers(room)
 
     async def _send_viewers(self, room: str) -> None:
         self._viewers_sent[room] = time.monotonic()

@@ -5,7 +5,8 @@ room dirty; a per-room task then tries to *claim* the interval with an atomic pu
 (TTL = the interval) in the shared store. Only the claimant broadcasts, so however many
 processes hold clients of the room, the room sees at most one event per interval. A process
 that lost the claim stays dirty and tries again next interval, so its changes are never lost
-(the broadcast reads the shared total, which includes them by then).
+(the broadcast reads the shared total, which includes them by then). Through a Redis outage
+the room stays dirty and is tried again each interval.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from common.tasks import stop_tasks
+from signaling.errors import StoreUnavailable
 from signaling.store import Store
 
 logger = logging.getLogger("shopcast.signaling.live")
@@ -41,19 +43,28 @@ class Coalescer:
     async def _run(self, room: str) -> None:
         try:
             while room in self._dirty:
-                claimed = await self.store.put(
-                    room, "tick:" + self.topic, b"1", ttl_ms=self.interval_ms, only_if_absent=True
-                )
-                if claimed:
-                    self._dirty.discard(room)  # marks during the flush make us dirty again
-                    try:
-                        await self.flush(room)
-                        self.flushes += 1
-                    except Exception:
-                        logger.exception("%s broadcast failed in room %s", self.topic, room)
+                try:
+                    await self._claim_and_flush(room)
+                except StoreUnavailable:
+                    self._dirty.add(room)  # logged where it was met; next interval again
                 await asyncio.sleep(self.interval_ms / 1000)
         finally:
             self._tasks.pop(room, None)  # no await between the last check and this
+
+    async def _claim_and_flush(self, room: str) -> None:
+        claimed = await self.store.put(
+            room, "tick:" + self.topic, b"1", ttl_ms=self.interval_ms, only_if_absent=True
+        )
+        if not claimed:
+            return
+        self._dirty.discard(room)  # marks during the flush make us dirty again
+        try:
+            await self.flush(room)
+            self.flushes += 1
+        except StoreUnavailable:
+            raise
+        except Exception:
+            logger.exception("%s broadcast failed in room %s", self.topic, room)
 
     async def close(self) -> None:
         await stop_tasks(list(self._tasks.values()))

@@ -16,6 +16,9 @@ from redis.asyncio.sentinel import Sentinel
 
 SENTINEL_SCHEME = "redis+sentinel"
 MAX_CONNECTIONS = 64
+# A pooled connection idle this long is PINGed (and re-made) before its next command, so the
+# first requests after a Redis restart do not fail on connections the old server closed.
+HEALTH_CHECK_S = 1
 
 
 def redis_client(url: str) -> Redis:
@@ -23,7 +26,8 @@ def redis_client(url: str) -> Redis:
     parts = urlsplit(url)
     if parts.scheme != SENTINEL_SCHEME:
         # a burst (a flash sale) waits for a free connection instead of failing
-        pool = BlockingConnectionPool.from_url(url, max_connections=MAX_CONNECTIONS, timeout=10)
+        pool = BlockingConnectionPool.from_url(url, max_connections=MAX_CONNECTIONS, timeout=10,
+                                               health_check_interval=HEALTH_CHECK_S)
         return Redis(connection_pool=pool)
     netloc = parts.netloc.rpartition("@")
     password = unquote(netloc[0].partition(":")[2]) if netloc[0] else None
@@ -34,7 +38,8 @@ def redis_client(url: str) -> Redis:
     path = [p for p in parts.path.split("/") if p]
     if not path:
         raise ValueError("a Sentinel URL names the service: redis+sentinel://host:port/service")
-    options: dict[str, Any] = {"db": int(path[1]) if len(path) > 1 else 0}
+    options: dict[str, Any] = {"db": int(path[1]) if len(path) > 1 else 0,
+                               "health_check_interval": HEALTH_CHECK_S}
     if password:
         options["password"] = password
     sentinel = Sentinel(  # type: ignore[no-untyped-call]

@@ -10,6 +10,7 @@ many calls it refused, instead of once per request.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import logging
@@ -32,9 +33,15 @@ UNREACHABLE: tuple[type[BaseException], ...] = (
 
 
 class Outage:
-    """Whether this process's Redis answered its last call; one per client."""
+    """Whether this process's Redis answered its last call; one per client.
 
-    def __init__(self) -> None:
+    ``reset`` runs when an outage starts: it drops the client's idle pooled connections,
+    which the old server closed, so the first calls after Redis is back do not fail on them.
+    """
+
+    def __init__(self, reset: Callable[[], Awaitable[object]] | None = None) -> None:
+        self._reset = reset
+        self._resetting: asyncio.Task[object] | None = None
         self.since: float | None = None  # monotonic start of the current outage
         self.outages = 0  # outages seen since start, for /metrics
         self.refused = 0  # calls refused with StoreUnavailable, for /metrics
@@ -52,6 +59,8 @@ class Outage:
             self.outages += 1
             logger.warning("redis unreachable (%s: %s): store calls answer 503 "
                            "store_unavailable until it is back", type(exc).__name__, exc)
+            if self._reset is not None:
+                self._resetting = asyncio.ensure_future(self._reset())
         return StoreUnavailable()
 
     def answered(self) -> None:
