@@ -56,12 +56,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "token":
         cfg = config_module.load(args)
-        print(
-            mint(
+        try:
+            token_text = mint(
                 cfg.resolve_secret(), room=args.room, identity=args.identity,
                 grants=args.grant, name=args.name, ttl=args.ttl,
             )
-        )
+        except ValueError as exc:  # e.g. a non-admin token for room '*'
+            parser.error(str(exc))
+        print(token_text)
         return
     if args.command in ("serve", "sfu"):  # media processes: refuse an aiortc we do not know
         aiortc_private.install_or_exit()

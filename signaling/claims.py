@@ -20,6 +20,9 @@ class Grant(StrEnum):
     ADMIN = "admin"
 
 
+# The room name of a token valid in every room; only admin tokens may carry it.
+EVERY_ROOM = "*"
+
 PUBLISHING = (Grant.PUBLISH, Grant.COHOST)
 WATCHING = (Grant.SUBSCRIBE, Grant.PUBLISH, Grant.COHOST)
 
@@ -34,13 +37,24 @@ class Claims:
     issued_at: int = 0
     extra: dict[str, object] = field(default_factory=dict, compare=False)
 
+    def covers(self, room: str) -> bool:
+        """Whether this token may act in ``room``: its own room, or any room (``*``, an act on
+        every room, included) for an admin token naming ``*``. A ``*`` token without ``admin``
+        covers nothing (verify refuses it anyway)."""
+        if self.room == EVERY_ROOM:
+            return Grant.ADMIN in self.grants
+        return self.room == room
+
     def require(self, grant: Grant, room: str | None = None) -> None:
         """Raise 403 unless this token carries ``grant`` (admin carries all) for ``room``."""
         self.require_any((grant,), room)
 
     def require_any(self, grants: tuple[Grant, ...], room: str | None = None) -> None:
         """Raise 403 unless this token carries one of ``grants`` (admin carries all)."""
-        if room is not None and self.room not in (room, "*"):
+        if room is not None and not self.covers(room):
+            if room == EVERY_ROOM:
+                raise forbidden(f"token is for room {self.room!r}; this acts on every room "
+                                "and needs an admin token for room '*'", "wrong_room")
             raise forbidden(f"token is for room {self.room!r}, not {room!r}", "wrong_room")
         if Grant.ADMIN not in self.grants and not self.grants.intersection(grants):
             wanted = " or ".join(repr(g.value) for g in grants)

@@ -12,10 +12,11 @@ import time
 
 import jwt
 
-from signaling.claims import PUBLISHING, WATCHING, Claims, Grant
+from signaling.claims import EVERY_ROOM, PUBLISHING, WATCHING, Claims, Grant
 from signaling.errors import ApiError, unauthorized
 
 ALGORITHM = "HS256"
+WILDCARD_NEEDS_ADMIN = "only admin tokens may name room '*'"
 
 
 def mint(
@@ -28,16 +29,20 @@ def mint(
     ttl: int = 3600,
     now: int | None = None,
 ) -> str:
-    """Sign a token. ``room`` may be ``"*"`` for an admin token valid in every room."""
+    """Sign a token. ``room`` may be ``"*"`` for an admin token valid in every room; any
+    other token naming ``*`` is refused (``ValueError``), as ``verify`` would refuse it."""
     if not secret:
         raise ValueError("a token secret is required")
     if ttl <= 0:
         raise ValueError("ttl must be positive")
+    granted = sorted({Grant(g).value for g in grants})
+    if room == EVERY_ROOM and Grant.ADMIN.value not in granted:
+        raise ValueError(WILDCARD_NEEDS_ADMIN)
     issued = int(time.time()) if now is None else now
     claims: dict[str, object] = {
         "sub": identity,
         "room": room,
-        "grants": sorted({Grant(g).value for g in grants}),
+        "grants": granted,
         "iat": issued,
         "exp": issued + ttl,
     }
@@ -65,6 +70,8 @@ def verify(secret: str, token: str) -> Claims:
         raise unauthorized(f"invalid token: unknown grant ({exc})", "invalid_token") from exc
     if not isinstance(payload["sub"], str) or not isinstance(payload["room"], str):
         raise unauthorized("invalid token: sub and room must be strings", "invalid_token")
+    if payload["room"] == EVERY_ROOM and Grant.ADMIN not in grants:
+        raise unauthorized(f"invalid token: {WILDCARD_NEEDS_ADMIN}", "invalid_token")
     return Claims(
         identity=payload["sub"],
         room=payload["room"],
@@ -112,6 +119,6 @@ def authorize(
 
 
 __all__ = [
-    "PUBLISHING", "WATCHING", "ApiError", "Claims", "Grant", "authorize", "bearer", "mint",
-    "verify",
+    "EVERY_ROOM", "PUBLISHING", "WATCHING", "ApiError", "Claims", "Grant", "authorize", "bearer",
+    "mint", "verify",
 ]

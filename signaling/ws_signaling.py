@@ -40,6 +40,7 @@ from typing import Any
 import msgpack
 from aiohttp import WSMsgType, web
 
+from signaling.door_refusals import count_refusal
 from signaling.errors import ApiError, forbidden
 from signaling.live.gateway import EventGateway, allowed
 from signaling.live.resume import ResumeBudget
@@ -171,8 +172,9 @@ class _Connection:
     """One socket of a session: room events out, signaling and live messages in."""
 
     def __init__(self, ws: web.WebSocketResponse, signaling: WsSignaling, session: Session,
-                 gateway: EventGateway) -> None:
+                 gateway: EventGateway, app: web.Application) -> None:
         self.ws, self.signaling, self.session, self.gateway = ws, signaling, session, gateway
+        self.app = app  # its door refusals
         self._lock = asyncio.Lock()
 
     async def send(self, data: bytes) -> None:
@@ -230,9 +232,8 @@ class _Connection:
             return pack({"type": "answer", "leg": leg, "sdp": answer, "cid": cid})
         except Elsewhere as moved:
             return pack({"type": "redirect", "url": moved.url, "cid": cid})
-        except Refused as exc:
-            return packed_error(exc.code, exc.message, cid)
-        except ApiError as exc:
+        except (Refused, ApiError) as exc:
+            count_refusal(self.app, "ws", exc.code)
             return packed_error(exc.code, exc.message, cid)
 
 
@@ -249,6 +250,7 @@ async def ws_signaling(request: web.Request) -> web.StreamResponse:
     try:
         session, after_seq, reply = await _join(signaling, gateway, claims, first)
     except Refused as exc:
+        count_refusal(request.app, "ws", exc.code)
         await ws.send_bytes(packed_error(exc.code, exc.message, first.get("cid")))
         await ws.close()
         return ws
@@ -256,7 +258,7 @@ async def ws_signaling(request: web.Request) -> web.StreamResponse:
     if first.get("cid") is not None:
         reply["cid"] = first["cid"]
     await ws.send_bytes(pack(reply))
-    connection = _Connection(ws, signaling, session, gateway)
+    connection = _Connection(ws, signaling, session, gateway, request.app)
     expiry = close_at_expiry(ws, claims, connection.send)  # this socket's token, at its exp
     try:
         await connection.run(after_seq)
@@ -276,7 +278,7 @@ async def _join(signaling: WsSignaling, gateway: EventGateway, claims: Claims,
         room = first.get("room")
         if not isinstance(room, str) or not valid_room_name(room):
             raise Refused("bad_room", ROOM_NAME_RULE)
-        if claims.room not in (room, "*"):
+        if not claims.covers(room):
             raise Refused("wrong_room", f"this token is for room {claims.room!r}")
         if await gateway.is_banned(room, claims.identity):
             raise Refused("banned", "you are banned from this room")

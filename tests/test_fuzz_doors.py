@@ -28,7 +28,7 @@ import msgpack
 import pytest
 from conftest import Server, free_port, loopback_config
 from fuzz_inputs import json_body, mutate, packed, real_offer, rtmp_messages, sdp_offer, value
-from rest_helpers import signaling_of
+from rest_helpers import forge_token, signaling_of
 from waiting import wait_for
 
 from loadtest.clients import play, publish
@@ -160,7 +160,9 @@ async def publish_and_play(server: Server, room: str) -> None:
 
 def tokens(server: Server, rng: random.Random, grant: str) -> Callable[[], str]:
     good = server.token(ROOM, "fuzzer", grant)
-    choices = [good, good, good, server.token("*", "fuzzer", grant),
+    anywhere = (server.token("*", "fuzzer", grant) if grant == "admin"  # '*' is admin-only
+                else forge_token(server.config.secret, "*", "fuzzer", grant))
+    choices = [good, good, good, anywhere,
                server.token(ROOM, "fuzzer", "chat"), good[:-3] + "abc", "x" * 5000, ""]
     return lambda: rng.choice(choices)
 

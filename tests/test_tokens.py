@@ -113,6 +113,36 @@ def test_admin_token_for_every_room() -> None:
     claims.require(Grant.PUBLISH, "any-room")
 
 
+@pytest.mark.parametrize("grants", [["subscribe"], ["publish", "chat"], ["cohost"], []])
+def test_only_admin_tokens_name_every_room(grants: list[str]) -> None:
+    """README: only admin tokens may name ``*``; minting one is refused, and one signed by
+    other means is refused at verify (so at every door), whatever grants it carries."""
+    with pytest.raises(ValueError, match="only admin tokens"):
+        mint(SECRET, room="*", identity="u", grants=grants)
+    now = int(time.time())
+    forged = jwt.encode({"sub": "u", "room": "*", "grants": grants, "iat": now,
+                         "exp": now + 60}, SECRET, algorithm="HS256")
+    with pytest.raises(ApiError) as exc:
+        verify(SECRET, forged)
+    _check(exc, 401, "invalid_token")
+    with pytest.raises(ApiError) as exc:
+        authorize(SECRET, f"Bearer {forged}", publish=False, room="r1")
+    _check(exc, 401, "invalid_token")
+
+
+def test_a_room_token_covers_its_room_only() -> None:
+    """``covers``: a room token its own room; an admin token for ``*`` every room and acts on
+    every room at once; a room admin never the latter."""
+    room_admin = verify(SECRET, mint(SECRET, room="r1", identity="o", grants=["admin"]))
+    root = verify(SECRET, mint(SECRET, room="*", identity="o", grants=["admin"]))
+    assert room_admin.covers("r1") and not room_admin.covers("r2")
+    assert not room_admin.covers("*")
+    assert root.covers("r1") and root.covers("r2") and root.covers("*")
+    with pytest.raises(ApiError) as exc:
+        room_admin.require(Grant.ADMIN, "*")
+    _check(exc, 403, "wrong_room")
+
+
 def test_admin_does_not_cross_rooms() -> None:
     claims = verify(SECRET, mint(SECRET, room="r1", identity="ops", grants=["admin"]))
     with pytest.raises(ApiError) as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from signaling.api.access import scope_of
 from signaling.api.routes import Route
 from signaling.api.schema import COMPONENTS, ref
 
@@ -12,7 +13,7 @@ _PARAM = re.compile(r"{([^}/]+)}")
 _ERROR_TEXT = {
     400: "Malformed or invalid request",
     401: "Missing, invalid or expired token",
-    403: "The token lacks the grant or is for another room",
+    403: "The token lacks the grant or does not cover the room (see x-shopcast-scope)",
     404: "No such room or participant",
     409: "Conflicts with the current state",
     413: "Body too large",
@@ -53,6 +54,7 @@ def _operation(route: Route) -> dict[str, Any]:
         codes |= {401, 403}
         operation["security"] = [{"bearer": []}]
         operation["x-shopcast-grant"] = route.grant.value
+        operation["x-shopcast-scope"] = scope_of(route).value
     else:
         operation["security"] = []
     if route.body is not None:

@@ -110,13 +110,15 @@ ROUTES = [
     Route("POST", "/rooms", create_room, "Create a room", "createRoom", "rooms",
           body=obj(["name"], name=ROOM_NAME_SCHEMA, metadata=METADATA),
           response=ref("Room"), status=201, errors=(409,),
-          description="Rooms are also created implicitly by their first session."),
+          description="Rooms are also created implicitly by their first session. Needs an "
+          "admin token for room '*'."),
     Route("GET", "/rooms", list_rooms, "List rooms", "listRooms", "rooms",
           response=obj(["rooms", "next_cursor"], rooms=array(ref("Room")),
                        next_cursor=NEXT_CURSOR),
           query=PAGE_QUERY, errors=(400,),
           description=f"Oldest first, {PAGE_LIMIT_DEFAULT} per page unless ?limit= (at most "
-          f"{PAGE_LIMIT_MAX}); follow next_cursor until it is null."),
+          f"{PAGE_LIMIT_MAX}); follow next_cursor until it is null. Needs an admin token for "
+          "room '*' (an admin of one room reads it with GET /rooms/{room})."),
     Route("GET", "/rooms/{room}", get_room, "Get a room with its live state", "getRoom",
           "rooms", response=ref("Room"), errors=(404,),
           description="Live state: publishers with their tracks, session counts by "

@@ -1,9 +1,10 @@
 """The REST API's route table: one ``Route`` per operation, from which both the aiohttp
 routes and the OpenAPI document are made, so every route is documented and vice versa.
 
-A route names the grant it needs; ``mount`` checks the bearer token (and, for paths with a
-``{room}``, that the token is for that room or for ``*``) before the handler runs, parses and
-validates the JSON body against the route's schema, and puts both on the request. The body is
+A route declares who may call it: the grant it needs and its scope, the rooms it acts on
+(``signaling.api.access``). ``mount`` checks the bearer token against that declaration before
+the handler runs, parses and validates the JSON body against the route's schema, and puts both
+on the request. The body is
 parsed within bounds (``signaling.json_bounds``: depth, finite numbers, integer size) before
 any handler sees it, and a handler only runs on a body that fits, so a refusal writes nothing.
 """
@@ -17,16 +18,18 @@ from typing import Any
 
 from aiohttp import web
 
+from signaling.api.access import Scope, authorize_body, authorize_request, scope_of
 from signaling.api.schema import Schema, validate
 from signaling.errors import ApiError, bad_request
 from signaling.json_bounds import JsonBoundsError, loads
 from signaling.service import SIGNALING_KEY, Signaling
-from signaling.tokens import Claims, Grant, authorize
+from signaling.tokens import Claims, Grant
 
 PREFIX = "/api/v1"
 MAX_BODY = 64 * 1024
 
 ApiHandler = Callable[["Call"], Awaitable[web.StreamResponse]]
+ROUTES_KEY: web.AppKey[list[Route]] = web.AppKey("api_routes")
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,8 @@ class Route:
     summary: str
     operation_id: str
     tag: str
-    grant: Grant | None = Grant.ADMIN  # None: no token needed
+    grant: Grant | None = Grant.ADMIN  # None: no token needed (scope public)
+    scope: Scope | None = None  # None: room with a {room} in the path, else deployment
     body: Schema | None = None
     response: Schema | None = None  # None: no body (204)
     status: int = 200
@@ -45,6 +49,9 @@ class Route:
     description: str = ""
     headers: dict[str, str] = field(default_factory=dict)  # request header -> description
     query: dict[str, Schema] = field(default_factory=dict)  # query parameter -> schema
+
+    def __post_init__(self) -> None:
+        scope_of(self)  # a declaration that cannot hold fails at import, not at a request
 
     @property
     def full_path(self) -> str:
@@ -59,9 +66,18 @@ class Call:
     signaling: Signaling
     claims: Claims | None
     body: Any
+    route: Route
+    room_checked: bool = False
 
     def param(self, name: str) -> str:
         return self.request.match_info[name]
+
+    def require_room(self, room: str) -> None:
+        """A resource's room (scope ``RESOURCE_ROOM``), once the handler found it: the caller's
+        token must hold the route's grant there (403 otherwise)."""
+        if self.claims is not None and self.route.grant is not None:
+            self.claims.require(self.route.grant, room)
+        self.room_checked = True
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -90,20 +106,21 @@ async def _read_body(request: web.Request, schema: Schema) -> Any:
 def _endpoint(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def endpoint(request: web.Request) -> web.StreamResponse:
         signaling = request.app[SIGNALING_KEY]
-        claims = None
-        if route.grant is not None:
-            claims = authorize(
-                signaling.settings.secret,
-                request.headers.get("Authorization"),
-                grant=route.grant,
-                room=request.match_info.get("room"),
-            )
+        claims = authorize_request(route, signaling.settings.secret, request)
         body = await _read_body(request, route.body) if route.body is not None else None
-        return await route.handler(Call(request, signaling, claims, body))
+        authorize_body(route, claims, body)
+        call = Call(request, signaling, claims, body, route)
+        response = await route.handler(call)
+        if scope_of(route) is Scope.RESOURCE_ROOM and not call.room_checked:
+            # fail closed: a handler of such a route that answered without the room check
+            raise ApiError(500, "room_not_checked", "the route did not check the room")
+        return response
 
     return endpoint
 
 
 def mount(app: web.Application, routes: list[Route]) -> None:
+    """Add ``routes`` to the app, and keep them on it: the table the app serves."""
+    app[ROUTES_KEY] = routes
     for route in routes:
         app.router.add_route(route.method, route.full_path, _endpoint(route))

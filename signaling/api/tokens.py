@@ -1,4 +1,8 @@
-"""REST: token minting for back ends that hand tokens to their users (admin only)."""
+"""REST: token minting for back ends that hand tokens to their users (admin only).
+
+Its scope is the minted room (``signaling.api.access``): an admin of room X mints tokens for X
+only, never for ``*``; only an admin token for ``*`` mints for other rooms or for ``*``.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +10,19 @@ import time
 
 from aiohttp import web
 
+from signaling.api.access import Scope
 from signaling.api.routes import Call, Route, json_response
 from signaling.api.schema import obj
-from signaling.errors import forbidden
-from signaling.tokens import Grant, mint
+from signaling.errors import bad_request
+from signaling.tokens import EVERY_ROOM, WILDCARD_NEEDS_ADMIN, Grant, mint
 
 MAX_TTL = 30 * 24 * 3600
 
 
 async def mint_token(call: Call) -> web.StreamResponse:
     body = call.body
-    # The route has no {room}, so any admin token passes the route check; an admin of one
-    # room must not mint tokens for another room (or for '*').
-    if call.claims is not None and call.claims.room not in ("*", body["room"]):
-        raise forbidden(f"an admin token for room {call.claims.room!r} mints tokens for that "
-                        "room only", "wrong_room")
+    if body["room"] == EVERY_ROOM and Grant.ADMIN.value not in body["grants"]:
+        raise bad_request(WILDCARD_NEEDS_ADMIN, "wildcard_needs_admin")
     ttl = body.get("ttl", 3600)
     now = int(time.time())
     token = mint(
@@ -32,10 +34,11 @@ async def mint_token(call: Call) -> web.StreamResponse:
 
 ROUTES = [
     Route("POST", "/tokens", mint_token, "Mint an access token", "mintToken", "tokens",
+          scope=Scope.MINTED_ROOM,
           body=obj(
               ["room", "identity", "grants"],
               room={"type": "string", "minLength": 1, "maxLength": 64,
-                    "description": "room name, or * for every room"},
+                    "description": "room name, or * for every room (admin grant only)"},
               identity={"type": "string", "minLength": 1, "maxLength": 128},
               name={"type": "string", "maxLength": 128},
               grants={"type": "array", "minItems": 1,
@@ -44,5 +47,8 @@ ROUTES = [
           ),
           response=obj(["token", "expires_at"], token={"type": "string"},
                        expires_at={"type": "integer", "description": "unix seconds"}),
-          status=201, errors=(403,)),
+          status=201, errors=(400, 403),
+          description="An admin of room X mints tokens for X only; minting for another room "
+          "or for * needs an admin token for *. Only admin tokens may name room * "
+          "(400 wildcard_needs_admin)."),
 ]

@@ -102,7 +102,7 @@ class EventGateway:
         bucket, so only the per-resume caps hold."""
         cid = ""
         try:
-            if claims.room not in (room, "*"):
+            if not claims.covers(room):
                 raise EventError("forbidden", f"token is for room {claims.room!r}")
             spec, data = schema.parse(raw)
             cid = str(data.get("cid", ""))

@@ -52,7 +52,7 @@ def _claims(request: web.Request, room: str) -> Claims:
     secret = request.app[SIGNALING_KEY].settings.secret
     claims = authorize(secret, request.headers.get("Authorization"),
                        query_token=request.query.get("token"))
-    if claims.room not in (room, "*"):
+    if not claims.covers(room):
         raise forbidden(f"token is for room {claims.room!r}, not {room!r}", "wrong_room")
     if not any(allowed(claims, grant) for grant in JOIN_GRANTS):
         raise forbidden("token needs the subscribe, chat or admin grant", "missing_grant")
