@@ -7,6 +7,12 @@ the same declaration (``signaling.api.docs``), so the rule, its check and its do
 
 An admin token for room X acts on room X only; ``*`` (every room) is a room name only admin
 tokens may carry (``signaling.tokens`` refuses any other), and deployment-wide routes need it.
+
+A route that needs a token declares it here rather than checking in its handler (``grant=None``
+means public, and the authorization matrix test holds it to that): a route whose room is known
+only once its resource is found declares ``Scope.RESOURCE_ROOM`` and calls
+``Call.require_room``; one that players fetch without headers declares a ``token`` query
+parameter, and ``?token=`` is then accepted in place of ``Authorization``.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ SCOPE_TEXT = {
     "found: an unknown one is a 404 first), or an admin token for `*`",
 }
 ROOM_PARAM = "{room}"
+TOKEN_QUERY = "token"  # a route whose query declares it takes the token there too
 
 
 def scope_of(route: Route) -> Scope:
@@ -65,8 +72,9 @@ def authorize_request(route: Route, secret: str, request: web.Request) -> Claims
     if route.grant is None:
         return None
     room = request.match_info.get("room") if scope is Scope.ROOM else None
+    query_token = request.query.get(TOKEN_QUERY) if TOKEN_QUERY in route.query else None
     claims = authorize(secret, request.headers.get("Authorization"), grant=route.grant,
-                       room=room)
+                       room=room, query_token=query_token)
     if scope is Scope.DEPLOYMENT:
         claims.require(route.grant, EVERY_ROOM)
     return claims
