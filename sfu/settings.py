@@ -82,3 +82,13 @@ class FlvSettings:
     flush_interval_ms: int = 50
     send_buffer_bytes: int = 65536
     layout: str = LAYOUTS[0]  # the co-host mix: one of LAYOUTS
+
+
+@dataclass
+class RecordSettings:
+    """Recording (``sfu/recording/``): which rooms, where, how files are cut and kept."""
+
+    enabled: bool = False  # every room (a room's own choice in the store wins)
+    directory: str = "recordings"
+    segment_s: float = 600.0  # a new file at the first keyframe past this
+    retention_days: float = 7.0  # 0: keep everything

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from sfu.settings import RTMP_PORT, FlvSettings, NodeSettings
+from sfu.settings import RTMP_PORT, FlvSettings, NodeSettings, RecordSettings
 from signaling.live.likes import RATE as LIKE_RATE
 from signaling.live.resume import ResumeLimits
 from signaling.live.schema import LAYOUTS
@@ -25,6 +25,7 @@ ENV_PREFIX = "SHOPCAST_"
 MIN_SECRET_BYTES = 32
 _NODE = NodeSettings()  # the media plane's defaults
 _FLV = FlvSettings()
+_RECORD = RecordSettings()
 _RESUME = ResumeLimits()  # the event gateway's defaults
 
 
@@ -200,6 +201,23 @@ class Config:
         default="",
         metadata={"help": "when set, GET /metrics needs Authorization: Bearer <this> "
                           "(empty: open)"},
+    )
+    record: bool = field(
+        default=_RECORD.enabled,
+        metadata={"help": "record every room (a room's own PUT /rooms/{room}/recording wins)"},
+    )
+    record_dir: str = field(
+        default=_RECORD.directory,
+        metadata={"help": "directory of the recordings (shared by every process that serves "
+                          "them, on a multi-node deployment)"},
+    )
+    record_segment_s: int = field(
+        default=round(_RECORD.segment_s),
+        metadata={"help": "recordings: a new segment file at the first keyframe past this"},
+    )
+    record_retention_days: int = field(
+        default=round(_RECORD.retention_days),
+        metadata={"help": "recordings older than this are deleted (0: keep everything)"},
     )
     web_dir: str = field(
         default=str(Path(__file__).resolve().parent.parent / "web"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from aiohttp import web
 
@@ -11,6 +12,7 @@ from signaling import api
 from signaling import metrics as signaling_metrics
 from signaling.live import websocket as live_websocket
 from signaling.live.resume import ResumeLimits
+from signaling.recordings_index import RECORDINGS_KEY, RecordingsIndex
 from signaling.service import SIGNALING_KEY, Signaling, SignalingSettings
 from signaling.webhooks import WebhookSettings
 
@@ -47,6 +49,7 @@ def add_control_plane(app: web.Application, config: Config, *, rest: bool = True
     deployment passes ``rest=False``: it reports sessions but serves no API."""
     signaling = Signaling(signaling_settings(config))
     app[SIGNALING_KEY] = signaling
+    app[RECORDINGS_KEY] = RecordingsIndex(signaling.store, Path(config.record_dir))
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         await signaling.start()

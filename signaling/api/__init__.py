@@ -4,13 +4,23 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from signaling.api import cohosts, commerce, forbid, moderation, nodes, participants, rooms, tokens
+from signaling.api import (
+    cohosts,
+    commerce,
+    forbid,
+    moderation,
+    nodes,
+    participants,
+    recordings,
+    rooms,
+    tokens,
+)
 from signaling.api.openapi import document
 from signaling.api.routes import PREFIX, ROUTES_KEY, Call, Route, json_response, mount
 
 ROUTES: list[Route] = [
     *rooms.ROUTES, *participants.ROUTES, *tokens.ROUTES, *commerce.ROUTES, *moderation.ROUTES,
-    *nodes.ROUTES, *cohosts.ROUTES, *forbid.ROUTES,
+    *nodes.ROUTES, *cohosts.ROUTES, *forbid.ROUTES, *recordings.ROUTES,
 ]
 
 
