@@ -22,7 +22,6 @@ from typing import Protocol
 
 from aiohttp import web
 
-from sfu.door_refusals import counted
 from sfu.errors import BadOffer, require_room_name
 from sfu.http_errors import media_errors
 from sfu.node import NODE_KEY
@@ -127,7 +126,6 @@ def client_address(request: web.Request, trusted_proxies: list[str]) -> str | No
 def _post(kind: str) -> Handler:
     want, _ = _KINDS[kind]
 
-    @counted(kind)
     @media_errors
     async def handler(request: web.Request) -> web.StreamResponse:
         room = _room(request)
@@ -161,7 +159,6 @@ def _post(kind: str) -> Handler:
 def _delete(kind: str) -> Handler:
     _, role = _KINDS[kind]
 
-    @counted(kind)
     @media_errors
     async def handler(request: web.Request) -> web.StreamResponse:
         room = _room(request)

@@ -11,7 +11,6 @@ from aiohttp import web
 
 from sfu import metrics as sfu_metrics
 from sfu import whip_whep
-from sfu.door_refusals import REFUSALS_KEY, DoorRefusals
 from sfu.event_bridge import EventBridge
 from sfu.flv import http as flv_http
 from sfu.flv import metrics as flv_metrics
@@ -27,6 +26,7 @@ from shopcast.config import Config
 from shopcast.control_plane import add_control_plane, metrics_lines
 from signaling import pages, ws_signaling
 from signaling.cors import CORS_KEY, CorsPolicy, cors_middleware
+from signaling.door_refusals import REFUSALS_KEY, DoorRefusals, refusal_middleware
 from signaling.errors import ApiError
 from signaling.front_door import MAX_BODY_BYTES
 from signaling.http_errors import error_middleware
@@ -85,9 +85,10 @@ def create_app(config: Config) -> web.Application:
 
 
 def base_app(config: Config) -> web.Application:
-    app = web.Application(middlewares=[cors_middleware, error_middleware],
+    app = web.Application(middlewares=[refusal_middleware, cors_middleware, error_middleware],
                           client_max_size=MAX_BODY_BYTES)
     app[CONFIG_KEY] = config
+    app[REFUSALS_KEY] = DoorRefusals()  # what every door refuses, for /metrics
     app[CORS_KEY] = CorsPolicy(config.cors_origins)
     app[whip_whep.SECRET_KEY] = config.resolve_secret()
     return app
@@ -123,7 +124,6 @@ def add_media_plane(app: web.Application, config: Config, signaling: Signaling) 
     app[NODE_KEY] = node
     app[FLV_KEY] = flv
     app[RECORDING_KEY] = recording
-    app[REFUSALS_KEY] = DoorRefusals()  # WHIP, WHEP and FLV count what they refuse
 
     rtmp = None
     if config.rtmp_port:
@@ -134,6 +134,7 @@ def add_media_plane(app: web.Application, config: Config, signaling: Signaling) 
                         banned=signaling.live.is_banned,
                         forbidden=signaling.live.forbids.refusal)
         app[RTMP_KEY] = rtmp
+        app[REFUSALS_KEY].add_source("rtmp", rtmp.refused)
 
     async def node_lifetime(app: web.Application) -> AsyncIterator[None]:
         await node.start()

@@ -24,6 +24,7 @@ from shopcast.app import add_media_plane, base_app, healthz, metrics, require_me
 from shopcast.config import Config
 from shopcast.control_plane import add_control_plane, metrics_lines
 from signaling import pages, ws_signaling
+from signaling.door_refusals import REFUSALS_KEY
 from signaling.front_door import FORWARDER_KEY, add_front_door
 from signaling.nodes import NodeAgent
 from signaling.remote_media import BusMediaControl, MediaCommands
@@ -90,4 +91,5 @@ async def signaling_healthz(request: web.Request) -> web.Response:
 async def signaling_metrics(request: web.Request) -> web.Response:
     require_metrics_token(request)
     lines = await metrics_lines(request.app) + request.app[FORWARDER_KEY].metric_lines()
+    lines += request.app[REFUSALS_KEY].lines()
     return web.Response(text="\n".join(lines) + "\n", content_type="text/plain", charset="utf-8")

@@ -161,11 +161,10 @@ async def test_a_banned_viewers_open_flv_response_ends(server: Any) -> None:
     room = "ban2"
     anchor = await start_anchor(server, room)
     admin = server.token(room, "mod", "admin")
-    flv = f"{server.url}/live/{room}.flv?token="
     try:
         async with aiohttp.ClientSession() as http:
-            troll = await http.get(flv + server.token(room, "troll", "subscribe"))
-            fan = await http.get(flv + server.token(room, "fan", "subscribe"))
+            troll = await http.get(server.flv_url(room, "troll"))
+            fan = await http.get(server.flv_url(room, "fan"))
             try:
                 assert troll.status == 200 and fan.status == 200
                 assert await troll.content.read(3) == b"FLV"

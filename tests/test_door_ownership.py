@@ -192,11 +192,10 @@ async def test_a_banned_identity_is_refused_at_whip_whep_and_flv(server: Any) ->
                               server.token("ban1", "troll", "publish", "cohost"),
                               PaintedVideoTrack(), None)
             assert (refused.value.status, refused.value.code) == (403, "banned")
-            flv = f"{server.url}/live/ban1.flv?token="
-            async with http.get(flv + server.token("ban1", "troll", "subscribe")) as response:
+            async with http.get(server.flv_url("ban1", "troll")) as response:
                 assert response.status == 403
                 assert (await response.json())["error"]["code"] == "banned"
-            async with http.get(flv + server.token("ban1", "fan", "subscribe")) as response:
+            async with http.get(server.flv_url("ban1", "fan")) as response:
                 assert response.status == 200, "others still play FLV"
                 assert await response.content.read(3) == b"FLV"
 

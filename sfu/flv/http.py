@@ -28,7 +28,6 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from sfu.door_refusals import counted
 from sfu.errors import RoomNotFound, require_room_name
 from sfu.flv.manager import FLV_KEY
 from sfu.flv.viewer_queue import FlvReader
@@ -62,7 +61,6 @@ def _kernel_queue(fd: int) -> Callable[[], int]:
     return unsent
 
 
-@counted("flv")
 @media_errors
 async def play_flv(request: web.Request) -> web.StreamResponse:
     room = request.match_info["room"]
