@@ -40,6 +40,7 @@ from signaling.live.moderation import Kick, Moderation
 from signaling.live.resume import ResumeBudget, ResumeLimits
 from signaling.live.sales import Sales
 from signaling.live.schema import LAYOUTS, EventError, EventSpec, event, pack
+from signaling.live.timeline import Timeline
 from signaling.store import Store
 from signaling.tokens import Claims, Grant
 from signaling.webhooks import Webhooks
@@ -73,11 +74,13 @@ class EventGateway:
         self.moderation = Moderation(store, bus, kick)
         self.forbids = Forbids(store, bus, end_publishing)
         self.cohosts = Cohosts(store, bus, kick)
-        self.chat = Chat(store, bus, self.moderation)
+        # catalog, sales and chat publish through the timeline: it keeps commerce events
+        self.timeline = Timeline(store, bus)
+        self.chat = Chat(store, self.timeline, self.moderation)
         self.likes = Likes(store, bus, interval_ms, like_rate)
         self.gifts = Gifts(store, bus)
-        self.catalog = Catalog(store, bus)
-        self.sales = Sales(store, bus, webhooks, self.catalog, interval_ms)
+        self.catalog = Catalog(store, self.timeline)
+        self.sales = Sales(store, self.timeline, webhooks, self.catalog, interval_ms)
         self.refused = 0  # client messages answered with an error
         self.resume_limits = resume or ResumeLimits()
         self.resume_limited = dict.fromkeys(RESUME_REASONS, 0)  # by reason, for /metrics
