@@ -96,6 +96,9 @@ async def leftovers(signaling: Signaling, names: set[str], prefix: str) -> dict[
     return held
 
 
+CLOSED_KEYS = (":seq", ":epoch", ":events")  # what a closed room keeps a while in Redis
+
+
 async def test_closing_200_rooms_leaves_only_expiring_seq(server: Any, prefix: str) -> None:
     signaling = signaling_of(server)
     admin = admin_of(server)
@@ -115,10 +118,11 @@ async def test_closing_200_rooms_leaves_only_expiring_seq(server: Any, prefix: s
         assert all(0 < ttl <= CLOSED_SEQ_TTL_S * 1000 for ttl in held.values()), held
     else:
         kinds = {k.rsplit(":", 1)[1] for k in held}
-        assert kinds == {"seq", "events"}, held  # nothing of commerce, chat, bans, participants
-        assert len(held) == 2 * ROOMS
+        # nothing of commerce, chat, bans, participants; the seq's epoch expires with it
+        assert kinds == {"seq", "epoch", "events"}, held
+        assert len(held) == 3 * ROOMS
         for key, ttl in held.items():
-            bound = CLOSED_SEQ_TTL_S if key.endswith(":seq") else CLOSED_HISTORY_TTL_S
+            bound = CLOSED_SEQ_TTL_S if key.endswith((":seq", ":epoch")) else CLOSED_HISTORY_TTL_S
             assert 0 < ttl <= bound * 1000, (key, ttl)
     assert (await admin.get("/rooms"))[1]["rooms"] == []
 
@@ -173,7 +177,7 @@ async def test_auto_room_finished_by_its_last_session_is_freed(server: Any, pref
     assert await signaling.store.get_room(room) is None
     held = await leftovers(signaling, {room}, prefix)
     assert held and all(ttl > 0 for ttl in held.values()), held
-    assert all(k.startswith("bus._retired:") or k.endswith((":seq", ":events")) for k in held)
+    assert all(k.startswith("bus._retired:") or k.endswith(CLOSED_KEYS) for k in held)
     assert not signaling.rooms._viewers_pending and room not in signaling.rooms._viewers_sent
 
 
@@ -255,10 +259,12 @@ async def test_bus_forgets_a_closed_room(store: Any, bus: Any) -> None:
     seq_key, events_key = bus.keys.seq("b1"), bus.keys.events("b1")
     assert 0 < await client.pttl(seq_key) <= CLOSED_SEQ_TTL_S * 1000
     assert 0 < await client.pttl(events_key) <= CLOSED_HISTORY_TTL_S * 1000
+    assert 0 < await client.pttl(bus.keys.stream_epoch("b1")) <= CLOSED_SEQ_TTL_S * 1000
     assert [e.seq for e in await bus.history("b1")] == [1, 2, 3, 4, 5]  # a while, for resumes
     await store.create_room("b1")
     assert (await bus.publish("b1", {"type": "test"})).seq == 6
     assert await client.pttl(seq_key) == -1 and await client.pttl(events_key) == -1
+    assert await client.pttl(bus.keys.stream_epoch("b1")) == -1  # the same epoch goes on
     await store.delete_room("b1")
     await bus.publish("b1", {"type": "late"})  # after the close: expires without forget_room
     assert await client.pttl(seq_key) > 0 and await client.pttl(events_key) > 0
@@ -282,7 +288,7 @@ async def test_writes_in_flight_at_the_close_are_swept(server: Any, prefix: str)
             break
         await asyncio.sleep(0.1)
     assert held and all(ttl > 0 for ttl in held.values()), held
-    assert all(k.startswith("bus._retired:") or k.endswith((":seq", ":events")) for k in held)
+    assert all(k.startswith("bus._retired:") or k.endswith(CLOSED_KEYS) for k in held)
     assert await signaling.store.get("late", "likes") is None
 
 
