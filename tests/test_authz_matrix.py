@@ -228,3 +228,34 @@ async def test_openapi_carries_each_routes_declaration(server: Server) -> None:
 def test_docs_match_the_declaration() -> None:
     assert docs.generated_part(docs.DOC.read_text()) == docs.render(), \
         "run: python -m signaling.api.docs"
+
+
+async def test_every_door_refuses_a_wildcard_token_without_admin(server: Server) -> None:
+    """``*`` on a non-admin token is refused at the media and socket doors too (401), while an
+    admin token for ``*`` passes their room check and a room's admin stays in its room. (FLV
+    URLs carry tickets from the playback plan, a REST route of the matrix above.)"""
+    await signaling_of(server).rooms.create(ROOM, None)
+    secret = server.config.secret
+    sdp = {"Content-Type": "application/sdp"}
+    async with aiohttp.ClientSession() as http:
+        for grant in ("subscribe", "publish", "chat", "cohost"):
+            wildcard = forge_token(secret, "*", CALLER, grant)
+            bearer = {"Authorization": f"Bearer {wildcard}"}
+            for method, path, headers, data in (
+                    ("POST", f"/whip/{ROOM}", {**bearer, **sdp}, "v=0\r\n"),
+                    ("POST", f"/whep/{ROOM}", {**bearer, **sdp}, "v=0\r\n"),
+                    ("GET", f"/ws?token={wildcard}", {}, None),
+                    ("GET", f"/ws/events/{ROOM}?token={wildcard}", {}, None)):
+                async with http.request(method, server.url + path, headers=headers,
+                                        data=data) as response:
+                    body = await response.json()
+                    assert (response.status, body["error"]["code"]) == (401, "invalid_token"), \
+                        (grant, method, path, body)
+        events = server.url.replace("http", "ws", 1) + f"/ws/events/{ROOM}?token="
+        async with http.ws_connect(events + server.token("*", "ops", "admin")) as socket:
+            first = await socket.receive(timeout=5)
+            assert first.type == aiohttp.WSMsgType.BINARY  # the room's state: it is in
+        async with http.get(events.replace("ws", "http", 1)
+                            + server.token(OTHER, "owner", "admin")) as response:
+            body = await response.json()
+            assert (response.status, body["error"]["code"]) == (403, "wrong_room")
