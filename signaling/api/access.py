@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from signaling.claims import EVERY_ROOM, Claims, Grant
+from signaling.room_names import require_room_name
 from signaling.tokens import authorize
 
 if TYPE_CHECKING:
@@ -65,13 +66,17 @@ def scope_of(route: Route) -> Scope:
 
 
 def authorize_request(route: Route, secret: str, request: web.Request) -> Claims | None:
-    """The token (401), then (403) for a room route its room and grant; for a deployment
-    route its grant, then its reach (``*``), so a viewer hears ``missing_grant`` and a room's
-    admin ``wrong_room``; a minted room is checked once the body is read (``authorize_body``)."""
+    """In order: a room route's room name (400 ``bad_room``), the token (401), its grant and
+    room (403). A deployment route checks the grant before the reach (``*``), so a viewer hears
+    ``missing_grant`` and a room's admin ``wrong_room``. A minted room is checked once the body
+    is read (``authorize_body``), a resource's room by the handler once it found the resource
+    (``Call.require_room``)."""
     scope = scope_of(route)
     if route.grant is None:
         return None
-    room = request.match_info.get("room") if scope is Scope.ROOM else None
+    room = request.match_info["room"] if scope is Scope.ROOM else None
+    if room is not None:
+        require_room_name(room)  # the rule of every door, before the token says anything
     query_token = request.query.get(TOKEN_QUERY) if TOKEN_QUERY in route.query else None
     claims = authorize(secret, request.headers.get("Authorization"), grant=route.grant,
                        room=room, query_token=query_token)

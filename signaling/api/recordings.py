@@ -17,6 +17,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from signaling.api.access import Scope
 from signaling.api.commerce import room_of
 from signaling.api.routes import Call, Route, json_response
 from signaling.api.schema import Schema, array, obj
@@ -28,7 +29,7 @@ from signaling.recordings_index import (
     RecordingsIndex,
     valid_recording_id,
 )
-from signaling.tokens import Claims, Grant, authorize
+from signaling.tokens import Grant
 
 CHUNK = 256 * 1024
 RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -50,23 +51,15 @@ def _index(call: Call) -> RecordingsIndex:
     return call.request.app[RECORDINGS_KEY]
 
 
-def _claims(call: Call, room: str, grant: Grant) -> Claims:
-    request = call.request
-    return authorize(call.signaling.settings.secret, request.headers.get("Authorization"),
-                     grant=grant, room=room, query_token=request.query.get("token"))
-
-
-async def _recording(call: Call, grant: Grant) -> RecordingMeta:
-    """The recording named in the path, once the token may have it (401 before 404, so an
-    unknown caller learns nothing of which ids exist)."""
+async def _recording(call: Call) -> RecordingMeta:
+    """The recording named in the path, once the token may have it: the route's declaration
+    checked the token and its grant (401 before 404, so an unknown caller learns nothing of
+    which ids exist), its room is checked here once the recording is found."""
     recording_id = call.param("id")
-    request = call.request
-    authorize(call.signaling.settings.secret, request.headers.get("Authorization"),
-              query_token=request.query.get("token"))
     meta = await _index(call).get(recording_id) if valid_recording_id(recording_id) else None
     if meta is None:
         raise not_found(f"no recording {recording_id!r}")
-    _claims(call, meta.room, grant)
+    call.require_room(meta.room)
     return meta
 
 
@@ -80,7 +73,6 @@ async def set_recording(call: Call) -> web.StreamResponse:
 
 async def list_recordings(call: Call) -> web.StreamResponse:
     room = room_of(call)
-    _claims(call, room, Grant.SUBSCRIBE)
     recordings = await _index(call).of_room(room)
     return json_response({"recordings": [meta.public() for meta in recordings]})
 
@@ -124,7 +116,7 @@ def _read(path: Path, offset: int, size: int) -> bytes:
 
 
 async def get_media(call: Call) -> web.StreamResponse:
-    meta = await _recording(call, Grant.SUBSCRIBE)
+    meta = await _recording(call)
     parts = _index(call).byte_parts(meta)
     if not parts:
         raise not_found(f"recording {meta.id!r} has no files here (made on node {meta.node})",
@@ -160,7 +152,7 @@ async def get_media(call: Call) -> web.StreamResponse:
 
 
 async def delete_recording(call: Call) -> web.StreamResponse:
-    meta = await _recording(call, Grant.ADMIN)
+    meta = await _recording(call)
     if not meta.finished:
         raise conflict(f"recording {meta.id!r} is still being made; stop it first "
                        "(PUT /rooms/{room}/recording {\"enabled\": false})",
@@ -178,20 +170,21 @@ ROUTES = [
           description="Kept in the store: a live room starts or stops recording at once on "
           "its node, a room that goes live later follows it (unset: the --record default)."),
     Route("GET", "/rooms/{room}/recordings", list_recordings, "A room's recordings",
-          "listRecordings", "recordings", grant=None, errors=(401, 403),
+          "listRecordings", "recordings", grant=Grant.SUBSCRIBE, errors=(401, 403),
           response=obj(["recordings"], recordings=array(RECORDING)),
           query={"token": TOKEN_QUERY},
           description="A subscribe or admin token of the room. `started_at` + t is the wall "
           "time of recording time t."),
     Route("GET", "/recordings/{id}", get_media, "A recording's MP4, seekable",
-          "getRecording", "recordings", grant=None, errors=(401, 403, 404, 416),
+          "getRecording", "recordings", grant=Grant.SUBSCRIBE, scope=Scope.RESOURCE_ROOM,
+          errors=(401, 403, 404, 416),
           response={"type": "string", "format": "binary",
                     "description": "video/mp4 (fragmented), with HTTP Range"},
           query={"token": TOKEN_QUERY},
           description="A subscribe or admin token of the recording's room. The whole "
           "recording as one fragmented MP4; `Range: bytes=` answers 206."),
     Route("DELETE", "/recordings/{id}", delete_recording, "Delete a finished recording",
-          "deleteRecording", "recordings", grant=None, status=204,
+          "deleteRecording", "recordings", scope=Scope.RESOURCE_ROOM, status=204,
           errors=(401, 403, 404, 409), query={"token": TOKEN_QUERY},
           description="An admin token of the recording's room; files and index entry go."),
 ]
