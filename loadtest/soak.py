@@ -251,7 +251,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--viewer-stay-s", type=_range, default=(8.0, 30.0), help="low,high")
     p.add_argument("--server-commit", default="",
                    help="run the server from this commit (git archive into a temporary "
-                        "directory), not from the working tree")
+                        "directory), or 'snapshot': a copy of the working tree taken at start")
     p.add_argument("--report", default="", help="JSON path (default loadtest/results/soak-*)")
 
 

@@ -97,19 +97,35 @@ class Redis:
 
 
 CHECKOUT = Path(__file__).resolve().parent.parent
-LAUNCH = "import sys; from shopcast.cli import main; sys.exit(main())"
+# The checkout's editable install would quietly fill any module the tree lacks from the
+# working tree: the server must run the tree's code only, so that finder goes first.
+LAUNCH = ("import sys; sys.meta_path[:] = [f for f in sys.meta_path "
+          "if 'editable' not in getattr(f, '__module__', '')]; "
+          "from shopcast.cli import main; sys.exit(main())")
 
 
 def export_tree(rev: str) -> tuple[Path, str]:
-    """The server code of commit `rev` (``git archive``) in a temporary directory, and the
-    commit's hash: a long run is then immune to edits of the working tree meanwhile."""
-    commit = subprocess.run(["git", "rev-parse", "--verify", f"{rev}^{{commit}}"], cwd=CHECKOUT,
-                            capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    """The server code of commit `rev` (``git archive``), or with `rev` ``snapshot`` a copy of
+    the working tree as it is now (tracked and untracked files, uncommitted edits included),
+    in a temporary directory; and what it is. A long run is then immune to edits meanwhile."""
+    def git(*words: str) -> bytes:
+        return subprocess.run(["git", *words], cwd=CHECKOUT, capture_output=True, check=True,
+                              timeout=60).stdout
+
+    head = git("rev-parse", "--verify", "HEAD" if rev == "snapshot" else f"{rev}^{{commit}}")
+    commit = head.decode().strip()
     tree = Path(tempfile.mkdtemp(prefix=f"shopcast-soak-{commit[:8]}-"))
-    archive = subprocess.run(["git", "archive", commit], cwd=CHECKOUT, capture_output=True,
-                             check=True, timeout=60).stdout
-    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True, timeout=60)
-    return tree, commit
+    if rev != "snapshot":
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=git("archive", commit), check=True,
+                       timeout=60)
+        return tree, commit
+    for name in git("ls-files", "-z", "--cached", "--others", "--exclude-standard").split(b"\0"):
+        source = CHECKOUT / name.decode()
+        if name and source.is_file():
+            (tree / name.decode()).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, tree / name.decode())
+    changed = git("status", "--short", "--untracked-files=all").decode().split("\n")
+    return tree, f"{commit} + working tree ({sum(1 for c in changed if c.strip())} files changed)"
 
 
 class Server:
