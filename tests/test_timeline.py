@@ -5,18 +5,27 @@ pure "cards at time t" (web/js/replay_timeline.js), run in node.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import shutil
 import subprocess
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+from rest_helpers import Api
 
-from signaling.bus import Bus
+from shopcast.config import Config
+from signaling.bus import Bus, Event
 from signaling.live.timeline import Kept, Timeline, on_recording_clock
+from signaling.recordings_index import RECORDINGS_KEY, RecordingMeta, new_recording_id
+from signaling.service import SIGNALING_KEY
 from signaling.store import Store
+
+if TYPE_CHECKING:
+    from tests.conftest import Server
 
 pytest_plugins = ["store_fixtures"]  # backend, store, bus: memory and redis
 
@@ -196,3 +205,103 @@ def test_sale_state_decides_the_buy_button() -> None:
         tl.saleState({{...sale, remaining: 0}}, "mug", 1000), tl.saleState(sale, "cup", 1000),
         tl.saleState(null, "mug", 1000)]));"""
     assert run_js(script) == ["open", "ended", "sold_out", "not_on_sale", "not_on_sale"]
+
+
+# --- GET /api/v1/recordings/{id}/timeline, both backends ------------------------------------
+
+ROOM = "tl"
+
+
+@pytest.fixture
+def config(config: Config, backend: str, prefix: str) -> Config:
+    config.redis = backend
+    config.redis_prefix = prefix
+    return config
+
+
+async def recorded_room(server: Server, started_ago_s: float, finished: bool = False
+                        ) -> tuple[Api, str]:
+    """A room with a product, and a recording of it in the index that started
+    ``started_ago_s`` ago; the admin API and the recording's id."""
+    admin = Api(server.url, server.token("*", "host", "admin"))
+    assert (await admin.post("/api/v1/rooms", {"name": ROOM}))[0] == 201
+    assert (await admin.post(f"/api/v1/rooms/{ROOM}/products",
+                             {"sku": "mug", "title": "Mug", "price": 1200}))[0] == 201
+    recording_id = new_recording_id()
+    await server.app[RECORDINGS_KEY].put(RecordingMeta(
+        recording_id, ROOM, "test", time.time() - started_ago_s, 0.0, finished=finished))
+    return admin, recording_id
+
+
+async def test_rest_commerce_lands_on_the_recording_clock(server: Server) -> None:
+    admin, recording_id = await recorded_room(server, 2.0)
+    room = f"/api/v1/rooms/{ROOM}"
+    assert (await admin.post(room + "/pin", {"sku": "mug"}))[0] == 200
+    assert (await admin.post(room + "/sales", {"sku": "mug", "stock": 1, "duration_s": 60}))[0] \
+        == 201
+    buyer = Api(server.url, server.token(ROOM, "bob", "subscribe"))
+    status, _ = await buyer.post(room + "/orders", {"sku": "mug"},
+                                 headers={"Idempotency-Key": "k1"})
+    assert status == 201
+    await asyncio.sleep(0.6)  # the coalesced stock event goes out within 250 ms
+    assert (await admin.delete(room + "/pin"))[0] == 200
+    status, body = await buyer.get(f"/api/v1/recordings/{recording_id}/timeline")
+    assert status == 200, body
+    assert body["recording"] == recording_id and body["room"] == ROOM
+    assert body["truncated"] is False
+    assert [e["type"] for e in body["events"]] == [
+        "product_pinned", "sale", "sold_out", "stock", "product_unpinned"]
+    ts = [e["t"] for e in body["events"]]
+    assert ts == sorted(ts) and 1.5 <= ts[0] and ts[-1] <= body["duration_s"] < 10.0
+    assert body["events"][0]["product"]["sku"] == "mug"
+    assert body["events"][1]["sku"] == "mug" and body["events"][1]["stock"] == 1
+    # the media's own ways in: ?token= too (a <video> page), an admin of the room
+    plain = Api(server.url)
+    viewer_token = server.token(ROOM, "bob", "subscribe")
+    status, again = await plain.get(
+        f"/api/v1/recordings/{recording_id}/timeline?token={viewer_token}")
+    assert status == 200 and again["events"] == body["events"]
+    room_admin = Api(server.url, server.token(ROOM, "host", "admin"))
+    assert (await room_admin.get(f"/api/v1/recordings/{recording_id}/timeline"))[0] == 200
+
+
+async def test_bad_timeline_requests_get_json_errors(server: Server) -> None:
+    admin, recording_id = await recorded_room(server, 5.0, finished=True)
+    assert (await admin.post(f"/api/v1/rooms/{ROOM}/pin", {"sku": "mug"}))[0] == 200
+    timeline = server.app[SIGNALING_KEY].live.timeline
+    before = await timeline.kept(ROOM)
+    path = f"/api/v1/recordings/{recording_id}/timeline"
+    other = Api(server.url, server.token("elsewhere", "eve", "subscribe"))
+    chat_only = Api(server.url, server.token(ROOM, "carl", "chat"))
+    viewer = Api(server.url, server.token(ROOM, "bob", "subscribe"))
+    cases = [
+        (Api(server.url), path, 401),
+        (Api(server.url, "not-a-token"), path, 401),
+        (other, path, 403),
+        (chat_only, path, 403),
+        (viewer, "/api/v1/recordings/R_0123456789abcdef/timeline", 404),
+        (viewer, "/api/v1/recordings/..%2F..%2Fetc/timeline", 404),
+        (viewer, "/api/v1/recordings/" + "x" * 300 + "/timeline", 404),
+    ]
+    for api, url, expected in cases:
+        status, body = await api.get(url)
+        assert status == expected, (url, body)
+        assert isinstance(body, dict) and body["error"]["code"], body
+    assert await timeline.kept(ROOM) == before  # a refusal changes nothing
+    status, body = await viewer.get(path)  # and the server keeps serving
+    assert status == 200 and [e["type"] for e in body["events"]] == []  # pinned after its end
+
+
+async def test_a_timeline_over_its_bound_is_truncated_and_says_so(server: Server) -> None:
+    _, recording_id = await recorded_room(server, 30.0)
+    timeline = server.app[SIGNALING_KEY].live.timeline
+    timeline.max_events = 16
+    now = time.time()
+    for i in range(40):
+        await timeline.keep(ROOM, Event(ROOM, i + 1, {"type": "stock", "sku": "mug",
+                                                      "remaining": 100 - i}),
+                            now - 20.0 + i * 0.1)
+    viewer = Api(server.url, server.token(ROOM, "bob", "subscribe"))
+    status, body = await viewer.get(f"/api/v1/recordings/{recording_id}/timeline")
+    assert status == 200 and body["truncated"] is True
+    assert [e["remaining"] for e in body["events"]] == list(range(76, 60, -1))

@@ -1,0 +1,196 @@
+"""The replay page in real Chromium: a 30 s recording whose product was pinned at 10 s and
+unpinned at 20 s; seeking to 12 s shows the product card, 22 s does not, and while the sale
+runs the card's buy button places an order through the order API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
+
+import pytest
+from conftest import loopback_config
+from rest_helpers import Api
+
+from shopcast.config import Config
+from signaling.bus import Event
+from signaling.recordings_index import (
+    RECORDINGS_KEY,
+    SEGMENT_NAME,
+    RecordingMeta,
+    Segment,
+    new_recording_id,
+)
+from signaling.service import SIGNALING_KEY
+
+if TYPE_CHECKING:
+    from playwright.async_api import BrowserContext, Page
+
+    from tests.conftest import Server
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+ROOM = "replayroom"
+SKU = "mug"
+TIMEOUT_MS = 15_000
+CARD = f'.product-card[data-sku="{SKU}"]'
+
+
+def ffmpeg_recording(path: Path, seconds: int) -> None:
+    """A seekable H.264 + AAC MP4 of ``seconds``, as a recording of the room would be."""
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25",
+         "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t", str(seconds),
+         "-c:v", "libx264", "-preset", "ultrafast", "-g", "25", "-pix_fmt", "yuv420p",
+         "-c:a", "aac", "-movflags", "+faststart", str(path)],
+        check=True, timeout=120,
+    )
+
+
+async def page_status(page: Page) -> dict[str, Any]:
+    status: dict[str, Any] = await page.evaluate(
+        """() => { const v = document.getElementById('video');
+                   return { state: document.getElementById('state').textContent,
+                            error: document.getElementById('error').textContent,
+                            readyState: v.readyState, mediaError: v.error && v.error.message,
+                            currentTime: v.currentTime }; }""")
+    return status
+
+
+async def seek(page: Page, t: float) -> None:
+    await page.evaluate(
+        """(t) => new Promise((resolve) => {
+             const v = document.getElementById('video');
+             v.addEventListener('seeked', () => resolve(), { once: true });
+             v.currentTime = t;
+           })""", t)
+
+
+async def replay_checks(server: Server, chromium: BrowserContext, recording_id: str) -> None:
+    """Seek to 12 s: the card; 22 s: none; back at 12 s the buy button orders once."""
+    errors: list[str] = []
+    page = await chromium.new_page()
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    token = server.token(ROOM, "buyer", "subscribe")
+    await page.goto(f"{server.url}/replay?" + urlencode(
+        {"room": ROOM, "recording": recording_id, "token": token}))
+    try:
+        await page.wait_for_function(
+            "document.getElementById('state').textContent === 'ready' && "
+            "document.getElementById('video').readyState >= 1", timeout=TIMEOUT_MS)
+    except Exception as exc:
+        raise AssertionError(f"replay page not ready: {await page_status(page)}") from exc
+    duration = await page.evaluate("document.getElementById('video').duration")
+    assert 29.0 <= duration <= 31.0, duration
+
+    await seek(page, 12.0)
+    await page.wait_for_selector(CARD, state="visible", timeout=TIMEOUT_MS)
+    assert await page.text_content(f"{CARD} .product-title") == "Replay mug"
+    await seek(page, 22.0)
+    await page.wait_for_selector(CARD, state="detached", timeout=TIMEOUT_MS)
+    assert await page.evaluate("document.querySelectorAll('.product-card').length") == 0
+    await seek(page, 5.0)
+    await page.wait_for_timeout(300)
+    assert await page.query_selector(CARD) is None
+
+    await seek(page, 12.0)
+    buy = f"{CARD} button.buy"
+    await page.wait_for_selector(f"{buy}[data-state=open]:not([disabled])", timeout=TIMEOUT_MS)
+    await page.click(buy)
+    await page.wait_for_function(
+        f"document.querySelector('{CARD} .order-status')?.textContent.startsWith('Order ')",
+        timeout=TIMEOUT_MS)
+    api = Api(server.url, server.token(ROOM, "buyer", "subscribe"))
+    status, body = await api.get(f"/api/v1/rooms/{ROOM}/orders")
+    assert status == 200 and [(o["sku"], o["buyer"]) for o in body["orders"]] == [(SKU, "buyer")]
+    assert errors == []
+
+
+async def shop_room(server: Server) -> Api:
+    admin = Api(server.url, server.token("*", "host", "admin"))
+    assert (await admin.post("/api/v1/rooms", {"name": ROOM}))[0] == 201
+    status, _ = await admin.post(f"/api/v1/rooms/{ROOM}/products",
+                                 {"sku": SKU, "title": "Replay mug", "price": 1500})
+    assert status == 201
+    return admin
+
+
+async def test_replay_of_an_ffmpeg_recording(server: Server, chromium: BrowserContext) -> None:
+    """An MP4 made with ffmpeg, entered in the recordings index the way the recorder enters
+    one, stands for a recording; the room's timeline holds a pin 10 s and an unpin 20 s after
+    its start."""
+    admin = await shop_room(server)
+    index = server.app[RECORDINGS_KEY]
+    recording_id = new_recording_id()
+    folder = index.path_of(recording_id)
+    folder.mkdir(parents=True)
+    media = folder / SEGMENT_NAME.format(0)
+    await asyncio.to_thread(ffmpeg_recording, media, 30)
+    size = media.stat().st_size
+    started_at = time.time() - 60.0
+    await index.put(RecordingMeta(recording_id, ROOM, "test", started_at, 30.0, size,
+                                  [Segment(0, 0.0, 30.0, size)], finished=True))
+    timeline = server.app[SIGNALING_KEY].live.timeline
+    product = {"sku": SKU, "title": "Replay mug", "price": 1500, "currency": "USD",
+               "image_url": ""}
+    for offset, data in ((10.0, {"type": "product_pinned", "product": product}),
+                         (20.0, {"type": "product_pinned", "product": None})):
+        await timeline.keep(ROOM, Event(ROOM, 0, data), started_at + offset)
+    assert (await admin.post(f"/api/v1/rooms/{ROOM}/sales",
+                             {"sku": SKU, "stock": 3, "duration_s": 300}))[0] == 201
+    await replay_checks(server, chromium, recording_id)
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    """Every room recorded into the test's directory."""
+    return loopback_config(tmp_path, workers=0, record=True, record_dir=str(tmp_path / "rec"))
+
+
+async def at_recording_time(started_at: float, t: float) -> None:
+    await asyncio.sleep(max(0.0, started_at + t - time.time()))
+
+
+async def only_recording(admin: Api, finished: bool, limit_s: float) -> dict[str, Any]:
+    """The room's one recording once it is (or is not yet) finished."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        status, body = await admin.get(f"/api/v1/rooms/{ROOM}/recordings")
+        assert status == 200, body
+        found = body["recordings"]
+        if len(found) == 1 and found[0]["finished"] == finished:
+            recording: dict[str, Any] = found[0]
+            return recording
+        assert len(found) <= 1 and time.monotonic() < deadline, (finished, found)
+        await asyncio.sleep(0.1)
+
+
+async def test_replay_of_a_recorded_room(server: Server, chromium: BrowserContext) -> None:
+    """A 30 s room (a real aiortc WHIP anchor, the real recorder) whose product is pinned at
+    10 s and unpinned at 20 s of the recording, with a sale running since 11 s."""
+    from loadtest.clients import publish
+    from loadtest.media import PaintedVideoTrack, ToneAudioTrack
+
+    admin = await shop_room(server)
+    anchor = await publish(server.url, ROOM, server.token(ROOM, "anchor", "publish"),
+                           PaintedVideoTrack(), ToneAudioTrack())
+    try:
+        started_at = (await only_recording(admin, finished=False, limit_s=15))["started_at"]
+        room = f"/api/v1/rooms/{ROOM}"
+        await at_recording_time(started_at, 10.0)
+        assert (await admin.post(room + "/pin", {"sku": SKU}))[0] == 200
+        await at_recording_time(started_at, 11.0)
+        assert (await admin.post(room + "/sales", {"sku": SKU, "stock": 3,
+                                                   "duration_s": 600}))[0] == 201
+        await at_recording_time(started_at, 20.0)
+        assert (await admin.delete(room + "/pin"))[0] == 200
+        await at_recording_time(started_at, 30.0)
+    finally:
+        await anchor.close()
+    recording = await only_recording(admin, finished=True, limit_s=15)
+    assert 29.0 <= recording["duration_s"] <= 31.0, recording
+    await replay_checks(server, chromium, recording["id"])
