@@ -362,6 +362,26 @@ _COUNTER_FIELDS = (
 )
 
 
+async def flv_url(base_url: str, room: str, token: str,
+                  session: aiohttp.ClientSession | None = None) -> str:
+    """The room's HTTP-FLV URL from its playback plan, as a viewer page gets it: with a ticket
+    that starts a stream within a minute (a server takes ``?token=`` only with
+    ``--flv-plain-token``)."""
+    own = session is None
+    http = session if session is not None else aiohttp.ClientSession()
+    try:
+        async with http.get(f"{base_url.rstrip('/')}/api/v1/rooms/{room}/playback",
+                            headers={"Authorization": f"Bearer {token}"}) as response:
+            if response.status != 200:
+                raise SignalingError(response.status, "playback", await response.text(),
+                                     str(response.url))
+            url: str = (await response.json())["flv_url"]
+            return url
+    finally:
+        if own:
+            await http.close()
+
+
 def _since(start: float, at: float | None) -> float | None:
     return None if at is None else round(at - start, 4)
 

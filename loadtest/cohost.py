@@ -22,7 +22,7 @@ from typing import Any
 
 import aiohttp
 
-from loadtest.clients import Publisher, Viewer, loopback_only, play, publish
+from loadtest.clients import Publisher, Viewer, flv_url, loopback_only, play, publish
 from loadtest.media import PaintedVideoTrack, ToneAudioTrack
 from loadtest.procstat import cpu_ticks, process_tree, resolve_server_pids
 from loadtest.stats import mint_token, percentiles, write_report
@@ -92,8 +92,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             at_guest = await play(url, room, guest_token)  # the anchor, as the co-host sees it
             at_anchor = await play(url, room, anchor_token, slot=1)  # the co-host, at the anchor
             viewers += [at_guest, at_anchor]
-            flv = asyncio.create_task(_read_flv(http, f"{url}/live/{room}.flv?token="
-                                                f"{token('flv', 'subscribe')}", flv_bytes))
+            flv = asyncio.create_task(_read_flv(
+                http, await flv_url(url, room, token("flv", "subscribe"), http), flv_bytes))
             await asyncio.sleep(args.warmup)
             start, mixer0, ticks0 = time.monotonic(), await _mixer_seconds(http, url, room), \
                 cpu_ticks(pids)

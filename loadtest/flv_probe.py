@@ -208,7 +208,7 @@ class FlvProbeConfig:
 
 async def run_flv_probe(cfg: FlvProbeConfig) -> dict[str, Any]:
     """Publish (optional), measure the baseline, add N readers, measure, report."""
-    from loadtest.clients import publish
+    from loadtest.clients import flv_url, publish
     from loadtest.media import PaintedVideoTrack, ToneAudioTrack
 
     ttl = int(cfg.duration + cfg.baseline + 600)
@@ -217,12 +217,12 @@ async def run_flv_probe(cfg: FlvProbeConfig) -> dict[str, Any]:
         token = mint_token(cfg.secret, cfg.room, "flv-probe-anchor", ["publish"], ttl)
         anchor = await publish(cfg.url, cfg.room, token, PaintedVideoTrack(), ToneAudioTrack())
     view = mint_token(cfg.secret, cfg.room, "flv-probe", ["subscribe"], ttl)
-    url = f"{cfg.url.rstrip('/')}/live/{cfg.room}.flv?token={view}"
     try:
         await asyncio.sleep(3.0)  # the room goes live and the GOP cache fills
         base = CpuWindow(cfg.server_pids)
         await asyncio.sleep(cfg.baseline)
         baseline = base.result()
+        url = await flv_url(cfg.url, cfg.room, view)  # the readers start within its ticket
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
                                          timeout=STREAM_TIMEOUT) as session:
             clients = [FlvClient(url, session=session) for _ in range(cfg.readers)]

@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from loadtest.clients import SignalingError, Viewer, loopback_only, play, publish
+from loadtest.clients import SignalingError, Viewer, flv_url, loopback_only, play, publish
 from loadtest.flv_clock import FlvClock
 from loadtest.media import PaintedVideoTrack, ToneAudioTrack
 from loadtest.procstat import CpuWindow, resolve_server_pids
@@ -167,7 +167,7 @@ async def latency_phase(run: Run, http: aiohttp.ClientSession) -> dict[str, Any]
     try:
         for i in range(args.webrtc_viewers):
             viewers.append(await run.play_when_live(room, f"whep-{i}"))
-        flv = f"{run.url}/live/{room}.flv?token={run.token(room, 'flv', 'subscribe')}"
+        flv = await flv_url(run.url, room, run.token(room, "flv", "subscribe"), http)
         for _ in range(args.flv_readers):
             readers.append(FlvClock(flv))
             tasks.append(asyncio.create_task(readers[-1].run(http)))
