@@ -82,6 +82,8 @@ class FlvSettings:
     flush_interval_ms: int = 50
     send_buffer_bytes: int = 65536
     layout: str = LAYOUTS[0]  # the co-host mix: one of LAYOUTS
+    plain_token: bool = False
+    """Accept a long-lived token in ``?token=`` (else only playback-plan tickets and Bearer)."""
 
 
 @dataclass
@@ -92,3 +94,12 @@ class RecordSettings:
     directory: str = "recordings"
     segment_s: float = 600.0  # a new file at the first keyframe past this
     retention_days: float = 7.0  # 0: keep everything
+
+
+@dataclass
+class SnapshotSettings:
+    """Compliance snapshots (``sfu/snapshots.py``): how often, how many kept, JPEG quality."""
+
+    interval_s: float = 10.0  # 0: no snapshots
+    keep: int = 5  # per room, in memory
+    quality: int = 5  # JPEG qscale, 2 (best) .. 31

@@ -20,7 +20,8 @@ from sfu.node import NODE_KEY, SfuNode
 from sfu.recording.manager import RECORDING_KEY, RecordingManager
 from sfu.rtmp import metrics as rtmp_metrics
 from sfu.rtmp.door import RTMP_KEY, RtmpDoor
-from sfu.settings import FlvSettings, NodeSettings, RecordSettings
+from sfu.settings import FlvSettings, NodeSettings, RecordSettings, SnapshotSettings
+from sfu.snapshots import SNAPSHOTS_KEY, RoomSnapshots
 from sfu.ws_negotiator import NodeNegotiator
 from shopcast.config import Config
 from shopcast.control_plane import add_control_plane, metrics_lines
@@ -32,6 +33,7 @@ from signaling.front_door import MAX_BODY_BYTES
 from signaling.http_errors import error_middleware
 from signaling.recordings_index import RECORDINGS_KEY
 from signaling.service import Signaling
+from signaling.snapshots import snapshot_sink
 from signaling.ws_signaling import WsSignaling
 
 CONFIG_KEY = web.AppKey("config", Config)
@@ -124,6 +126,11 @@ def add_media_plane(app: web.Application, config: Config, signaling: Signaling) 
     app[NODE_KEY] = node
     app[FLV_KEY] = flv
     app[RECORDING_KEY] = recording
+    snapshots = RoomSnapshots(  # compliance review: the newest keyframe of each live room
+        flv, SnapshotSettings(config.snapshot_interval_s, config.snapshot_keep),
+        snapshot_sink(signaling.store, signaling.webhooks,
+                      round(config.snapshot_interval_s * config.snapshot_keep * 1000)))
+    app[SNAPSHOTS_KEY] = snapshots
 
     rtmp = None
     if config.rtmp_port:
@@ -139,11 +146,13 @@ def add_media_plane(app: web.Application, config: Config, signaling: Signaling) 
     async def node_lifetime(app: web.Application) -> AsyncIterator[None]:
         await node.start()
         await recording.start()
+        await snapshots.start()
         if rtmp is not None:
             await rtmp.start()
         yield
         if rtmp is not None:
             await rtmp.close()
+        await snapshots.close()
         await recording.close()  # the last fragments and the index, before the node stops
         await node.stop()
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from sfu.settings import RTMP_PORT, FlvSettings, NodeSettings, RecordSettings
+from sfu.settings import RTMP_PORT, FlvSettings, NodeSettings, RecordSettings, SnapshotSettings
 from signaling.live.likes import RATE as LIKE_RATE
 from signaling.live.resume import ResumeLimits
 from signaling.live.schema import LAYOUTS
@@ -26,6 +26,7 @@ MIN_SECRET_BYTES = 32
 _NODE = NodeSettings()  # the media plane's defaults
 _FLV = FlvSettings()
 _RECORD = RecordSettings()
+_SNAPSHOT = SnapshotSettings()
 _RESUME = ResumeLimits()  # the event gateway's defaults
 
 
@@ -219,6 +220,15 @@ class Config:
         default=round(_RECORD.retention_days),
         metadata={"help": "recordings older than this are deleted (0: keep everything)"},
     )
+    snapshot_interval_s: float = field(
+        default=_SNAPSHOT.interval_s,
+        metadata={"help": "compliance review: a JPEG of each live room's newest keyframe this "
+                          "often, to GET /rooms/{room}/snapshot and the snapshot webhook (0: off)"},
+    )
+    snapshot_keep: int = field(
+        default=_SNAPSHOT.keep,
+        metadata={"help": "snapshots kept per room in the node's memory"},
+    )
     web_dir: str = field(
         default=str(Path(__file__).resolve().parent.parent / "web"),
         metadata={"help": "directory of the browser pages"},
@@ -301,6 +311,9 @@ def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = No
     if config.flv_layout not in LAYOUTS:
         raise SystemExit(f"--flv-layout must be one of {', '.join(LAYOUTS)}, "
                          f"not {config.flv_layout!r}")
+    if config.snapshot_interval_s < 0 or config.snapshot_keep < 1:
+        raise SystemExit("--snapshot-interval-s must be 0 (off) or more and --snapshot-keep "
+                         "at least 1")
     if config.webhook_secret and config.webhook_secret == config.secret:
         raise SystemExit("--webhook-secret must differ from --secret: whoever verifies "
                          "webhooks could otherwise mint tokens")

@@ -31,3 +31,4 @@ class Webhook(StrEnum):
     TRACK_PUBLISHED = "track_published"
     TRACK_UNPUBLISHED = "track_unpublished"
     ORDER_CREATED = "order_created"  # order: {...} (a flash-sale purchase)
+    SNAPSHOT = "snapshot"  # room: {name}, snapshot: {taken_at, jpeg_base64, ...} (compliance)

@@ -13,6 +13,7 @@ from signaling.api import (
     participants,
     recordings,
     rooms,
+    snapshots,
     tokens,
 )
 from signaling.api.openapi import document
@@ -20,7 +21,7 @@ from signaling.api.routes import PREFIX, ROUTES_KEY, Call, Route, json_response,
 
 ROUTES: list[Route] = [
     *rooms.ROUTES, *participants.ROUTES, *tokens.ROUTES, *commerce.ROUTES, *moderation.ROUTES,
-    *nodes.ROUTES, *cohosts.ROUTES, *forbid.ROUTES, *recordings.ROUTES,
+    *nodes.ROUTES, *cohosts.ROUTES, *forbid.ROUTES, *recordings.ROUTES, *snapshots.ROUTES,
 ]
 
 
