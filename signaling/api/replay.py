@@ -44,7 +44,8 @@ async def recording_timeline(
     kept, lost = await timeline.kept(str(recording["room"]))
     events, truncated = on_recording_clock(kept, started_at, duration_s, lost=lost)
     return {"recording": recording["id"], "room": recording["room"], "started_at": started_at,
-            "duration_s": duration_s, "events": events, "truncated": truncated}
+            "duration_s": duration_s, "finished": bool(recording.get("finished", True)),
+            "events": events, "truncated": truncated}
 
 
 async def get_timeline(call: Call) -> web.StreamResponse:
@@ -60,10 +61,13 @@ ROUTES = [
     Route("GET", "/recordings/{id}/timeline", get_timeline, "A recording's product timeline",
           "getRecordingTimeline", "recordings", grant=Grant.SUBSCRIBE,
           scope=Scope.RESOURCE_ROOM, query={"token": TOKEN_QUERY},
-          response=obj(["recording", "room", "started_at", "duration_s", "events", "truncated"],
+          response=obj(["recording", "room", "started_at", "duration_s", "finished", "events",
+                        "truncated"],
                        recording={"type": "string"}, room={"type": "string"},
                        started_at={"type": "number", "description": "unix seconds of t = 0"},
-                       duration_s={"type": "number"}, events=array(EVENT),
+                       duration_s={"type": "number", "description": "up to now while the "
+                                   "recording is being made"},
+                       finished={"type": "boolean"}, events=array(EVENT),
                        truncated={"type": "boolean", "description": "the room's timeline lost "
                                   "events (over its bound) that this recording may have had"}),
           errors=(401, 403, 404),

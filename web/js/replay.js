@@ -6,6 +6,7 @@ import { el, formatPrice, newKey } from "./room_events.js";
 import { cardsAt, saleState } from "./replay_timeline.js";
 
 const SALE_POLL_MS = 5000;
+const TIMELINE_POLL_MS = 5000;
 const BUTTON_TEXT = { open: "Buy now", sold_out: "Sold out", ended: "Sale ended",
   not_on_sale: "Not on sale now" };
 
@@ -126,7 +127,23 @@ async function order(sku, status) {
   }
 }
 
-async function start() {
+async function loadTimeline() {
+  try {
+    const timeline = await api(`/recordings/${encodeURIComponent(recording)}/timeline`);
+    if (timeline.room !== room) throw new Error(`recording ${recording} is not of room ${room}`);
+    events = timeline.events;
+    note.textContent = timeline.truncated
+      ? "Some of this recording's product events were too old to keep." : "";
+    setState("ready");
+    // a recording still being made grows: its later events are fetched as it does
+    if (!timeline.finished) setTimeout(loadTimeline, TIMELINE_POLL_MS);
+  } catch (err) {
+    fail(`timeline: ${err.message}`);
+  }
+  render();
+}
+
+function start() {
   if (!room || !recording || !token) {
     fail("add ?room=...&recording=...&token=... to the URL");
     return;
@@ -134,17 +151,7 @@ async function start() {
   document.getElementById("room").textContent = room;
   const id = encodeURIComponent(recording);
   video.src = `/api/v1/recordings/${id}?token=${encodeURIComponent(token)}`;
-  try {
-    const timeline = await api(`/recordings/${id}/timeline`);
-    if (timeline.room !== room) throw new Error(`recording ${recording} is not of room ${room}`);
-    events = timeline.events;
-    note.textContent = timeline.truncated
-      ? "Some of this recording's product events were too old to keep." : "";
-    setState("ready");
-  } catch (err) {
-    fail(`timeline: ${err.message}`);
-  }
-  render();
+  loadTimeline();
 }
 
 for (const name of ["timeupdate", "seeked", "seeking", "loadedmetadata"]) {
