@@ -12,6 +12,7 @@ from signaling.api import (
     nodes,
     participants,
     recordings,
+    replay,
     rooms,
     snapshots,
     tokens,
@@ -21,7 +22,8 @@ from signaling.api.routes import PREFIX, ROUTES_KEY, Call, Route, json_response,
 
 ROUTES: list[Route] = [
     *rooms.ROUTES, *participants.ROUTES, *tokens.ROUTES, *commerce.ROUTES, *moderation.ROUTES,
-    *nodes.ROUTES, *cohosts.ROUTES, *forbid.ROUTES, *recordings.ROUTES, *snapshots.ROUTES,
+    *nodes.ROUTES, *cohosts.ROUTES, *forbid.ROUTES, *recordings.ROUTES, *replay.ROUTES,
+    *snapshots.ROUTES,
 ]
 
 
