@@ -113,7 +113,7 @@ async def test_a_room_is_recorded_in_segments_and_served_as_one_seekable_mp4(
     assert sorted(s["codec_name"] for s in info["streams"]) == ["aac", "h264"]
     assert abs(float(info["format"]["duration"]) - recording["duration_s"]) < 0.5, info
     end, pictures = decoded_video_end(whole)
-    assert end > recording["duration_s"] - 1 and pictures > 5 * 15  # audio may run a bit longer
+    assert end > recording["duration_s"] - 1 and pictures >= end * 10  # audio may run longer
 
     folder = server.app[RECORDINGS_KEY].path_of(recording["id"])
     for segment in segments:  # every segment file plays alone, on the recording's clock

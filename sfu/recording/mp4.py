@@ -7,11 +7,13 @@ MP4 samples are. The codec parameters come from the FLV sequence headers through
 stream (PyAV's demuxer reads a few bytes of FLV), so the MP4's ``avcC`` and
 ``AudioSpecificConfig`` are the stream's own.
 
-Fragments: one per video keyframe (``frag_keyframe``), written whole as soon as the next
-keyframe arrives, behind an empty ``moov``; each fragment's ``tfdt`` keeps the recording's
-clock. The video sample entry is ``avc3``: when the stream's SPS/PPS change mid-recording
-(a co-host mix starts or stops, an encoder changes resolution) the new ones go in-band
-before each keyframe, which a decoder follows, so one recording survives the switch.
+Fragments: one from each video keyframe (``frag_keyframe``) and at least one a second
+(``frag_duration``), each written whole as soon as the next one begins, behind an empty
+``moov``: a killed process leaves every fragment but the last second. Each fragment's ``tfdt``
+keeps the recording's clock. The video sample entry is ``avc3``: when the stream's SPS/PPS
+change mid-recording (a co-host mix starts or stops, an encoder changes resolution) the new
+ones go in-band before each keyframe, which a decoder follows, so one recording survives the
+switch.
 """
 
 from __future__ import annotations
@@ -28,18 +30,15 @@ from sfu.recording.segments import SegmentFiles
 from sfu.rtmp.avc import AvcConfig, split_avcc
 
 MS = Fraction(1, 1000)
-FRAGMENT_US = 1_000_000  # audio-only recordings: a fragment a second (no keyframes to cut at)
+FRAGMENT_US = 1_000_000  # a fragment at each keyframe and at least one a second
 
 
-def _options(video: bool) -> dict[str, str]:
-    options = {
-        "movflags": "frag_keyframe+empty_moov+default_base_moof",
-        "max_interleave_delta": "1",  # write each packet at once: a fragment lands whole
-        "flush_packets": "1",
-    }
-    if not video:
-        options["frag_duration"] = str(FRAGMENT_US)
-    return options
+OPTIONS = {
+    "movflags": "frag_keyframe+empty_moov+default_base_moof",
+    "frag_duration": str(FRAGMENT_US),  # a kill loses at most this much
+    "max_interleave_delta": "1",  # write each packet at once: a fragment lands whole
+    "flush_packets": "1",
+}
 
 
 def _template(video_header: bytes | None, audio_header: bytes | None,
@@ -70,8 +69,7 @@ class Mp4Remux:
         self.origin_ms = origin_ms
         self.audio_config = audio_header[2:] if audio_header is not None else None
         template = _template(video_header, audio_header, keyframe)
-        self._container = av.open(files, "w", format="mp4",
-                                  options=_options(video_header is not None))
+        self._container = av.open(files, "w", format="mp4", options=OPTIONS)
         self._video: Any = None
         self._audio: Any = None
         self._length_size = 4
