@@ -41,11 +41,11 @@ import msgpack
 from aiohttp import WSMsgType, web
 
 from signaling.door_refusals import count_refusal
-from signaling.errors import ApiError, forbidden
+from signaling.errors import ApiError, StoreUnavailable, forbidden
 from signaling.live.gateway import EventGateway, allowed
 from signaling.live.resume import ResumeBudget
 from signaling.live.schema import MAX_EVENT_BYTES, pack, packed_error
-from signaling.live.websocket import close_at_expiry, stream_room
+from signaling.live.websocket import CLOSE_TRY_LATER, close_at_expiry, stream_room
 from signaling.negotiation import MAX_SDP_BYTES, Elsewhere, Negotiator
 from signaling.room_names import ROOM_NAME_RULE, valid_room_name
 from signaling.service import SIGNALING_KEY
@@ -249,7 +249,7 @@ async def ws_signaling(request: web.Request) -> web.StreamResponse:
         return ws
     try:
         session, after_seq, reply = await _join(signaling, gateway, claims, first)
-    except Refused as exc:
+    except (Refused, StoreUnavailable) as exc:
         count_refusal(request.app, "ws", exc.code)
         await ws.send_bytes(packed_error(exc.code, exc.message, first.get("cid")))
         await ws.close()
@@ -262,6 +262,8 @@ async def ws_signaling(request: web.Request) -> web.StreamResponse:
     expiry = close_at_expiry(ws, claims, connection.send)  # this socket's token, at its exp
     try:
         await connection.run(after_seq)
+    except StoreUnavailable:  # Redis went away while joining: the page joins again later
+        await ws.close(code=CLOSE_TRY_LATER, message=b"store_unavailable")
     finally:
         if expiry is not None:
             expiry.cancel()

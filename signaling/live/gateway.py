@@ -7,8 +7,9 @@ The SFU's data-channel bridge and the ``/ws/events/{room}`` WebSocket both call 
   others must see goes through the room's bus, which the transport delivers (``Event.packed``).
   ``budget`` is the connection's ``ResumeBudget`` (``resume_budget()``, one per connection):
   ``resume`` is bounded in rate and bytes per connection (``signaling/live/resume.py``).
-- ``replay(room, after_seq)``: the packed events after ``after_seq`` within the resume caps, for
-  a transport whose client (re)connects with its last ``seq``.
+- ``replay(room, after_seq, epoch)``: the packed events after ``after_seq`` within the resume
+  caps, for a transport whose client (re)connects with its last ``seq`` (and its epoch: a seq
+  of another epoch gets a fresh ``state``).
 - ``snapshot(room)``: the packed ``state`` a joiner gets first; it reflects the room up to its
   ``seq``, and the transport then delivers bus events from ``seq + 1`` on.
 - ``is_banned(room, identity)``: refuse a (re)joining banned identity.
@@ -27,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from signaling.bus import Bus
+from signaling.errors import StoreUnavailable
 from signaling.live import schema
 from signaling.live.catalog import Catalog
 from signaling.live.chat import Chat
@@ -119,6 +121,8 @@ class EventGateway:
         except LiveError as exc:
             self.refused += 1
             return [schema.packed_error(exc.code, exc.message, cid)]
+        except StoreUnavailable as exc:  # Redis away: logged once where it was met
+            return [schema.packed_error(exc.code, exc.message, cid)]
         except Exception:  # a bug here must not take the client's connection down with it
             logger.exception("handling a client event failed in room %s", room)
             return [schema.packed_error("internal", "the server failed to handle that", cid)]
@@ -142,12 +146,14 @@ class EventGateway:
             self.resume_limited["rate"] += 1
         return wait_s
 
-    async def replay(self, room: str, after_seq: int) -> list[bytes] | None:
+    async def replay(self, room: str, after_seq: int, epoch: str = "") -> list[bytes] | None:
         """The room's events after ``after_seq``, packed as they were sent live, when history
         still holds them all and they fit the resume caps; None when a fresh ``state`` must do
-        instead (too far back, over a cap, or a seq from the future). Past the event cap no
-        history is read at all."""
-        last = await self.bus.last_seq(room)
+        instead (too far back, over a cap, a seq from the future, or of an ``epoch`` that is
+        not the room's any more). Past the event cap no history is read at all."""
+        current, last = await self.bus.position(room)
+        if epoch and current and epoch != current:
+            return None  # the seq started again since: a fresh state
         if after_seq >= last:
             return [] if after_seq == last else None
         limits = self.resume_limits
@@ -173,11 +179,11 @@ class EventGateway:
 
     async def state(self, room: str) -> dict[str, Any]:
         """The ``state`` event: read ``seq`` first, so nothing it misses is older than it."""
-        seq = await self.bus.last_seq(room)
+        epoch, seq = await self.bus.position(room)
         pinned = await self.catalog.pinned(room)
         forbid = await self.forbids.get(room)
         return event(
-            "state", seq=seq, pinned=pinned.to_json() if pinned else None,
+            "state", seq=seq, epoch=epoch, pinned=pinned.to_json() if pinned else None,
             sale=await self.sales.current(room), likes=await self.likes.total(room),
             viewers=await self.viewer_count(room), leaderboard=await self.gifts.leaderboard(room),
             chat=await self.chat.history(room, seq), gifts=self.gifts.catalog(),
@@ -242,10 +248,8 @@ class EventGateway:
             self.resume_limited["rate"] += 1
             raise EventError("resume_limited",
                              f"too many resumes on this connection: retry in {wait_s:.1f} s", cid)
-        after = int(data["after_seq"])
-        if after == await self.bus.last_seq(room):
-            return []
-        missed = await self.replay(room, after)
+        after, epoch = int(data["after_seq"]), str(data.get("epoch", ""))
+        missed = await self.replay(room, after, epoch)
         return missed if missed is not None else [await self.snapshot(room)]
 
     async def _pin(self, room: str, claims: Claims, data: dict[str, Any]) -> list[Reply]:

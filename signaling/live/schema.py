@@ -86,6 +86,8 @@ class EventError(Exception):
 
 
 CID = Field("cid", "str", "client correlation id, echoed in replies", required=False, max=64)
+EPOCH_SEEN = Field("epoch", "str", "the epoch of `after_seq` (from `state` or `resync`)",
+                   required=False, max=64)
 SKU = Field("sku", "str", "product id", min=1, max=64)
 IDENTITY = Field("identity", "str", "a participant's token sub", min=1, max=MAX_ID)
 
@@ -120,8 +122,10 @@ CLIENT_EVENTS: dict[str, EventSpec] = {s.type: s for s in [
                   required=False, min=1, max=MAX_ID),
             grants=BUYING),
     _client("resume", "Ask for the events after `after_seq`: they are replied one by one as "
-            "they were sent live (or a fresh `state` when history no longer reaches back).",
+            "they were sent live (or a fresh `state` when history no longer reaches back, or "
+            "when `epoch` is not the room's epoch any more).",
             Field("after_seq", "int", "the last seq this client saw", min=0, max=MAX_SEQ),
+            EPOCH_SEEN,
             grants=JOINING),
     _client("pin", "Admin: pin a product (or unpin with nil).",
             Field("sku", "str", "product id, nil to unpin", nullable=True, max=64),
@@ -167,6 +171,9 @@ SERVER_EVENTS: dict[str, EventSpec] = {s.type: s for s in [
     _server("state", "What a joiner receives first: the room as of `seq`; live events follow "
             "from `seq + 1`.",
             Field("seq", "int", "the room's last seq this state reflects"),
+            Field("epoch", "str", "the epoch the room's seq counts in: it changes only when "
+                  "the seq starts again from nothing (the store lost it); \"\" before the "
+                  "room's first event"),
             Field("pinned", "map", "the pinned product", nullable=True),
             Field("sale", "map", "the flash sale (as in `sale`)", nullable=True),
             Field("likes", "int", "likes total"), Field("viewers", "int", "viewer count"),
@@ -181,6 +188,11 @@ SERVER_EVENTS: dict[str, EventSpec] = {s.type: s for s in [
                   + " | ".join(LAYOUTS)),
             Field("forbid", "map", "the room's forbid while it holds: {until (unix s), reason, "
                   "by}", required=False, nullable=True), reply=True),
+    _server("resync", "The room's seq started again in a new epoch (the store lost it): drop "
+            "your last seq, take every event from here on (they count from 1), and send "
+            "`resume` with your old `after_seq` and `epoch` for a fresh `state`. Each "
+            "connection's subscription sends it when it meets the new epoch.",
+            Field("epoch", "str", "the new epoch"), reply=True),
     _server("chat", "A chat message. Render `text` as text, never as HTML.",
             Field("id", "str", "message id (for `delete_chat`)"), IDENTITY,
             Field("name", "str", "display name"), Field("text", "str", "the message"),

@@ -1,13 +1,16 @@
-"""``GET /ws/events/{room}?token=...&after_seq=N``: room events over a WebSocket.
+"""``GET /ws/events/{room}?token=...&after_seq=N&epoch=E``: room events over a WebSocket.
 
 For clients without a WebRTC data channel (FLV viewers, tools): the same msgpack maps in binary
 frames, through the same ``EventGateway`` as the data channel. On connect the client gets
 ``state``, then every room event from ``state.seq + 1`` in ``seq`` order. A client that
 reconnects with ``after_seq`` (the last ``seq`` it saw) gets exactly the events after it and no
-``state``; if history no longer reaches back that far, or they are over the resume caps, it gets
-a fresh ``state`` instead. A ``resume`` message is bounded per socket (``resume_limited``), and
-reconnects with ``after_seq`` per room and identity (``429 resume_limited`` with
-``Retry-After`` before the upgrade).
+``state``; if history no longer reaches back that far, or they are over the resume caps, or
+``epoch`` (the one ``after_seq`` belongs to) is not the room's any more, it gets a fresh
+``state`` instead. A connected client whose room's seq starts again gets ``resync``. A
+``resume`` message is bounded per socket (``resume_limited``), and reconnects with
+``after_seq`` per room and identity (``429 resume_limited`` with ``Retry-After`` before the
+upgrade). With the store away the upgrade is refused (``503 store_unavailable``), and a join
+that meets it after the upgrade is closed with 1013 (try again later).
 
 The token (query ``token`` or ``Authorization: Bearer``) needs ``subscribe``, ``chat`` or
 ``admin`` for the room; a banned identity is refused with 403 and disconnected (close code
@@ -31,7 +34,7 @@ from aiohttp import WSMsgType, web
 
 from common.tasks import stop_tasks
 from signaling.bus import Subscription
-from signaling.errors import ApiError, bad_request, forbidden
+from signaling.errors import ApiError, StoreUnavailable, bad_request, forbidden
 from signaling.live.gateway import EventGateway, allowed
 from signaling.live.schema import MAX_EVENT_BYTES, pack, packed_error
 from signaling.room_names import require_room_name
@@ -43,6 +46,8 @@ logger = logging.getLogger("shopcast.signaling.live.ws")
 PATH = "/ws/events/{room}"
 CLOSE_BANNED = 4003
 CLOSE_EXPIRED = 4001  # the token's exp passed: reconnect with a new token
+CLOSE_TRY_LATER = 1013  # RFC 6455 "try again later": the store was unavailable
+MAX_EPOCH = 64
 MAX_FRAME = 4 * MAX_EVENT_BYTES  # larger frames close the socket; up to this, an error reply
 JOIN_GRANTS = (Grant.SUBSCRIBE, Grant.CHAT, Grant.ADMIN)
 
@@ -72,13 +77,13 @@ async def stream_room(
     gateway: EventGateway, room: str, after_seq: int | None,
     send: Callable[[bytes], Awaitable[None]],
     forward: Callable[[Subscription], Coroutine[Any, Any, Any]],
-    read: Callable[[], Coroutine[Any, Any, None]],
+    read: Callable[[], Coroutine[Any, Any, None]], epoch: str = "",
 ) -> asyncio.Task[Any]:
     """A room to one socket: the events after ``after_seq`` when they are within the resume
     caps (``EventGateway.replay``), else ``state``; then the room's events through ``forward``
     while ``read`` takes the client's messages, until either ends. Returns the forwarding task
     (done, or cancelled), for its result."""
-    missed = None if after_seq is None else await gateway.replay(room, after_seq)
+    missed = None if after_seq is None else await gateway.replay(room, after_seq, epoch)
     if after_seq is not None and missed is not None:
         for packed in missed:
             await send(packed)
@@ -86,8 +91,8 @@ async def stream_room(
     else:
         state = await gateway.state(room)
         await send(pack(state))
-        start = int(state["seq"])
-    async with gateway.bus.subscribe(room, after_seq=start) as sub:
+        start, epoch = int(state["seq"]), str(state["epoch"])
+    async with gateway.bus.subscribe(room, after_seq=start, epoch=epoch) as sub:
         sender: asyncio.Task[Any] = asyncio.create_task(forward(sub))
         reader: asyncio.Task[None] = asyncio.create_task(read())
         try:
@@ -188,7 +193,10 @@ async def events_socket(request: web.Request) -> web.StreamResponse:
     expiry = close_at_expiry(ws, claims, socket.send)
     try:
         sender = await stream_room(gateway, room, after_seq, socket.send, socket.forward,
-                                   socket.read)
+                                   socket.read, request.query.get("epoch", "")[:MAX_EPOCH])
+    except StoreUnavailable:  # Redis went away while joining: try again later
+        await ws.close(code=CLOSE_TRY_LATER, message=b"store_unavailable")
+        return ws
     finally:
         if expiry is not None:
             expiry.cancel()
