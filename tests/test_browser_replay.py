@@ -6,7 +6,6 @@ runs the card's buy button places an order through the order API.
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,15 +16,6 @@ from conftest import loopback_config
 from rest_helpers import Api
 
 from shopcast.config import Config
-from signaling.bus import Event
-from signaling.recordings_index import (
-    RECORDINGS_KEY,
-    SEGMENT_NAME,
-    RecordingMeta,
-    Segment,
-    new_recording_id,
-)
-from signaling.service import SIGNALING_KEY
 
 if TYPE_CHECKING:
     from playwright.async_api import BrowserContext, Page
@@ -38,17 +28,6 @@ ROOM = "replayroom"
 SKU = "mug"
 TIMEOUT_MS = 15_000
 CARD = f'.product-card[data-sku="{SKU}"]'
-
-
-def ffmpeg_recording(path: Path, seconds: int) -> None:
-    """A seekable H.264 + AAC MP4 of ``seconds``, as a recording of the room would be."""
-    subprocess.run(
-        ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25",
-         "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t", str(seconds),
-         "-c:v", "libx264", "-preset", "ultrafast", "-g", "25", "-pix_fmt", "yuv420p",
-         "-c:a", "aac", "-movflags", "+faststart", str(path)],
-        check=True, timeout=120,
-    )
 
 
 async def page_status(page: Page) -> dict[str, Any]:
@@ -119,32 +98,6 @@ async def shop_room(server: Server) -> Api:
     return admin
 
 
-async def test_replay_of_an_ffmpeg_recording(server: Server, chromium: BrowserContext) -> None:
-    """An MP4 made with ffmpeg, entered in the recordings index the way the recorder enters
-    one, stands for a recording; the room's timeline holds a pin 10 s and an unpin 20 s after
-    its start."""
-    admin = await shop_room(server)
-    index = server.app[RECORDINGS_KEY]
-    recording_id = new_recording_id()
-    folder = index.path_of(recording_id)
-    folder.mkdir(parents=True)
-    media = folder / SEGMENT_NAME.format(0)
-    await asyncio.to_thread(ffmpeg_recording, media, 30)
-    size = media.stat().st_size
-    started_at = time.time() - 60.0
-    await index.put(RecordingMeta(recording_id, ROOM, "test", started_at, 30.0, size,
-                                  [Segment(0, 0.0, 30.0, size)], finished=True))
-    timeline = server.app[SIGNALING_KEY].live.timeline
-    product = {"sku": SKU, "title": "Replay mug", "price": 1500, "currency": "USD",
-               "image_url": ""}
-    for offset, data in ((10.0, {"type": "product_pinned", "product": product}),
-                         (20.0, {"type": "product_pinned", "product": None})):
-        await timeline.keep(ROOM, Event(ROOM, 0, data), started_at + offset)
-    assert (await admin.post(f"/api/v1/rooms/{ROOM}/sales",
-                             {"sku": SKU, "stock": 3, "duration_s": 300}))[0] == 201
-    await replay_checks(server, chromium, recording_id)
-
-
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
     """Every room recorded into the test's directory."""
@@ -193,4 +146,10 @@ async def test_replay_of_a_recorded_room(server: Server, chromium: BrowserContex
         await anchor.close()
     recording = await only_recording(admin, finished=True, limit_s=15)
     assert 29.0 <= recording["duration_s"] <= 31.0, recording
+    viewer = Api(server.url, server.token(ROOM, "buyer", "subscribe"))
+    status, timeline = await viewer.get(f"/api/v1/recordings/{recording['id']}/timeline")
+    assert status == 200, timeline
+    pins = [(e["type"], e["t"]) for e in timeline["events"] if e["type"].startswith("product_")]
+    assert [kind for kind, _ in pins] == ["product_pinned", "product_unpinned"], timeline
+    assert 10.0 <= pins[0][1] <= 11.0 and 20.0 <= pins[1][1] <= 21.0, pins
     await replay_checks(server, chromium, recording["id"])
