@@ -174,6 +174,20 @@ class RoomSnapshots:
         self.codec_s += spent
         return result
 
+    def lines(self) -> list[str]:
+        """``/metrics``: snapshots taken and failed, and their codec time, on this node."""
+        return [
+            "# HELP shopcast_snapshots_total Compliance snapshots taken (JPEGs of a room's "
+            "newest keyframe), by result.",
+            "# TYPE shopcast_snapshots_total counter",
+            f'shopcast_snapshots_total{{result="taken"}} {self.taken}',
+            f'shopcast_snapshots_total{{result="failed"}} {self.failed}',
+            "# HELP shopcast_snapshot_codec_seconds_total Thread time decoding keyframes and "
+            "encoding JPEGs for snapshots.",
+            "# TYPE shopcast_snapshot_codec_seconds_total counter",
+            f"shopcast_snapshot_codec_seconds_total {self.codec_s:.6f}",
+        ]
+
     def _keep(self, snapshot: Snapshot) -> None:
         kept = self.rooms.pop(snapshot.room, None) or deque(maxlen=self.settings.keep)
         kept.append(snapshot)

@@ -124,6 +124,12 @@ async def test_snapshot_webhooks_every_interval_show_the_anchor(
         status, body = await api.get("/rooms/nothing/snapshot",
                                      token=server.token("nothing", "ops", "admin"))
         assert status == 404 and body["error"]["code"] == "no_snapshot"
+        async with aiohttp.ClientSession() as http, \
+                http.get(f"{server.url}/metrics") as response:
+            metrics = await response.text()
+        taken = next(line for line in metrics.splitlines()
+                     if line.startswith('shopcast_snapshots_total{result="taken"}'))
+        assert int(taken.split()[-1]) >= len(got)
     finally:
         await anchor.close()
 
