@@ -141,7 +141,8 @@ def add_media_plane(app: web.Application, config: Config, signaling: Signaling) 
                         banned=signaling.live.is_banned,
                         forbidden=signaling.live.forbids.refusal)
         app[RTMP_KEY] = rtmp
-        app[REFUSALS_KEY].add_source("rtmp", rtmp.refused)
+        app[REFUSALS_KEY].add_source("rtmp", rtmp.refused)  # publishes refused, by code
+        app[REFUSALS_KEY].add_source("rtmp", rtmp.server.refused)  # connections, timeouts...
 
     async def node_lifetime(app: web.Application) -> AsyncIterator[None]:
         await node.start()

@@ -9,9 +9,10 @@ resources, a leaked FLV link replayed after its ticket expired, a client past a 
   JSON error (``token_expired``, ``banned``, ``not_owner``, ``malformed_sdp``,
   ``too_many_sessions``, ``body_too_large``, ``ticket_expired``...), whether a handler raised
   it, a media error was mapped to it, or a handler answered it itself (a ``Retry-After`` 429);
-- a door that refuses without an HTTP answer counts itself through ``count``: ``/ws`` (a join
-  or an offer refused with an ``error`` frame) and RTMP (its ``onStatus`` refusals, added as a
-  source).
+- a door that refuses without an HTTP answer counts itself: ``/ws`` through ``count`` (a join
+  or an offer refused with an ``error`` frame), RTMP in its own books, added as sources (the
+  door's ``onStatus`` refusals of a publish by code; the server's refused connections, timeouts
+  before a publish and protocol errors).
 
 Labels stay bounded: doors are a fixed list, and a reason that is not a plain code, or one past
 ``MAX_REASONS`` distinct ones, is counted as ``other``.
@@ -48,7 +49,7 @@ class DoorRefusals:
 
     def __init__(self) -> None:
         self.counts: dict[tuple[str, str], int] = {}
-        self._sources: dict[str, Mapping[str, int]] = {}
+        self._sources: list[tuple[str, Mapping[str, int]]] = []
 
     def count(self, door: str, reason: str) -> None:
         key = (door, reason if _PLAIN_CODE.fullmatch(reason) else "other")
@@ -57,12 +58,13 @@ class DoorRefusals:
         self.counts[key] = self.counts.get(key, 0) + 1
 
     def add_source(self, door: str, counts: Mapping[str, int]) -> None:
-        """A door that keeps its own counts by reason (RTMP's ``refused``), read at render."""
-        self._sources[door] = counts
+        """Counts by reason that a door keeps itself (RTMP: its server's refused connections,
+        its door's refused publishes), read at render and added to ``door``'s."""
+        self._sources.append((door, counts))
 
     def totals(self) -> dict[tuple[str, str], int]:
         totals = dict(self.counts)
-        for door, counts in self._sources.items():
+        for door, counts in self._sources:
             for reason, n in counts.items():
                 totals[(door, reason)] = totals.get((door, reason), 0) + n
         return totals

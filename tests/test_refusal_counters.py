@@ -52,9 +52,11 @@ def test_doors_and_reasons_stay_bounded() -> None:
     assert len(refusals.counts) <= 201
     rtmp = {"token_expired": 2}
     refusals.add_source("rtmp", rtmp)
+    refusals.add_source("rtmp", {"token_expired": 1, "handshake_timeout": 4})
     rtmp["token_expired"] += 1  # read when rendered, not copied
-    assert 'shopcast_door_refusals_total{door="rtmp",reason="token_expired"} 3' in \
-        refusals.lines()
+    lines = refusals.lines()
+    assert 'shopcast_door_refusals_total{door="rtmp",reason="token_expired"} 4' in lines
+    assert 'shopcast_door_refusals_total{door="rtmp",reason="handshake_timeout"} 4' in lines
 
 
 async def counts(http: aiohttp.ClientSession, server: Any) -> dict[tuple[str, str], int]:
@@ -149,6 +151,17 @@ async def test_a_refusal_at_every_door_is_counted_by_door_and_reason(server: Any
             finally:
                 client.close()
             expected[("rtmp", "invalid_token")] = 1
+            # ... and a player, which this server refuses before any publish
+            client = await RawClient.open(server.config.rtmp_port)
+            try:
+                await client.handshake()
+                client.command("connect", {"app": "live", "tcUrl": "rtmp://127.0.0.1/live"})
+                await client.reply("_result")
+                client.command("play", None, ROOM, stream_id=1)
+                assert await client.closed_by_server()
+            finally:
+                client.close()
+            expected[("rtmp", "play_refused")] = 1
 
             after = await counts(http, server)
             for key, n in expected.items():

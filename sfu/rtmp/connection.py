@@ -159,10 +159,10 @@ class RtmpConnection(asyncio.Protocol):
                 if self._transport is not None:
                     self._transport.pause_reading()
         except RtmpProtocolError as exc:
-            self._fail(str(exc))
+            self._fail(str(exc), "protocol_error")
         except Exception:
             logger.exception("rtmp connection failed peer=%s", self.peer)
-            self._fail("internal error")
+            self._fail("internal error", None)
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -271,7 +271,7 @@ class RtmpConnection(asyncio.Protocol):
             self._send(messages.status(size, "error", "NetStream.Play.Failed",
                                        "this server takes publishes only",
                                        stream_id=message.stream_id or messages.PUBLISH_STREAM_ID))
-            self._refused("play refused")
+            self._refused("play refused", "play_refused")
         # Anything else (_checkbw, getStreamLength, a client's _result...) needs no answer.
 
     def _on_connect(self, values: list[object], txn: float) -> None:
@@ -290,7 +290,7 @@ class RtmpConnection(asyncio.Protocol):
         size = self._limits.chunk_size
         if self.state is not State.CONNECTED:
             self._send(messages.status(size, "error", PUBLISH_BAD_NAME, "already publishing"))
-            self._refused("second publish")
+            self._refused("second publish", "second_publish")
             return
         raw_name = values[3] if len(values) > 3 and isinstance(values[3], str) else ""
         kind = values[4] if len(values) > 4 and isinstance(values[4], str) else "live"
@@ -302,7 +302,7 @@ class RtmpConnection(asyncio.Protocol):
         app, stream, query = messages.names(text("app"), text("tcUrl"), raw_name)
         if not stream:
             self._send(messages.status(size, "error", PUBLISH_BAD_NAME, "empty stream name"))
-            self._refused("empty stream name")
+            self._refused("empty stream name", "empty_stream_name")
             return
         request = PublishRequest(app=app, stream=stream, query=query, peer=self.peer,
                                  tc_url=text("tcUrl"), publish_type=kind,
@@ -348,17 +348,17 @@ class RtmpConnection(asyncio.Protocol):
         try:
             self._drain()  # what arrived while the handler ran
         except RtmpProtocolError as exc:
-            self._fail(str(exc))
+            self._fail(str(exc), "protocol_error")
         except Exception:
             logger.exception("rtmp connection failed peer=%s", self.peer)
-            self._fail("internal error")
+            self._fail("internal error", None)
 
     def _refuse(self, code: str, description: str, stream_id: int) -> None:
         if self.state is State.CLOSED:
             return
         self._send(messages.status(self._limits.chunk_size, "error", code, description,
                                    stream_id))
-        self._refused(f"{code} {description}")
+        self._refused(f"{code} {description}", None)  # the door counted it
 
     def _on_unpublish(self, command: str) -> None:
         if self.state is State.AUTHORIZING:
@@ -396,14 +396,23 @@ class RtmpConnection(asyncio.Protocol):
 
     def _timeout(self, what: str) -> None:
         self._log_close(what)
+        if self.state is State.HANDSHAKE:
+            self._server.refused["handshake_timeout"] += 1
+        elif self.state in (State.CONNECTING, State.CONNECTED, State.AUTHORIZING):
+            self._server.refused["publish_timeout"] += 1
         self.close(END_TIMEOUT)
 
-    def _fail(self, reason: str) -> None:
+    def _fail(self, reason: str, code: str | None) -> None:
+        """Close for ``reason``; ``code``: the refusal it is counted as (None: not one)."""
         self._log_close(reason)
+        if code is not None:
+            self._server.refused[code] += 1
         self.close(END_ERROR)
 
-    def _refused(self, reason: str) -> None:
+    def _refused(self, reason: str, code: str | None) -> None:
         logger.info("rtmp refused peer=%s reason=%s", self.peer, reason)
+        if code is not None:
+            self._server.refused[code] += 1
         self.close(END_CLOSED)
 
     def _log_close(self, reason: str) -> None:
@@ -416,4 +425,4 @@ class RtmpConnection(asyncio.Protocol):
             return
         transport.write(data)
         if transport.get_write_buffer_size() > self._limits.max_write_buffer:
-            self._fail("client does not read what we send")
+            self._fail("client does not read what we send", "not_reading")

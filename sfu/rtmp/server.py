@@ -58,6 +58,8 @@ class RtmpServer:
         self._connections: set[RtmpConnection] = set()
         self._unauthenticated: Counter[str] = Counter()
         self._counted: set[RtmpConnection] = set()  # those in _unauthenticated
+        self.refused: Counter[str] = Counter()  # connections refused or cut before a publish
+        """By reason, for /metrics (the door counts the publishes it refuses itself)."""
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -100,8 +102,10 @@ class RtmpServer:
     def _admit(self, connection: RtmpConnection) -> str | None:
         """Count a new connection in, or say why it is refused."""
         if len(self._connections) >= self.limits.max_connections:
+            self.refused["too_many_connections"] += 1
             return "too many connections"
         if self._unauthenticated[connection.ip] >= self.limits.max_unauthenticated_per_ip:
+            self.refused["too_many_unauthenticated"] += 1
             return "too many connections not publishing from this address"
         self._connections.add(connection)
         self._unauthenticated[connection.ip] += 1
