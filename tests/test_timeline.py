@@ -55,11 +55,12 @@ async def test_commerce_events_are_kept_with_their_wall_time(store: Store, bus: 
     await timeline.publish("r", event("stock", sku="mug", remaining=4))
     await timeline.publish("r", event("sold_out", sku="mug"))
     await timeline.publish("r", event("product_pinned", product=None))
-    items, lost = await timeline.kept("r")
-    assert not lost
+    items, lost_before = await timeline.kept("r")
+    assert lost_before == []
     assert [k.event["type"] for k in items] == [
         "product_pinned", "sale", "stock", "sold_out", "product_pinned"]
-    assert [k.n for k in items] == [1, 2, 3, 4, 5]
+    assert [k.event["seq"] for k in items] == [1, 4, 5, 6, 7]  # in seq order across rings
+    assert [k.n for k in items] == [1, 2, 1, 3, 4]  # stock has a ring of its own
     assert all(a.wall <= b.wall for a, b in itertools.pairwise(items))
     assert [e.type for e in await bus.history("r")] == [
         "product_pinned", "likes", "chat", "sale", "stock", "sold_out", "product_pinned"]
@@ -77,16 +78,32 @@ async def test_the_ring_is_bounded_and_says_what_it_lost(store: Store, bus: Bus)
     timeline = Timeline(store, bus, max_events=8)
     for i in range(20):
         await timeline.publish("r", event("stock", sku="mug", remaining=100 - i))
-    items, lost = await timeline.kept("r")
-    assert lost
+    items, lost_before = await timeline.kept("r")
+    assert lost_before == [items[0].wall]
     assert [k.n for k in items] == list(range(13, 21))
     assert [k.event["remaining"] for k in items] == list(range(88, 80, -1))
-    assert len(await store.hgetall("r", "timeline")) == 8
+    assert len(await store.hgetall("r", "timeline:stock")) == 8
     # a recording that started before the oldest kept event may have lost some
-    _, truncated = on_recording_clock(items, items[0].wall - 1.0, 60.0, lost=lost)
+    _, truncated = on_recording_clock(items, items[0].wall - 1.0, 60.0, lost_before=lost_before)
     assert truncated
-    _, truncated = on_recording_clock(items, items[-1].wall, 60.0, lost=lost)
+    _, truncated = on_recording_clock(items, items[-1].wall, 60.0, lost_before=lost_before)
     assert not truncated
+
+
+async def test_a_long_sale_keeps_the_pins(store: Store, bus: Bus) -> None:
+    """Stock updates, up to four a second through a sale, have their own ring."""
+    timeline = Timeline(store, bus, max_events=8)
+    await timeline.publish("r", event("product_pinned", product=PRODUCT))
+    await timeline.publish("r", event("sale", sku="mug", stock=100, remaining=100))
+    for i in range(30):
+        await timeline.publish("r", event("stock", sku="mug", remaining=99 - i))
+    await timeline.publish("r", event("product_pinned", product=None))
+    items, lost_before = await timeline.kept("r")
+    kinds = [k.event["type"] for k in items]
+    assert kinds == ["product_pinned", "sale", *["stock"] * 8, "product_pinned"]
+    assert [k.event["remaining"] for k in items if k.event["type"] == "stock"] == list(
+        range(77, 69, -1))
+    assert len(lost_before) == 1  # the stock ring's, not the pins'
 
 
 async def test_closing_the_room_frees_its_timeline(store: Store, bus: Bus) -> None:
@@ -97,7 +114,7 @@ async def test_closing_the_room_frees_its_timeline(store: Store, bus: Bus) -> No
         await timeline.publish(room, event("product_pinned", product=PRODUCT))
     await store.delete_room("gone")
     assert await store.drop_room_data("gone") >= 2  # the ring and its counter
-    assert await timeline.kept("gone") == ([], False)
+    assert await timeline.kept("gone") == ([], [])
     assert len((await timeline.kept("stays"))[0]) == 1
     # a room re-created under the name starts a new timeline from 1
     await store.create_room("gone")

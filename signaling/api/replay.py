@@ -41,8 +41,8 @@ async def recording_timeline(
     duration_s = float(recording["duration_s"])
     if not recording.get("finished", True):
         duration_s = max(duration_s, (time.time() if now is None else now) - started_at)
-    kept, lost = await timeline.kept(str(recording["room"]))
-    events, truncated = on_recording_clock(kept, started_at, duration_s, lost=lost)
+    kept, lost_before = await timeline.kept(str(recording["room"]))
+    events, truncated = on_recording_clock(kept, started_at, duration_s, lost_before=lost_before)
     return {"recording": recording["id"], "room": recording["room"], "started_at": started_at,
             "duration_s": duration_s, "finished": bool(recording.get("finished", True)),
             "events": events, "truncated": truncated}

@@ -3,10 +3,12 @@ each kept with the wall time it was published, so any node can put it on a recor
 
 Events are kept where they are published: the catalog, the sales (and the chat) publish through
 a ``Timeline``, which publishes on the bus and then keeps the event. The kept events live in the
-room's scope, a ring of ``MAX_EVENTS`` slots in the hash ``timeline`` numbered by the counter
-``timeline:n``: bounded per room, the same on both backends, and freed with the rest of the
-room's data when the room is closed. A ring that went round has lost its oldest events; a
-recording that may have had some of them is answered with ``truncated``.
+room's scope, so closing the room frees them with the rest of its data and both backends hold
+them alike: rings of ``MAX_EVENTS`` slots (hashes numbered by a counter each), one for stock
+updates, one for chat, one for the rest, so a long sale's stock updates (up to four a second)
+never push the show's pins out. A ring that went round has lost its oldest events; a recording
+that may have had some of them is answered with ``truncated``. Events are put in order by their
+``seq``, whichever ring and process kept them.
 """
 
 from __future__ import annotations
@@ -21,9 +23,13 @@ from signaling.bus.base import pack, unpack
 from signaling.store import Store
 
 COMMERCE_TYPES = frozenset({"product_pinned", "sale", "stock", "sold_out"})
-MAX_EVENTS = 4096  # kept per room; the oldest go first
-RING = "timeline"  # hash: slot (n % MAX_EVENTS) -> {n, wall, event}
-COUNTER = "timeline:n"
+MAX_EVENTS = 4096  # kept per ring and room; the oldest go first
+RING = "timeline"  # hash: slot (n % MAX_EVENTS) -> {n, wall, event}; its counter: RING + ":n"
+RINGS = {"stock": RING + ":stock", "chat": RING + ":chat"}  # the rest go to RING
+
+
+def ring_of(kind: str) -> str:
+    return RINGS.get(kind, RING)
 
 
 class RoomPublisher(Protocol):
@@ -34,11 +40,15 @@ class RoomPublisher(Protocol):
 
 @dataclass(frozen=True)
 class Kept:
-    """One kept event: its number in the room's timeline, its wall time, the event."""
+    """One kept event: its number in its ring, its wall time, the event (with its ``seq``)."""
 
     n: int
     wall: float
     event: dict[str, Any]
+
+    @property
+    def order(self) -> tuple[int, float, int]:
+        return int(self.event.get("seq", 0)), self.wall, self.n
 
 
 class Timeline:
@@ -58,15 +68,23 @@ class Timeline:
         return published
 
     async def keep(self, room: str, event: Event, wall: float) -> None:
-        n = await self.store.incr(room, COUNTER)
-        record = pack({"n": n, "wall": wall, "event": dict(event.data)})
-        await self.store.hset(room, RING, str(n % self.max_events), record)
+        ring = ring_of(event.type)
+        n = await self.store.incr(room, ring + ":n")
+        record = pack({"n": n, "wall": wall, "event": {**event.data, "seq": event.seq}})
+        await self.store.hset(room, ring, str(n % self.max_events), record)
 
-    async def kept(self, room: str) -> tuple[list[Kept], bool]:
-        """The room's kept events, oldest first, and whether older ones were lost."""
-        raw = await self.store.hgetall(room, RING)
-        kept = sorted((_kept(value) for value in raw.values()), key=lambda k: k.n)
-        return kept, bool(kept) and kept[0].n > 1
+    async def kept(self, room: str) -> tuple[list[Kept], list[float]]:
+        """The room's kept events in order, and for each ring that lost its oldest events the
+        wall time of the oldest it still has (what that ring held before it is gone)."""
+        kept: list[Kept] = []
+        lost_before: list[float] = []
+        for ring in (RING, *RINGS.values()):
+            raw = await self.store.hgetall(room, ring)
+            items = sorted((_kept(value) for value in raw.values()), key=lambda k: k.n)
+            if items and items[0].n > 1:
+                lost_before.append(items[0].wall)
+            kept.extend(items)
+        return sorted(kept, key=lambda k: k.order), lost_before
 
 
 def _kept(raw: bytes) -> Kept:
@@ -75,14 +93,15 @@ def _kept(raw: bytes) -> Kept:
 
 
 def on_recording_clock(
-    kept: Iterable[Kept], started_at: float, duration_s: float, *, lost: bool = False
+    kept: Iterable[Kept], started_at: float, duration_s: float, *,
+    lost_before: Iterable[float] = (),
 ) -> tuple[list[dict[str, Any]], bool]:
     """The events of a recording that started at wall time ``started_at`` and lasts
     ``duration_s``, each as ``{"t": seconds on the recording's clock, "type", ...fields}``,
-    and whether some may be missing. What was on screen when the recording started (the pin,
-    the sale and its stock) comes first at ``t = 0`` with ``at_start``; an unpin is
-    ``product_unpinned``."""
-    kept = sorted(kept, key=lambda k: k.n)
+    and whether some may be missing (``lost_before``: see ``Timeline.kept``). What was on
+    screen when the recording started (the pin, the sale and its stock) comes first at
+    ``t = 0`` with ``at_start``; an unpin is ``product_unpinned``."""
+    kept = sorted(kept, key=lambda k: k.order)
     before: dict[tuple[str, str], Kept] = {}
     inside: list[dict[str, Any]] = []
     end = started_at + duration_s
@@ -91,10 +110,10 @@ def on_recording_clock(
             _fold(before, item)
         elif item.wall <= end:
             inside.append(_entry(item, round(item.wall - started_at, 3)))
-    at_start = [_entry(k, 0.0) | {"at_start": True} for k in sorted(before.values(),
-                                                                      key=lambda k: k.n)]
-    # a ring that went round lost its oldest events: some were inside if the oldest kept is
-    truncated = lost and (not kept or kept[0].wall > started_at)
+    at_start = [_entry(k, 0.0) | {"at_start": True}
+                for k in sorted(before.values(), key=lambda k: k.order)]
+    # a ring that went round lost events older than its oldest kept: inside, if that is
+    truncated = any(wall > started_at for wall in lost_before)
     return at_start + inside, truncated
 
 

@@ -8,8 +8,8 @@ export function cardsAt(events, t) {
   let pinned = null;
   let since = 0;
   let sale = null;
-  for (const ev of events) {
-    if (ev.t > t) break;
+  for (const ev of events) { // in seq order; clocks of two processes may disagree by a hair
+    if (ev.t > t) continue;
     switch (ev.type) {
       case "product_pinned":
         if (!pinned || !ev.product || pinned.sku !== ev.product.sku) since = ev.t;
