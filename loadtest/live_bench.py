@@ -63,6 +63,9 @@ async def _receive(ws: aiohttp.ClientWebSocketResponse, rx: Receiver, tag: str) 
         if data.get("type") == "state":
             rx.last_seq = int(data["seq"])
             continue
+        if data.get("type") == "resync":  # the room's seq started again: it counts from 1
+            rx.last_seq = 0
+            continue
         seq = data.get("seq")
         if isinstance(seq, int):
             if seq != rx.last_seq + 1:
@@ -87,6 +90,8 @@ def _datachannel_latencies(viewers: list[Any], tag: str) -> tuple[list[float], i
                 last = seq
             elif data.get("type") == "state":
                 last = int(data["seq"])
+            elif data.get("type") == "resync":  # a new seq epoch counts from 1
+                last = 0
             text = data.get("text", "")
             if data.get("type") == "chat" and text.startswith(tag):
                 latencies.append((arrived * 1e9 - int(text[len(tag):])) / 1e6)

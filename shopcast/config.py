@@ -53,6 +53,11 @@ class Config:
     redis_prefix: str = field(
         default="shopcast", metadata={"help": "prefix of every Redis key and channel"}
     )
+    allow_volatile_redis: bool = field(
+        default=False,
+        metadata={"help": "start on a Redis with neither appendonly nor save on (refused "
+                          "otherwise: a restart would lose every order and sale)"},
+    )
     event_history: int = field(
         default=1000, metadata={"help": "room events kept per room for clients that reconnect"}
     )
@@ -148,6 +153,11 @@ class Config:
     flv_keyframe_interval_ms: int = field(
         default=_FLV.keyframe_period_ms,
         metadata={"help": "HTTP-FLV: ask the anchor for a keyframe this often (0: never)"},
+    )
+    flv_plain_token: bool = field(
+        default=_FLV.plain_token,
+        metadata={"help": "HTTP-FLV: also accept a token in ?token= (off: only the playback "
+                          "plan's short-lived ?ticket= URLs, or Authorization: Bearer)"},
     )
     rtmp_port: int = field(
         default=RTMP_PORT,

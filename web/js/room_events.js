@@ -1,6 +1,8 @@
 // Room events over /ws/events/{room}: msgpack frames, `state` first, then events in seq order.
-// Reconnects with after_seq = the last seq seen, so nothing is missed or repeated; a close
-// with code 4003 (banned) does not reconnect. Replies (order, ack, error) carry our `cid`.
+// Reconnects with after_seq = the last seq seen (and its epoch), so nothing is missed or
+// repeated; a close with code 4003 (banned) does not reconnect. Replies (order, ack, error)
+// carry our `cid`. A `resync` means the room's seq started again (the server lost it): the
+// last seq is dropped, every later event is taken, and a fresh `state` is asked for.
 import { encode, decode } from "./msgpack.js";
 
 const REPLY_TYPES = new Set(["order", "ack", "error"]);
@@ -29,6 +31,7 @@ export class RoomEvents {
     this.onEvent = onEvent || (() => {});
     this.onStatus = onStatus || (() => {});
     this.lastSeq = null;
+    this.epoch = ""; // the epoch lastSeq counts in (from `state` or `resync`)
     this.ws = null;
     this.retryMs = RETRY_MIN_MS;
     this.pending = new Map(); // cid -> {resolve, timer}
@@ -40,6 +43,7 @@ export class RoomEvents {
     const proto = location.protocol === "https:" ? "wss:" : "ws:";
     const q = new URLSearchParams({ token: this.token });
     if (this.lastSeq !== null) q.set("after_seq", String(this.lastSeq));
+    if (this.lastSeq !== null && this.epoch) q.set("epoch", this.epoch);
     return `${proto}//${location.host}/ws/events/${encodeURIComponent(this.room)}?${q}`;
   }
 
@@ -69,6 +73,12 @@ export class RoomEvents {
   dispatch(data) {
     if (data.type === "state") {
       this.lastSeq = data.seq;
+      this.epoch = data.epoch || "";
+    } else if (data.type === "resync") {
+      const seen = { type: "resume", after_seq: this.lastSeq || 0, epoch: this.epoch };
+      this.lastSeq = 0; // the new epoch counts from 1
+      this.epoch = data.epoch;
+      this.send(seen); // our epoch is not the room's: the reply is a fresh `state`
     } else if (REPLY_TYPES.has(data.type) || typeof data.seq !== "number") {
       const waiter = data.cid && this.pending.get(data.cid);
       if (waiter) {

@@ -68,7 +68,8 @@ export class WsSignal {
           }
           return;
         }
-        if (typeof data.seq === "number") this.lastSeq = Math.max(this.lastSeq, data.seq);
+        if (data.type === "resync") this.lastSeq = 0; // the room's seq started again
+        else if (typeof data.seq === "number") this.lastSeq = Math.max(this.lastSeq, data.seq);
         const waiter = data.cid && this.pending.get(data.cid);
         if (waiter) {
           clearTimeout(waiter.timer);
