@@ -38,6 +38,7 @@ class SignalingSettings:
     layout: str = LAYOUTS[0]  # what `state` tells pages about the co-host layout
     resume: ResumeLimits = field(default_factory=ResumeLimits)  # per connection
     like_rate: float = LIKE_RATE  # like taps per second per identity per room (0 = no limit)
+    timeline_chat: bool = False  # the product timeline keeps chat messages too
 
 
 class Signaling:
@@ -62,6 +63,7 @@ class Signaling:
         self.live = EventGateway(self.store, self.bus, self.webhooks, kick=self.rooms.kick,
                                  layout=settings.layout, resume=settings.resume,
                                  like_rate=settings.like_rate,
+                                 timeline_chat=settings.timeline_chat,
                                  end_publishing=lambda room: self.rooms.media.end_publishers(room))
 
     def attach_media(

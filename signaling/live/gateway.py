@@ -68,7 +68,7 @@ class EventGateway:
         self, store: Store, bus: Bus, webhooks: Webhooks, kick: Kick = _no_kick,
         *, interval_ms: int = 250, layout: str = LAYOUTS[0],
         resume: ResumeLimits | None = None, like_rate: float = LIKE_RATE,
-        end_publishing: EndPublishing | None = None,
+        end_publishing: EndPublishing | None = None, timeline_chat: bool = False,
     ) -> None:
         self.store = store
         self.bus = bus
@@ -77,7 +77,7 @@ class EventGateway:
         self.forbids = Forbids(store, bus, end_publishing)
         self.cohosts = Cohosts(store, bus, kick)
         # catalog, sales and chat publish through the timeline: it keeps commerce events
-        self.timeline = Timeline(store, bus)
+        self.timeline = Timeline(store, bus, chat=timeline_chat)
         self.chat = Chat(store, self.timeline, self.moderation)
         self.likes = Likes(store, bus, interval_ms, like_rate)
         self.gifts = Gifts(store, bus)
