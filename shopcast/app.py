@@ -200,5 +200,6 @@ async def metrics(request: web.Request) -> web.Response:
     lines += rtmp_metrics.render(request.app.get(RTMP_KEY), request.app[NODE_KEY])
     lines += request.app[REFUSALS_KEY].lines()
     lines += request.app[SNAPSHOTS_KEY].lines()
+    lines += request.app[RECORDING_KEY].lines()
     lines += await metrics_lines(request.app)
     return web.Response(text="\n".join(lines) + "\n", content_type="text/plain", charset="utf-8")

@@ -113,7 +113,8 @@ async def test_a_room_is_recorded_in_segments_and_served_as_one_seekable_mp4(
     assert sorted(s["codec_name"] for s in info["streams"]) == ["aac", "h264"]
     assert abs(float(info["format"]["duration"]) - recording["duration_s"]) < 0.5, info
     end, pictures = decoded_video_end(whole)
-    assert end > recording["duration_s"] - 1 and pictures >= end * 10  # audio may run longer
+    assert end > recording["duration_s"] - 1, (end, recording["duration_s"])  # audio may end later
+    assert pictures >= end * 10, (pictures, end)
 
     folder = server.app[RECORDINGS_KEY].path_of(recording["id"])
     for segment in segments:  # every segment file plays alone, on the recording's clock
@@ -122,6 +123,14 @@ async def test_a_room_is_recorded_in_segments_and_served_as_one_seekable_mp4(
         with av.open(str(path)) as container:
             first = next(container.decode(video=0))
         assert first.time is not None and abs(first.time - segment["start_s"]) < 0.1
+
+    async with aiohttp.ClientSession() as http, http.get(f"{server.url}/metrics") as response:
+        metrics = await response.text()
+    assert 'shopcast_recordings_ended_total{reason="publisher_left"} 1' in metrics
+    assert "shopcast_recordings_active 0" in metrics
+    written = next(line for line in metrics.splitlines()
+                   if line.startswith("shopcast_recording_bytes_total "))
+    assert int(written.split()[1]) == recording["bytes"]
 
     token = server.token(room, "viewer", "subscribe")
     url = f"{server.url}/api/v1/recordings/{recording['id']}"

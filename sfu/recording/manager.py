@@ -62,6 +62,9 @@ class RecordingManager:
         self._pending: set[asyncio.Task[None]] = set()
         self._listening = asyncio.Event()
         self._lock = asyncio.Lock()  # starts and finishes one at a time
+        self._past_busy = 0.0  # finished recorders' remux time and bytes: counters never drop
+        self._past_bytes = 0
+        self._ended: dict[str, int] = {}  # why recordings ended -> how many
 
     # --- RoomObserver -----------------------------------------------------------------------
 
@@ -112,6 +115,9 @@ class RecordingManager:
             del self.recorders[meta.room]
         self._indexed.pop(meta.id, None)
         final = recorder.finish()
+        self._past_busy += recorder.busy_s
+        self._past_bytes += meta.bytes
+        self._ended[recorder.ended] = self._ended.get(recorder.ended, 0) + 1
         if final is None:
             self.index.delete_files(meta.id)  # no keyframe ever came: nothing to keep
             return
@@ -186,13 +192,30 @@ class RecordingManager:
                 logger.exception("recording retention sweep failed")
             await asyncio.sleep(SWEEP_EVERY_S)
 
-    def stats(self) -> dict[str, float]:
-        """For /metrics: recordings under way and the time their remux took on the loop."""
-        return {
-            "active": len(self.recorders),
-            "busy_s": sum(r.busy_s for r in self.recorders.values()),
-            "bytes": sum(r.meta.bytes for r in self.recorders.values()),
-        }
+    def lines(self) -> list[str]:
+        """For /metrics: recordings under way, what they wrote, the remux's time on the loop
+        (its cost per room), and why recordings ended."""
+        active = list(self.recorders.values())
+        busy = self._past_busy + sum(r.busy_s for r in active)
+        written = self._past_bytes + sum(r.meta.bytes for r in active)
+        out = [
+            "# HELP shopcast_recordings_active Rooms being recorded on this node.",
+            "# TYPE shopcast_recordings_active gauge",
+            f"shopcast_recordings_active {len(active)}",
+            "# HELP shopcast_recording_bytes_total Bytes of MP4 written by this node's "
+            "recordings.",
+            "# TYPE shopcast_recording_bytes_total counter",
+            f"shopcast_recording_bytes_total {written}",
+            "# HELP shopcast_recording_remux_seconds_total Time the recordings' remux took on "
+            "the event loop.",
+            "# TYPE shopcast_recording_remux_seconds_total counter",
+            f"shopcast_recording_remux_seconds_total {busy:.6f}",
+            "# HELP shopcast_recordings_ended_total Recordings ended on this node, by why.",
+            "# TYPE shopcast_recordings_ended_total counter",
+        ]
+        out += [f'shopcast_recordings_ended_total{{reason="{reason}"}} {count}'
+                for reason, count in sorted(self._ended.items())]
+        return out
 
 
 RECORDING_KEY = web.AppKey("recording_manager", RecordingManager)
