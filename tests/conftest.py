@@ -83,11 +83,12 @@ def stop_redis(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=5)
 
 
-def start_redis(binary: str, port: int, directory: str, *, appendonly: bool = True
-                ) -> subprocess.Popen[bytes] | None:
+def start_redis(binary: str, port: int, directory: str, *, appendonly: bool = True,
+                extra: Sequence[str] = ()) -> subprocess.Popen[bytes] | None:
     """Start redis-server on ``port`` keeping its files in ``directory``; None if it exited
     early (say, the port was taken). With ``appendonly`` it persists (AOF, fsync every
-    second), as the server requires for commerce; without, it persists nothing."""
+    second), as the server requires for commerce; without, it persists nothing. ``extra``:
+    more server arguments."""
     cmd = [
         binary,
         "--port",
@@ -104,6 +105,7 @@ def start_redis(binary: str, port: int, directory: str, *, appendonly: bool = Tr
         "everysec",
         "--daemonize",
         "no",
+        *extra,
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + REDIS_START_TIMEOUT_S

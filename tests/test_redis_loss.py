@@ -27,16 +27,27 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
+import redis.asyncio as aioredis
 from conftest import Server, free_port, redis_binary, start_redis, stop_redis
 from flv_helpers import start_anchor
-from live_helpers import WsClient
+from live_helpers import VIEWER, WsClient, make_gateway, send
 from rest_helpers import Api
 from waiting import wait_for
 
-from loadtest.clients import Viewer, play
+from loadtest.clients import SignalingError, Viewer, play
 from shopcast.config import Config
+from signaling.backends import open_backends
+from signaling.bus import Bus
+from signaling.errors import StoreUnavailable
+from signaling.live import schema
+from signaling.live.cohosts import stage
+from signaling.live.schema import event
+from signaling.service import Signaling, SignalingSettings
+from signaling.store import NodeRecord, Store
+from signaling.store.durability import DataLossWatch, VolatileRedis, require_persistence
+from signaling.store.redis import RedisStore
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+pytest_plugins = ["store_fixtures"]
 
 ROOM = "show"
 OUTAGE_LOGGER = "shopcast.signaling.store"
@@ -45,9 +56,11 @@ OUTAGE_LOGGER = "shopcast.signaling.store"
 class RedisProcess:
     """One redis-server on a fixed loopback port and directory, so it can come back there."""
 
-    def __init__(self, directory: Path, *, appendonly: bool) -> None:
+    def __init__(self, directory: Path, *, appendonly: bool, extra: tuple[str, ...] = ()
+                 ) -> None:
         self.directory = directory
         self.appendonly = appendonly
+        self.extra = extra
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -58,7 +71,7 @@ class RedisProcess:
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         proc = start_redis(redis_binary(), self.port, str(self.directory),
-                           appendonly=self.appendonly)
+                           appendonly=self.appendonly, extra=self.extra)
         assert proc is not None, f"redis-server did not start on port {self.port}"
         self.proc = proc
 
@@ -78,9 +91,11 @@ class RedisProcess:
 
 @pytest.fixture
 def redis_proc(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisProcess]:
-    """``aof`` (the default) or ``volatile`` (no persistence at all), by indirect param."""
+    """``aof`` (the default), ``volatile`` (no persistence at all) or ``renamed`` (AOF, and
+    CONFIG renamed away as managed services do), by indirect param."""
     kind = getattr(request, "param", "aof")
-    redis = RedisProcess(tmp_path / "redis", appendonly=kind == "aof")
+    redis = RedisProcess(tmp_path / "redis", appendonly=kind != "volatile",
+                         extra=("--rename-command", "CONFIG", "") if kind == "renamed" else ())
     redis.start()
     try:
         yield redis
@@ -152,6 +167,8 @@ async def frames_grow(viewer: Viewer, limit_s: float = 5.0) -> None:
     await wait_for(lambda: viewer.frames > before + 10, limit_s, "video frames still arriving")
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(180)
 async def test_an_aof_restart_keeps_every_order_and_the_sale_and_the_outage_is_a_json_503(
     server: Server, redis_proc: RedisProcess, http: aiohttp.ClientSession,
     caplog: pytest.LogCaptureFixture,
@@ -180,6 +197,9 @@ async def test_an_aof_restart_keeps_every_order_and_the_sale_and_the_outage_is_a
                                   "Authorization": f"Bearer {viewer_token}",
                                   "Idempotency-Key": "during"})
         await refused_503(http, "GET", f"{server.url}/ws/events/{ROOM}?token={viewer_token}")
+        with pytest.raises(SignalingError) as whep:  # the WHEP door's ban check needs Redis
+            await play(server.url, ROOM, viewer_token, decode=False)
+        assert (whep.value.status, whep.value.code) == (503, "store_unavailable")
         await refused_503(http, "GET", f"{server.url}/live/{ROOM}.flv",
                           headers={"Authorization": f"Bearer {viewer_token}"})
         await frames_grow(viewer)  # media does not need Redis
@@ -211,6 +231,8 @@ async def test_an_aof_restart_keeps_every_order_and_the_sale_and_the_outage_is_a
         [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(180)
 @pytest.mark.parametrize("redis_proc", ["volatile"], indirect=True)
 async def test_an_empty_restart_is_repaired_and_clients_resync(
     server: Server, redis_proc: RedisProcess,
@@ -272,6 +294,8 @@ def serve(redis_url: str, *flags: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(180)
 @pytest.mark.parametrize("redis_proc", ["volatile"], indirect=True)
 def test_a_volatile_redis_is_refused_at_startup_unless_allowed(
     redis_proc: RedisProcess,
@@ -298,3 +322,167 @@ def test_a_volatile_redis_is_refused_at_startup_unless_allowed(
         except subprocess.TimeoutExpired:
             allowed.kill()
             allowed.wait()
+
+
+# --- the pieces, without a restart ------------------------------------------------------------
+
+
+async def test_state_carries_the_epoch_and_a_resume_of_another_epoch_gets_a_fresh_state(
+    store: Store, bus: Bus,
+) -> None:
+    gateway = make_gateway(store, bus)
+    await store.create_room("r")
+    assert (await gateway.state("r"))["epoch"] == (await bus.position("r"))[0]
+    for i in range(3):
+        await bus.publish("r", event("chat", id=f"m{i}", identity="a", name="a", text="hi",
+                                     ts=i))
+    epoch, seq = await bus.position("r")
+    state = await gateway.state("r")
+    assert epoch and (state["epoch"], state["seq"]) == (epoch, seq) == (epoch, 3)
+    same = await send(gateway, VIEWER, type="resume", after_seq=1, epoch=epoch)
+    assert [e["seq"] for e in same] == [2, 3]
+    other = await send(gateway, VIEWER, type="resume", after_seq=1, epoch="another")
+    assert [e["type"] for e in other] == ["state"] and other[0]["epoch"] == epoch
+    assert await gateway.replay("r", 1, "another") is None
+    assert len(await gateway.replay("r", 1) or []) == 2  # no epoch named: as before
+
+
+async def test_a_client_event_during_an_outage_is_refused_with_store_unavailable(
+    redis_proc: RedisProcess, prefix: str,
+) -> None:
+    store, bus = open_backends(redis_proc.url, prefix)
+    await store.start()
+    await bus.start()
+    try:
+        gateway = make_gateway(store, bus)
+        await store.create_room("r")
+        redis_proc.kill()
+        replies = await send(gateway, VIEWER, type="chat", text="hello", cid="c1")
+        assert replies == [{"type": "error", "code": "store_unavailable", "cid": "c1",
+                            "message": StoreUnavailable().message}]
+        with pytest.raises(StoreUnavailable) as refused:
+            await store.get_room("r")
+        assert (refused.value.status, refused.value.retry_after_s) == (503, 2)
+        redis_proc.start()  # from its AOF
+        await wait_for_answer(store)
+        assert await store.get_room("r") is not None
+    finally:
+        await bus.close()
+        await store.close()
+
+
+async def wait_for_answer(store: Store, limit_s: float = 5.0) -> None:
+    deadline = time.monotonic() + limit_s
+    while True:
+        try:
+            await store.list_nodes()
+            return
+        except StoreUnavailable:
+            assert time.monotonic() < deadline, "redis did not come back"
+            await asyncio.sleep(0.1)
+
+
+async def wipe(redis_url: str, prefix: str) -> None:
+    """What an empty restart does to one deployment: every key of its prefix gone."""
+    client = aioredis.from_url(redis_url)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}:*")]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+async def test_a_lost_seq_starts_a_new_epoch_and_a_subscriber_resyncs(
+    redis_server: str, prefix: str,
+) -> None:
+    store, bus = open_backends(redis_server, prefix)
+    await store.start()
+    await bus.start()
+    try:
+        await store.create_room("r")
+        await bus.publish("r", {"type": "test", "n": 0})
+        first, _ = await bus.position("r")
+        async with bus.subscribe("r", after_seq=1, epoch=first) as sub:
+            await bus.publish("r", {"type": "test", "n": 1})
+            assert (await asyncio.wait_for(sub.get(), 5)).seq == 2
+            await wipe(redis_server, prefix)
+            published = [await bus.publish("r", {"type": "test", "n": n}) for n in (2, 3)]
+            assert [e.seq for e in published] == [1, 2]
+            second = published[0].epoch
+            assert second and second != first and (await bus.position("r")) == (second, 2)
+            resync = await asyncio.wait_for(sub.get(), 5)
+            assert resync.data == {"type": "resync", "epoch": second}
+            schema.event("resync", epoch=second)  # what the schema declares
+            after = [await asyncio.wait_for(sub.get(), 5) for _ in range(2)]
+            assert [(e.seq, e.data["n"]) for e in after] == [(1, 2), (2, 3)]
+            assert sub.epoch == second and sub.resyncs == 1
+            assert [e.epoch for e in await bus.history("r")] == [second, second]
+    finally:
+        await bus.close()
+        await store.close()
+
+
+async def test_a_data_loss_is_noticed_and_the_live_sessions_are_recorded_again(
+    redis_server: str, prefix: str,
+) -> None:
+    signaling = Signaling(SignalingSettings(secret="s" * 32, redis_url=redis_server,
+                                            redis_prefix=prefix, node_id="N_one"))
+    await signaling.start()
+    watch = DataLossWatch(signaling.store, interval_s=3600)  # checked by hand here
+    watch.on_loss(signaling.reporter.restore)
+    signaling.reporter.claims_rooms = True  # as on an SFU node of a multi-node deployment
+    try:
+        await watch.start()
+        await signaling.store.heartbeat(NodeRecord("N_one", "http://n1"), 10_000)
+        reporter = signaling.reporter
+        reporter.joined("r", "PA_anchor", "anchor", "whip", role="publisher", slot=0)
+        reporter.track_published("r", "PA_anchor", "TR_v", "video", "H264")
+        reporter.track_published("r", "PA_anchor", "TR_a", "audio", "opus")
+        reporter.joined("r", "PA_viewer", "viewer", "whep")
+        reporter.joined("r", "PA_gone", "gone", "flv")
+        reporter.track_unpublished("r", "PA_anchor", "TR_a")
+        reporter.left("r", "PA_gone")
+        await reporter.drain()
+        await signaling.store.claim_room_node("r", "N_one")
+        assert not await watch.check()  # nothing lost yet
+
+        await wipe(redis_server, prefix)
+        assert await signaling.store.get_room("r") is None
+        assert await watch.check()
+        assert watch.losses == 1 and watch.epoch == await signaling.store.data_epoch("x")
+        room = await signaling.store.get_room("r")
+        assert room is not None and room.node == "N_one"
+        sessions = {p.sid: p for p in await signaling.store.list_participants("r")}
+        assert set(sessions) == {"PA_anchor", "PA_viewer"}
+        assert [t.sid for t in sessions["PA_anchor"].tracks] == ["TR_v"]
+        assert (await signaling.store.room_counts("r")).viewers == 1
+        assert [p["sid"] for p in await stage(signaling.store, "r")] == ["PA_anchor"]
+        assert not await watch.check()  # repaired once
+    finally:
+        await watch.close()
+        await signaling.close()
+
+
+@pytest.mark.parametrize("redis_proc", ["aof", "volatile", "renamed"], indirect=True)
+async def test_persistence_is_read_with_config_get_and_a_volatile_redis_is_refused(
+    redis_proc: RedisProcess, prefix: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    store, _ = open_backends(redis_proc.url, prefix)
+    assert isinstance(store, RedisStore)
+    try:
+        found = await store.persistence()
+        if redis_proc.extra:  # CONFIG refused: unknown, logged, accepted
+            assert not found.known
+            assert not (await require_persistence(store, allow_volatile=False)).known
+            assert "CONFIG GET refused" in caplog.text
+        elif redis_proc.appendonly:
+            assert found.known and found.aof and found.durable
+            assert (await require_persistence(store, allow_volatile=False)).durable
+        else:
+            assert found.known and not found.durable and found.snapshots == ""
+            with pytest.raises(VolatileRedis, match="--allow-volatile-redis"):
+                await require_persistence(store, allow_volatile=False)
+            assert not (await require_persistence(store, allow_volatile=True)).durable
+    finally:
+        await store.close()
