@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 from flv_helpers import ffprobe, start_anchor
 from rest_helpers import Api
+from test_browser_flv import PageLog, wait_text
 
 from shopcast.config import Config
 from signaling.claims import Claims, Grant
@@ -223,3 +224,22 @@ class TestWithThePlainTokenFlag:
                 assert response.status == 200
         finally:
             await anchor.close()
+
+
+@pytest.mark.slow
+async def test_the_viewer_page_shows_why_the_plan_refused_it(server: Any, chromium: Any) -> None:
+    """On FLV the page asks the plan for each URL: a token that may not watch the room is told
+    so (it used to learn it from the FLV door) instead of waiting for the anchor for ever."""
+    room = "tk6"
+    anchor = await start_anchor(server, room)
+    try:
+        page = await chromium.new_page()
+        log = PageLog(page)
+        token = server.token("elsewhere", "viewer", "subscribe")
+        await page.goto(f"{server.url}/viewer?room={room}&token={token}&transport=flv")
+        await wait_text(page, "#state", "error")
+        assert "wrong_room" in (await page.text_content("#error") or "")
+        assert not [u for u in log.urls if ".flv" in u], "no FLV request without a ticket"
+        assert log.errors == []
+    finally:
+        await anchor.close()

@@ -41,6 +41,7 @@ let flvReason = "";
 let startTimer = null; // WEBRTC_START_MS watchdog of the current WHEP attempt
 let playedPc = null; // the RTCPeerConnection whose media reached "playing"
 let planMissing = false; // this server has no playback-plan endpoint: stop asking
+let planRefusal = null; // the plan's 401/403 error: this token cannot watch the room
 const media = new Map(); // remote stream id -> <video> (tile) or <audio> (audio-only stream)
 let watch = new TileWatch(); // co-host tiles show while their video decodes
 let watchTimer = null;
@@ -176,6 +177,13 @@ async function playbackPlan() {
       const body = await resp.json().catch(() => null);
       const code = body && body.error && body.error.code;
       if (code !== "not_live" && code !== "room_not_found") planMissing = true;
+      return null;
+    }
+    if (resp.status === 401 || resp.status === 403) {
+      const body = await resp.json().catch(() => null);
+      const error = (body && body.error) || {};
+      planRefusal = new Error(`playback refused: ${error.message || "HTTP " + resp.status}`);
+      planRefusal.code = error.code || "http_" + resp.status;
       return null;
     }
     if (!resp.ok) return null;
@@ -319,6 +327,11 @@ async function startFlv() {
   if (state !== "waiting" && state !== "left" && state !== "retrying") setState("connecting");
   const url = await flvStreamUrl();
   if (transport !== "flv" || flv) return; // the page moved on while the plan was on its way
+  if (!url && planRefusal) { // retrying cannot fix a token that may not watch
+    showError(planRefusal);
+    setState("error");
+    return;
+  }
   if (!url) {
     if (state !== "left") setState("waiting");
     retryTimer = setTimeout(startFlv, RETRY_MS);
