@@ -17,12 +17,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from conftest import Server
 from rest_helpers import forge_token, signaling_of
 
 from signaling.api import docs
 from signaling.api.access import Scope, scope_of
-from signaling.api.routes import PREFIX, ROUTES_KEY, Route
+from signaling.api.routes import PREFIX, ROUTES_KEY, Call, Route, json_response, mount
+from signaling.http_errors import error_middleware
+from signaling.service import SIGNALING_KEY
 from signaling.tokens import Grant
 
 ROOM = "authz"
@@ -260,3 +264,40 @@ async def test_every_door_refuses_a_wildcard_token_without_admin(server: Server)
                             + server.token(OTHER, "owner", "admin")) as response:
             body = await response.json()
             assert (response.status, body["error"]["code"]) == (403, "wrong_room")
+
+
+async def test_a_resource_room_route_fails_closed(server: Server) -> None:
+    """A route whose room is its resource's: the handler's ``require_room`` holds the token to
+    that room, and a handler that answers without calling it is a 500, never a success."""
+    async def checked(call: Call) -> web.StreamResponse:
+        call.require_room(ROOM)  # the resource, found, is in ROOM
+        return json_response({"ok": True})
+
+    async def forgetful(call: Call) -> web.StreamResponse:
+        return json_response({"ok": True})
+
+    app = web.Application(middlewares=[error_middleware])  # ApiError -> JSON, as the app's
+    app[SIGNALING_KEY] = signaling_of(server)
+    mount(app, [Route("GET", "/things/{id}", checked, "A thing", "getThing", "things",
+                      grant=Grant.SUBSCRIBE, scope=Scope.RESOURCE_ROOM),
+                Route("GET", "/others/{id}", forgetful, "Another", "getOther", "things",
+                      grant=Grant.SUBSCRIBE, scope=Scope.RESOURCE_ROOM)])
+    test_server = TestServer(app, host="127.0.0.1")
+    await test_server.start_server()
+    try:
+        async with aiohttp.ClientSession() as http:
+            async def get(path: str, token: str) -> tuple[int, Any]:
+                async with http.get(str(test_server.make_url(PREFIX + path)),
+                                    headers={"Authorization": f"Bearer {token}"}) as response:
+                    return response.status, await response.json()
+
+            assert await get("/things/1", server.token(ROOM, "v", "subscribe")) \
+                == (200, {"ok": True})
+            status, body = await get("/things/1", server.token(OTHER, "v", "subscribe"))
+            assert (status, body["error"]["code"]) == (403, "wrong_room")
+            status, body = await get("/things/1", server.token(ROOM, "v", "chat"))
+            assert (status, body["error"]["code"]) == (403, "missing_grant")
+            status, body = await get("/others/1", server.token(ROOM, "v", "subscribe"))
+            assert (status, body["error"]["code"]) == (500, "room_not_checked")
+    finally:
+        await test_server.close()
