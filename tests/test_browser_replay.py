@@ -1,6 +1,7 @@
 """The replay page in real Chromium: a 30 s recording whose product was pinned at 10 s and
 unpinned at 20 s; seeking to 12 s shows the product card, 22 s does not, and while the sale
-runs the card's buy button places an order through the order API.
+runs the card's buy button places an order through the order API. With --timeline-chat, the
+chat said at 6 s is listed from 6 s on.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from conftest import loopback_config
 from rest_helpers import Api
 
 from shopcast.config import Config
+from signaling.claims import Claims, Grant
+from signaling.service import SIGNALING_KEY
 
 if TYPE_CHECKING:
     from playwright.async_api import BrowserContext, Page
@@ -28,6 +31,7 @@ ROOM = "replayroom"
 SKU = "mug"
 TIMEOUT_MS = 15_000
 CARD = f'.product-card[data-sku="{SKU}"]'
+CHAT = "<b>only</b> 3 left"  # shown as text, never as markup
 
 
 async def page_status(page: Page) -> dict[str, Any]:
@@ -69,11 +73,13 @@ async def replay_checks(server: Server, chromium: BrowserContext, recording_id: 
     await seek(page, 12.0)
     await page.wait_for_selector(CARD, state="visible", timeout=TIMEOUT_MS)
     assert await page.text_content(f"{CARD} .product-title") == "Replay mug"
+    assert await page.text_content("#chat-list .chat-text") == CHAT  # said at 6 s
     await seek(page, 22.0)
     await page.wait_for_selector(CARD, state="detached", timeout=TIMEOUT_MS)
     assert await page.evaluate("document.querySelectorAll('.product-card').length") == 0
-    await seek(page, 5.0)
-    await page.wait_for_timeout(300)
+    assert await page.text_content("#chat-list .chat-text") == CHAT
+    await seek(page, 3.0)
+    await page.wait_for_selector("#chat-list", state="hidden", timeout=TIMEOUT_MS)
     assert await page.query_selector(CARD) is None
 
     await seek(page, 12.0)
@@ -100,8 +106,9 @@ async def shop_room(server: Server) -> Api:
 
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
-    """Every room recorded into the test's directory."""
-    return loopback_config(tmp_path, workers=0, record=True, record_dir=str(tmp_path / "rec"))
+    """Every room recorded into the test's directory, its chat kept in the timeline."""
+    return loopback_config(tmp_path, workers=0, record=True, record_dir=str(tmp_path / "rec"),
+                           timeline_chat=True)
 
 
 async def at_recording_time(started_at: float, t: float) -> None:
@@ -134,6 +141,9 @@ async def test_replay_of_a_recorded_room(server: Server, chromium: BrowserContex
     try:
         started_at = (await only_recording(admin, finished=False, limit_s=15))["started_at"]
         room = f"/api/v1/rooms/{ROOM}"
+        await at_recording_time(started_at, 6.0)
+        host = Claims(identity="anchor", room=ROOM, grants=frozenset({Grant.ADMIN}))
+        await server.app[SIGNALING_KEY].live.chat.send(ROOM, host, CHAT)
         await at_recording_time(started_at, 10.0)
         assert (await admin.post(room + "/pin", {"sku": SKU}))[0] == 200
         await at_recording_time(started_at, 11.0)

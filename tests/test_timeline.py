@@ -19,6 +19,7 @@ from rest_helpers import Api
 
 from shopcast.config import Config
 from signaling.bus import Bus, Event
+from signaling.claims import Claims, Grant
 from signaling.live.timeline import Kept, Timeline, on_recording_clock
 from signaling.recordings_index import RECORDINGS_KEY, RecordingMeta, new_recording_id
 from signaling.service import SIGNALING_KEY
@@ -70,8 +71,11 @@ async def test_commerce_events_are_kept_with_their_wall_time(store: Store, bus: 
 async def test_chat_is_kept_only_when_asked(store: Store, bus: Bus) -> None:
     timeline = Timeline(store, bus, chat=True)
     await timeline.publish("r", event("chat", id="c1", text="hi"))
+    await timeline.publish("r", event("chat_deleted", id="c1"))
     items, _ = await timeline.kept("r")
-    assert [k.event["text"] for k in items] == ["hi"]
+    assert [(k.event["type"], k.event["id"]) for k in items] == [
+        ("chat", "c1"), ("chat_deleted", "c1")]
+    assert len(await store.hgetall("r", "timeline:chat")) == 2
 
 
 async def test_the_ring_is_bounded_and_says_what_it_lost(store: Store, bus: Bus) -> None:
@@ -163,6 +167,14 @@ def test_what_was_on_screen_at_the_start_comes_first_at_zero() -> None:
     assert [(e["t"], e["type"]) for e in events if not e.get("at_start")] == [(5.0, "sold_out")]
 
 
+def test_a_deleted_chat_message_is_never_replayed() -> None:
+    items = [kept(1, 11.0, "chat", id="a", text="fine"),
+             kept(2, 12.0, "chat", id="b", text="spam"),
+             kept(3, 40.0, "chat_deleted", id="b")]  # deleted after the recording ended
+    events, _ = on_recording_clock(items, 10.0, 5.0)
+    assert [(e["t"], e["type"], e["text"]) for e in events] == [(1.0, "chat", "fine")]
+
+
 def test_an_unpin_before_the_start_leaves_no_card_at_zero() -> None:
     items = [kept(1, 1.0, "product_pinned", product=PRODUCT),
              kept(2, 2.0, "product_pinned", product=None)]
@@ -213,6 +225,15 @@ def test_cards_at_time_t() -> None:
     assert [(c["product"]["sku"], c["since"]) for c in at[28]] == [("hat", 27)]
 
 
+def test_chat_at_time_t() -> None:
+    chat = [{"t": float(i), "type": "chat", "id": f"m{i}", "text": str(i)} for i in range(10)]
+    script = f"""
+      const events = {json.dumps([*TIMELINE, *chat])}.sort((a, b) => a.t - b.t);
+      console.log(JSON.stringify([tl.chatAt(events, 4.5, 3), tl.chatAt(events, 0.5),
+                                  tl.chatAt(events, -1)].map((l) => l.map((m) => m.id))));"""
+    assert run_js(script) == [["m2", "m3", "m4"], ["m0"], []]
+
+
 def test_sale_state_decides_the_buy_button() -> None:
     sale = {"sku": "mug", "remaining": 2, "ends_at_ms": 2000}
     script = f"""
@@ -233,6 +254,7 @@ ROOM = "tl"
 def config(config: Config, backend: str, prefix: str) -> Config:
     config.redis = backend
     config.redis_prefix = prefix
+    config.timeline_chat = True  # --timeline-chat: replays show chat (off by default)
     return config
 
 
@@ -322,3 +344,17 @@ async def test_a_timeline_over_its_bound_is_truncated_and_says_so(server: Server
     status, body = await viewer.get(f"/api/v1/recordings/{recording_id}/timeline")
     assert status == 200 and body["truncated"] is True
     assert [e["remaining"] for e in body["events"]] == list(range(76, 60, -1))
+
+
+async def test_replayed_chat_leaves_out_what_moderators_deleted(server: Server) -> None:
+    admin, recording_id = await recorded_room(server, 1.0)
+    chat = server.app[SIGNALING_KEY].live.chat
+    who = Claims(identity="ann", room=ROOM, grants=frozenset({Grant.CHAT}), name="Ann")
+    kept_message = await chat.send(ROOM, who, "hello <b>show</b>")
+    spam = await chat.send(ROOM, who, "spam")
+    assert (await admin.delete(f"/api/v1/rooms/{ROOM}/chat/{spam['id']}"))[0] == 204
+    viewer = Api(server.url, server.token(ROOM, "bob", "subscribe"))
+    status, body = await viewer.get(f"/api/v1/recordings/{recording_id}/timeline")
+    assert status == 200, body
+    assert [(e["type"], e["id"], e["text"], e["name"]) for e in body["events"]] == [
+        ("chat", kept_message["id"], "hello <b>show</b>", "Ann")]

@@ -1,5 +1,6 @@
-"""The room's commerce timeline: pins, unpins, sales, stock and sold_out (chat when asked),
-each kept with the wall time it was published, so any node can put it on a recording's clock.
+"""The room's commerce timeline: pins, unpins, sales, stock and sold_out (chat and its
+deletions when asked), each kept with the wall time it was published, so any node can put it
+on a recording's clock.
 
 Events are kept where they are published: the catalog, the sales (and the chat) publish through
 a ``Timeline``, which publishes on the bus and then keeps the event. The kept events live in the
@@ -23,13 +24,15 @@ from signaling.bus.base import pack, unpack
 from signaling.store import Store
 
 COMMERCE_TYPES = frozenset({"product_pinned", "sale", "stock", "sold_out"})
+CHAT_TYPES = frozenset({"chat", "chat_deleted"})  # a deleted message is never replayed
 MAX_EVENTS = 4096  # kept per ring and room; the oldest go first
 RING = "timeline"  # hash: slot (n % MAX_EVENTS) -> {n, wall, event}; its counter: RING + ":n"
 RINGS = {"stock": RING + ":stock", "chat": RING + ":chat"}  # the rest go to RING
+RING_OF = {"chat_deleted": RINGS["chat"]}
 
 
 def ring_of(kind: str) -> str:
-    return RINGS.get(kind, RING)
+    return RING_OF.get(kind) or RINGS.get(kind, RING)
 
 
 class RoomPublisher(Protocol):
@@ -59,7 +62,7 @@ class Timeline:
         self.store = store
         self.bus = bus
         self.max_events = max_events
-        self.types = COMMERCE_TYPES | {"chat"} if chat else COMMERCE_TYPES
+        self.types = COMMERCE_TYPES | CHAT_TYPES if chat else COMMERCE_TYPES
 
     async def publish(self, room: str, event: Mapping[str, Any]) -> Event:
         published = await self.bus.publish(room, event)
@@ -100,12 +103,17 @@ def on_recording_clock(
     ``duration_s``, each as ``{"t": seconds on the recording's clock, "type", ...fields}``,
     and whether some may be missing (``lost_before``: see ``Timeline.kept``). What was on
     screen when the recording started (the pin, the sale and its stock) comes first at
-    ``t = 0`` with ``at_start``; an unpin is ``product_unpinned``."""
+    ``t = 0`` with ``at_start``; an unpin is ``product_unpinned``; a chat message a moderator
+    deleted is left out, whenever it was deleted."""
     kept = sorted(kept, key=lambda k: k.order)
+    deleted = {k.event.get("id") for k in kept if k.event.get("type") == "chat_deleted"}
     before: dict[tuple[str, str], Kept] = {}
     inside: list[dict[str, Any]] = []
     end = started_at + duration_s
     for item in kept:
+        if item.event.get("type") in CHAT_TYPES and (
+                item.event.get("type") == "chat_deleted" or item.event.get("id") in deleted):
+            continue
         if item.wall < started_at:
             _fold(before, item)
         elif item.wall <= end:

@@ -3,7 +3,7 @@
 // its product is still on sale now (GET /rooms/{room}/sales), through the same order API as the
 // live page (POST /orders with an Idempotency-Key). Server text is rendered with textContent only.
 import { el, formatPrice, newKey } from "./room_events.js";
-import { cardsAt, saleState } from "./replay_timeline.js";
+import { cardsAt, chatAt, saleState } from "./replay_timeline.js";
 
 const SALE_POLL_MS = 5000;
 const TIMELINE_POLL_MS = 5000;
@@ -19,9 +19,11 @@ const cardsRoot = document.getElementById("cards");
 const note = document.getElementById("timeline-note");
 const stateEl = document.getElementById("state");
 const errorEl = document.getElementById("error");
+const chatList = document.getElementById("chat-list");
 
 let events = [];
 let shown = "";            // the cards on screen, so a timeupdate that changes nothing is cheap
+let shownChat = "";        // the same for the chat list
 let liveSale = null;       // the room's sale now, from REST
 let clockOffset = 0;       // server ms - local ms
 const buying = new Set();  // skus with an order in flight
@@ -81,6 +83,19 @@ function render() {
     if (cards.length) checkSale();
   }
   renderButtons();
+  renderChat();
+}
+
+function renderChat() {
+  const said = chatAt(events, video.currentTime);
+  const key = said.map((m) => m.id).join(" ");
+  if (key === shownChat) return;
+  shownChat = key;
+  chatList.hidden = !said.length;
+  chatList.replaceChildren(...said.map((m) => el("li", { class: "chat-item", "data-id": m.id },
+    el("span", { class: "chat-name", text: m.name || m.identity }),
+    el("span", { class: "chat-text", text: m.text }))));
+  chatList.scrollTop = chatList.scrollHeight;
 }
 
 function renderButtons() {

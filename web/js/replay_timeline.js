@@ -33,3 +33,8 @@ export function saleState(sale, sku, serverNowMs) {
   if (serverNowMs >= sale.ends_at_ms) return "ended";
   return "open";
 }
+
+// The chat said at or before t (kept only when the server keeps chat), the newest `limit`.
+export function chatAt(events, t, limit = 50) {
+  return events.filter((ev) => ev.type === "chat" && ev.t <= t).slice(-limit);
+}
