@@ -20,6 +20,7 @@ import builtins
 import json
 import re
 import shutil
+import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ SCOPE = "_recordings"
 META = "meta"  # hash: recording id -> JSON
 ENABLED = "enabled"  # hash: room -> b"1" / b"0" (absent: the --record default)
 TOPIC = "recordings"  # bus topic: {"op": "set", "room", "enabled"} for the node with the room
+ABANDONED_S = 15.0  # a recorder writes its meta every 2 s while it records
 RECORDING_ID = re.compile(r"^R_[0-9a-f]{16}$")
 SEGMENT_NAME = "{:05d}.mp4"
 
@@ -72,6 +74,12 @@ class RecordingMeta:
     segments: list[Segment] = field(default_factory=list)
     finished: bool = False
     init_bytes: int = 0  # ftyp + moov at the head of every segment file
+    updated_at: float = 0.0  # unix time of the recorder's last write to the index
+
+    def abandoned(self, now: float) -> bool:
+        """Not finished, and its recorder stopped telling the index (its process was killed):
+        the files are what there is, it may be deleted."""
+        return not self.finished and now - self.updated_at > ABANDONED_S
 
     def public(self) -> dict[str, Any]:
         return {
@@ -105,6 +113,7 @@ class RecordingsIndex:
     # --- the index --------------------------------------------------------------------------
 
     async def put(self, meta: RecordingMeta) -> None:
+        meta.updated_at = time.time()
         await self.store.hset(SCOPE, META, meta.id, meta.dumps())
         await self.store.hset(SCOPE, _room_key(meta.room), meta.id, b"1")
 

@@ -18,7 +18,10 @@ from conftest import Server
 from sfu.recording.retention import DAY_S, sweep
 from shopcast.config import Config
 from signaling.recordings_index import (
+    ABANDONED_S,
+    META,
     RECORDINGS_KEY,
+    SCOPE,
     RecordingMeta,
     RecordingsIndex,
     Segment,
@@ -136,6 +139,11 @@ async def test_bad_input_is_refused_with_json_and_leaves_nothing(server: Server)
     status, _, body = await call("DELETE", f"{base}/recordings/{meta.id}", admin)
     assert status == 409 and code(body) == "recording_in_progress"
     assert await index.get(meta.id) is not None and index.path_of(meta.id).is_dir()
+    killed, _ = await seed(index, "shop", finished=False)  # its process died: no more updates
+    killed.updated_at = time.time() - ABANDONED_S - 1
+    await index.store.hset(SCOPE, META, killed.id, killed.dumps())
+    status, _, _ = await call("DELETE", f"{base}/recordings/{killed.id}", admin)
+    assert status == 204 and await index.get(killed.id) is None
 
     url = f"{base}/rooms/shop/recording"
     status, _, body = await call("PUT", url, viewer, json={"enabled": True})

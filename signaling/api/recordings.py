@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from pathlib import Path
 
 from aiohttp import web
@@ -153,7 +154,7 @@ async def get_media(call: Call) -> web.StreamResponse:
 
 async def delete_recording(call: Call) -> web.StreamResponse:
     meta = await _recording(call)
-    if not meta.finished:
+    if not meta.finished and not meta.abandoned(time.time()):
         raise conflict(f"recording {meta.id!r} is still being made; stop it first "
                        "(PUT /rooms/{room}/recording {\"enabled\": false})",
                        "recording_in_progress")
