@@ -230,8 +230,8 @@ class Config:
         default=round(_RECORD.retention_days),
         metadata={"help": "recordings older than this are deleted (0: keep everything)"},
     )
-    snapshot_interval_s: float = field(
-        default=_SNAPSHOT.interval_s,
+    snapshot_interval_s: int = field(
+        default=round(_SNAPSHOT.interval_s),
         metadata={"help": "compliance review: a JPEG of each live room's newest keyframe this "
                           "often, to GET /rooms/{room}/snapshot and the snapshot webhook (0: off)"},
     )
