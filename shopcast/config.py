@@ -195,6 +195,10 @@ class Config:
         metadata={"help": "like taps one identity may send per second in a room (bursts of "
                           "100; past it error rate_limited; 0 = no limit)"},
     )
+    timeline_chat: bool = field(
+        default=False,
+        metadata={"help": "the product timeline keeps chat too, so replays show it"},
+    )
     flv_layout: str = field(
         default=_FLV.layout,
         metadata={"help": "HTTP-FLV with co-hosts: side_by_side or pip (picture-in-picture)"},

@@ -34,6 +34,7 @@ def signaling_settings(config: Config) -> SignalingSettings:
                             max_events=config.resume_max_events,
                             max_bytes=config.resume_max_bytes),
         like_rate=config.like_rate,
+        timeline_chat=config.timeline_chat,
         webhooks=WebhookSettings(
             urls=list(config.webhook_urls),
             secret=config.webhook_secret,
