@@ -27,6 +27,7 @@ from rest_helpers import Api
 from rtmp_clients import RawClient
 from test_multinode import Proc, anchor_on, cluster, node_of  # noqa: F401 (cluster: a fixture)
 from test_multinode import token as multinode_token
+from test_rtmp_ingest import ffmpeg_push, pushing, rtmp_url
 from waiting import wait_for
 
 from loadtest.clients import SignalingError, play, publish
@@ -307,3 +308,24 @@ async def test_the_anchor_page_shows_the_reason(server: Server, chromium: Browse
     await page.click("#golive")
     await page.wait_for_function("window.shopcast.state === 'connected'", timeout=20_000)
     assert not errors, errors
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["memory"], indirect=True)
+async def test_forbid_cuts_an_rtmp_encoder(server: Server) -> None:
+    """An ffmpeg RTMP push (what OBS does) is ended by the forbid: its session goes within 1 s
+    and the encoder's connection is closed, so ffmpeg exits with an error."""
+    node = server.app[NODE_KEY]
+    url = rtmp_url(server, ROOM, server.token(ROOM, "anchor", "publish"))
+    with pushing(ffmpeg_push(url, seconds=60)) as encoder:
+        await wait_for(lambda: ROOM in node.rooms and node.rooms[ROOM].live, 15, "RTMP live")
+        posted = time.monotonic()
+        status, _ = await admin_api(server).post(
+            f"/rooms/{ROOM}/forbid", {"until": int(time.time()) + 600, "reason": REASON})
+        assert status == 201
+        await wait_for(lambda: not node.rooms.get(ROOM) or not node.rooms[ROOM].publishers,
+                       ENDED_WITHIN_S, "the RTMP publisher ended")
+        print(f"forbid: RTMP session ended {(time.monotonic() - posted) * 1000:.0f} ms after "
+              "the POST")
+        code = await asyncio.to_thread(encoder.wait, 10)
+        assert code != 0, "ffmpeg went on as if nothing happened"
