@@ -2,6 +2,9 @@
 so any front door can answer ``GET /api/v1/rooms/{room}/snapshot`` whichever node took it, and
 the signed ``snapshot`` webhook for an external review service.
 
+The latest is a key of the room's own scope (``snapshot``, with a TTL), so closing the room
+takes it too and nothing is kept per room name ever seen.
+
 The webhook carries the JPEG itself (base64 in ``snapshot.jpeg_base64``), not a URL to fetch:
 the HMAC signature then covers the very picture the reviewer judges, the reviewer needs no way
 back into the cluster (review services usually sit outside it) and nothing has to be kept for
@@ -23,7 +26,7 @@ from signaling.events import Webhook
 from signaling.store import Store
 from signaling.webhooks import Webhooks
 
-SCOPE = "_snapshot"  # not a valid room name: a room's close does not take it
+KEY = "snapshot"  # in the room's scope
 MAX_JPEG_BYTES = 512 * 1024
 MIN_KEEP_MS = 60_000
 
@@ -33,7 +36,7 @@ async def save_snapshot(store: Store, webhooks: Webhooks, room: str, *, taken_at
     """Keep ``jpeg`` as the room's latest for ``keep_ms`` (at least a minute), then queue the
     webhook (``emit`` never waits for a receiver)."""
     record = {"taken_at": taken_at, "width": width, "height": height, "jpeg": jpeg}
-    await store.put(SCOPE, room, msgpack.packb(record, use_bin_type=True),
+    await store.put(room, KEY, msgpack.packb(record, use_bin_type=True),
                     ttl_ms=max(keep_ms, MIN_KEEP_MS))
     if not webhooks.enabled:
         return
@@ -72,7 +75,7 @@ def snapshot_sink(store: Store, webhooks: Webhooks, keep_ms: int
 
 async def latest_snapshot(store: Store, room: str) -> tuple[float, bytes] | None:
     """(taken_at, JPEG) of the room's latest snapshot, while it is kept."""
-    raw = await store.get(SCOPE, room)
+    raw = await store.get(room, KEY)
     if raw is None:
         return None
     record = msgpack.unpackb(raw, raw=False)
