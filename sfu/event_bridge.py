@@ -25,6 +25,7 @@ from sfu.background import spawn
 from sfu.events_channel import EventsChannel
 from signaling.bus import Bus
 from signaling.claims import Claims
+from signaling.errors import StoreUnavailable
 from signaling.live.resume import ResumeBudget
 from signaling.live.schema import packed_error
 
@@ -257,6 +258,8 @@ class EventBridge:
     async def _send_snapshot(self, endpoint: Endpoint) -> None:
         try:
             endpoint.send(await self.handler.snapshot(endpoint.room))
+        except StoreUnavailable as exc:  # Redis away (logged once): this joiner is told
+            endpoint.send(packed_error(exc.code, exc.message))
         except Exception:
             logger.exception("room state failed room=%s", endpoint.room)
         endpoint.release()

@@ -2,8 +2,9 @@
 
 An SFU node runs a ``NodeAgent`` that writes its load to the registry every second with a TTL
 (4.5 s by default), so a node that stops is dead within the TTL and its rooms can be claimed by
-another. ``RoomRouter.owner`` answers "which node serves this room?": the recorded owner while
-it lives, else the least-loaded live node that is not draining and is under its viewer cap,
+another; after a Redis outage or data loss the next beat registers it again.
+``RoomRouter.owner`` answers "which node serves this room?": the recorded owner while it
+lives, else the least-loaded live node that is not draining and is under its viewer cap,
 claimed atomically so two signaling processes routing the same new room agree.
 """
 
@@ -16,6 +17,7 @@ from dataclasses import replace
 
 from common.tasks import stop_tasks
 from signaling.bus import Bus
+from signaling.errors import StoreUnavailable
 from signaling.store import NodeRecord, RoomNotFound, Store
 
 logger = logging.getLogger("shopcast.signaling.nodes")
@@ -96,7 +98,9 @@ class NodeAgent:
             await asyncio.sleep(self.interval_s)
             try:
                 await self.store.heartbeat(self.record(), self.ttl_ms)
-            except Exception:  # Redis briefly away: try again next beat, within the TTL
+            except StoreUnavailable:  # Redis away (logged once): the next beat registers again
+                pass
+            except Exception:
                 logger.exception("heartbeat failed")
 
     async def _listen(self, bus: Bus, listening: asyncio.Event) -> None:

@@ -18,7 +18,7 @@ import logging
 from aiohttp import web
 
 from common.tasks import stop_task
-from signaling.errors import ApiError, not_found
+from signaling.errors import ApiError, StoreUnavailable, not_found
 from signaling.negotiation import Elsewhere
 from signaling.nodes import NoNodeAvailable, RoomRouter
 from signaling.room_names import require_room_name
@@ -129,7 +129,9 @@ class NodeReaper:
             await asyncio.sleep(self.interval_s)
             try:
                 await self.reap()
-            except Exception:  # Redis briefly away: the next pass catches up
+            except StoreUnavailable:  # Redis away (logged once): the next pass catches up
+                pass
+            except Exception:
                 logger.exception("reaping dead nodes failed")
 
 

@@ -30,7 +30,10 @@ from typing import Any
 
 import msgpack
 
+from signaling.errors import StoreUnavailable
+
 SUBSCRIPTION_QUEUE = 1024
+HISTORY_RETRY_S = 0.5  # a refill from history that met a store outage is tried again after
 # What a closed room leaves behind: its seq counter, so a room re-created under the same name
 # goes on from there (a client holding the old seq would otherwise drop the new room's events as
 # already seen), and its history for a short while, so a client that reconnects right after the
@@ -126,11 +129,20 @@ class Subscription:
                 if event.seq <= self._last:
                     continue  # already handed out (history and live overlap)
                 if event.seq > self._last + 1 and not from_backlog:
-                    missed = await self.bus.history(self.channel, self._last)
+                    missed = await self._kept(self._last)
                     self._backlog.extend([*missed, event])
                     continue
             self._last = event.seq
             return event
+
+    async def _kept(self, after_seq: int) -> list[Event]:
+        """History after ``after_seq``. Through a store outage it waits (nothing is published
+        meanwhile) instead of ending the subscription, and with it every client behind it."""
+        while True:
+            try:
+                return await self.bus.history(self.channel, after_seq)
+            except StoreUnavailable:
+                await asyncio.sleep(HISTORY_RETRY_S)
 
     async def _resync(self, event: Event) -> Event:
         """``event`` is of a new epoch: the seq started again. Hand out ``resync``, then the
@@ -138,7 +150,7 @@ class Subscription:
         self.resyncs += 1
         self._epoch = event.epoch
         self._last = 0
-        kept = [e for e in await self.bus.history(self.channel, 0) if e.epoch == event.epoch]
+        kept = [e for e in await self._kept(0) if e.epoch == event.epoch]
         self._backlog = collections.deque([*kept, event])
         return resync_event(self.channel, event.epoch)
 
