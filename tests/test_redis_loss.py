@@ -486,3 +486,47 @@ async def test_persistence_is_read_with_config_get_and_a_volatile_redis_is_refus
             assert not (await require_persistence(store, allow_volatile=True)).durable
     finally:
         await store.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("redis_proc", ["volatile"], indirect=True)
+async def test_after_an_empty_restart_a_node_registers_again_with_its_room(
+    redis_proc: RedisProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Multi-node: an SFU node and a signaling process. Redis restarts empty; the node's
+    heartbeat registers it again, its repair records its room, sessions and claim, so the
+    signaling process answers for the room and routes a new viewer to the node."""
+    import test_multinode as cluster
+
+    monkeypatch.setenv("SHOPCAST_ALLOW_VOLATILE_REDIS", "1")
+    procs = {name: cluster.spawn(name, role, redis_proc.url, "loss", tmp_path)
+             for name, role in (("sfu-a", "sfu"), ("sig-a", "signaling"))}
+    clients: list[Any] = []
+    try:
+        await cluster.wait_started(procs)
+        front = procs["sig-a"].url
+        admin = Api(front + "/api/v1", cluster.token("*", "ops", "admin"))
+        clients.append(await cluster.anchor_on(front, ROOM))
+        viewer, _ = await cluster.decoded_frames(front, ROOM)
+        clients.append(viewer)
+
+        redis_proc.kill()
+        redis_proc.wipe()
+        redis_proc.start()  # empty
+
+        async def answered() -> Any:
+            status, room = await admin.get(f"/rooms/{ROOM}")
+            return room if status == 200 and room["counts"]["viewers"] == 1 else None
+
+        room = await cluster.eventually(answered, 5, "the room recorded again")
+        assert room["node"] == "sfu-a" and room["live"]
+        assert [p["identity"] for p in room["publishers"]] == ["anchor"]
+        assert [n["id"] for n in (await admin.get("/nodes"))[1]["nodes"]] == ["sfu-a"]
+        await frames_grow(viewer)
+        late, _ = await cluster.decoded_frames(front, ROOM)  # routed to the node that has the room
+        clients.append(late)
+    finally:
+        for client in clients:
+            await client.close()
+        cluster.stop_all(procs)
