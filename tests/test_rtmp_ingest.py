@@ -20,6 +20,7 @@ import pytest
 from conftest import Server, free_port, loopback_config
 from flv_helpers import ffprobe
 from live_helpers import WsClient
+from rest_helpers import forge_token
 from test_flv_mixer import FlvReader
 from waiting import wait_for
 
@@ -110,6 +111,7 @@ async def test_a_bad_token_is_refused_and_leaves_no_room(server: Server) -> None
         "garbage": "not-a-token",
         "wrong_room": server.token("other", "anchor", "publish"),
         "no_grant": server.token("rtmp2", "anchor", "subscribe"),
+        "every_room_without_admin": forge_token(server.config.secret, "*", "anchor", "publish"),
         "expired": mint(server.config.secret, room="rtmp2", identity="anchor", grants=["publish"],
                         ttl=60, now=int(time.time()) - 3600),
     }
