@@ -20,6 +20,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from conftest import Server
+from live_helpers import send
 from rest_helpers import forge_token, signaling_of
 
 from signaling.api import docs
@@ -27,7 +28,7 @@ from signaling.api.access import TOKEN_QUERY, Scope, scope_of
 from signaling.api.routes import PREFIX, ROUTES_KEY, Call, Route, json_response, mount
 from signaling.http_errors import error_middleware
 from signaling.service import SIGNALING_KEY
-from signaling.tokens import Grant
+from signaling.tokens import Claims, Grant
 
 ROOM = "authz"
 OTHER = "elsewhere"
@@ -308,3 +309,18 @@ async def test_a_resource_room_route_fails_closed(server: Server) -> None:
             assert (status, body["error"]["code"]) == (500, "room_not_checked")
     finally:
         await test_server.close()
+
+
+async def test_the_event_gateway_holds_claims_to_their_room(server: Server) -> None:
+    """The events data channel, /ws and /ws/events hand messages to the gateway with claims
+    already verified; the gateway still holds them to the room (``Claims.covers``), so claims
+    for ``*`` without admin, however they were made, act nowhere."""
+    gateway = signaling_of(server).live
+    await signaling_of(server).rooms.create(ROOM, None)
+    chat = {"type": "chat", "text": "hello"}
+    for who in (Claims(identity=CALLER, room="*", grants=frozenset({Grant.CHAT})),
+                Claims(identity=CALLER, room=OTHER, grants=frozenset({Grant.ADMIN}))):
+        replies = await send(gateway, who, ROOM, **chat)
+        assert [(r["type"], r.get("code")) for r in replies] == [("error", "forbidden")], who
+    root = Claims(identity=CALLER, room="*", grants=frozenset({Grant.ADMIN}))
+    assert [r for r in await send(gateway, root, ROOM, **chat) if r["type"] == "error"] == []
