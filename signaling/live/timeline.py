@@ -26,13 +26,10 @@ from signaling.store import Store
 COMMERCE_TYPES = frozenset({"product_pinned", "sale", "stock", "sold_out"})
 CHAT_TYPES = frozenset({"chat", "chat_deleted"})  # a deleted message is never replayed
 MAX_EVENTS = 4096  # kept per ring and room; the oldest go first
-RING = "timeline"  # hash: slot (n % MAX_EVENTS) -> {n, wall, event}; its counter: RING + ":n"
-RINGS = {"stock": RING + ":stock", "chat": RING + ":chat"}  # the rest go to RING
-RING_OF = {"chat_deleted": RINGS["chat"]}
-
-
-def ring_of(kind: str) -> str:
-    return RING_OF.get(kind) or RINGS.get(kind, RING)
+# Each ring is a hash, slot (n % MAX_EVENTS) -> {n, wall, event}, with its counter at ring + ":n".
+RING, STOCK_RING, CHAT_RING = "timeline", "timeline:stock", "timeline:chat"
+RINGS = (RING, STOCK_RING, CHAT_RING)
+RING_OF = {"stock": STOCK_RING, "chat": CHAT_RING, "chat_deleted": CHAT_RING}  # else RING
 
 
 class RoomPublisher(Protocol):
@@ -71,7 +68,7 @@ class Timeline:
         return published
 
     async def keep(self, room: str, event: Event, wall: float) -> None:
-        ring = ring_of(event.type)
+        ring = RING_OF.get(event.type, RING)
         n = await self.store.incr(room, ring + ":n")
         record = pack({"n": n, "wall": wall, "event": {**event.data, "seq": event.seq}})
         await self.store.hset(room, ring, str(n % self.max_events), record)
@@ -81,7 +78,7 @@ class Timeline:
         wall time of the oldest it still has (what that ring held before it is gone)."""
         kept: list[Kept] = []
         lost_before: list[float] = []
-        for ring in (RING, *RINGS.values()):
+        for ring in RINGS:
             raw = await self.store.hgetall(room, ring)
             items = sorted((_kept(value) for value in raw.values()), key=lambda k: k.n)
             if items and items[0].n > 1:
