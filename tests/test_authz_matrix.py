@@ -7,6 +7,10 @@ rule docs/api.md states, not by the server's code: a refusal is 401, or 403 with
 and a documented code, and leaves nothing behind; an allowed call is never 401 or 403. A
 route the router serves without a declaration fails. Memory backend: authorization happens
 before any store call, and the one store check (nothing changed) reads the room's seq.
+
+Beside the matrix: ``*`` without admin at the media and socket doors and at the event gateway,
+a resource's-room route that fails closed, the OpenAPI document and docs/api.md carrying the
+declaration.
 """
 
 from __future__ import annotations
