@@ -169,8 +169,8 @@ class RoomRecorder:
                     self.meta.room, video is not None, self._audio_header is not None)
 
     def _write(self, kind: int, body: bytes, ms: int) -> None:
-        remux, files = self._remux, self._files
-        assert remux is not None and files is not None
+        remux = self._remux
+        assert remux is not None
         if not remux.media(kind, body, ms):
             return
         at_cut = (kind == TAG_VIDEO and body[0] >> 4 == 1) or not remux.has_video
