@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
@@ -46,6 +46,9 @@ from signaling.service import Signaling, SignalingSettings
 from signaling.store import NodeRecord, Store
 from signaling.store.durability import DataLossWatch, VolatileRedis, require_persistence
 from signaling.store.redis import RedisStore
+
+if TYPE_CHECKING:
+    from playwright.async_api import BrowserContext
 
 pytest_plugins = ["store_fixtures"]
 
@@ -530,3 +533,60 @@ async def test_after_an_empty_restart_a_node_registers_again_with_its_room(
         for client in clients:
             await client.close()
         cluster.stop_all(procs)
+
+
+PAGE_CLIENT = """async ([room, token]) => {
+  const { RoomEvents } = await import("/static/js/room_events.js");
+  window.seen = [];
+  window.client = new RoomEvents(room, token, { onEvent: (e) => window.seen.push(e) });
+  window.client.connect();
+}"""
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("redis_proc", ["volatile"], indirect=True)
+async def test_the_page_client_resyncs_after_an_empty_restart(
+    server: Server, redis_proc: RedisProcess, chromium: BrowserContext,
+) -> None:
+    """web/js/room_events.js, as the pages use it: on ``resync`` it drops its last seq, asks
+    for a fresh ``state`` and takes every later event; a reconnect then names its epoch."""
+    ops = Api(server.url, server.token("*", "ops", "admin"))
+    assert (await ops.post("/api/v1/rooms", {"name": ROOM}))[0] == 201
+    host = await WsClient.open(server.url, ROOM, server.token(ROOM, "anchor", "admin"))
+    page = await chromium.new_page()
+    try:
+        await page.goto(server.url + "/")
+        await page.evaluate(PAGE_CLIENT, [ROOM, server.token(ROOM, "fan", "subscribe")])
+        await page.wait_for_function("window.seen.some((e) => e.type === 'state')")
+        first = await page.evaluate("window.client.epoch")
+        for i in range(3):
+            await host.send(type="chat", text=f"before {i}")
+        await page.wait_for_function("window.client.lastSeq >= 3")
+
+        redis_proc.kill()
+        redis_proc.wipe()
+        redis_proc.start()  # empty: the room is gone, so it is created again
+        await until_answer(ops, "/api/v1/rooms", 5.0)
+        assert (await ops.post("/api/v1/rooms", {"name": ROOM}))[0] == 201
+        later = 10
+        for i in range(later):
+            await host.send(type="chat", text=f"after {i}")
+        await page.wait_for_function(
+            f"window.seen.filter((e) => e.type === 'chat').length >= {3 + later} && "
+            "window.seen.filter((e) => e.type === 'state').length >= 2", timeout=10_000)
+        seen = await page.evaluate("window.seen")
+        kinds = [e["type"] for e in seen]
+        assert kinds.count("resync") == 1 and kinds.count("state") == 2, kinds
+        resync = seen[kinds.index("resync")]
+        assert resync["epoch"] != first
+        assert await page.evaluate("window.client.epoch") == resync["epoch"]
+        chats = [e["text"] for e in seen if e["type"] == "chat"]
+        assert chats == [f"before {i}" for i in range(3)] + [f"after {i}" for i in range(later)]
+        last = max(e["seq"] for e in seen[kinds.index("resync"):] if "seq" in e)
+        assert await page.evaluate("window.client.lastSeq") == last
+        assert f"epoch={resync['epoch']}" in await page.evaluate("window.client.url()")
+    finally:
+        await page.close()
+        await host.close()

@@ -238,7 +238,7 @@ class Bus(abc.ABC):
 
     @abc.abstractmethod
     async def position(self, room: str) -> tuple[str, int]:
-        """The room's epoch and last ``seq``, read together ("" before its first event)."""
+        """The room's epoch (made now if it has none yet) and last ``seq``, together."""
 
     @abc.abstractmethod
     async def forget_room(self, room: str) -> None:

@@ -33,18 +33,24 @@ from signaling.store.redis import Keys
 
 logger = logging.getLogger("shopcast.signaling.bus")
 
-# KEYS: seq, stream, room hash, epoch; ARGV: payload, max history, channel, closed seq ttl
-# ms, closed history ttl ms -> {seq, epoch}. A room that is not in the store (closed, or
-# never created) keeps its seq, epoch and history only for the closed TTLs; a live room's are
-# persistent. A missing epoch is made from the server's clock (unique per room and reset).
-PUBLISH = """
-local seq = redis.call('INCR', KEYS[1])
+# The room's epoch (KEYS[4]) in ``epoch``, made from the server's clock (unique per room and
+# reset) when there is none: whoever needs it first, a publish or a reader of the position.
+EPOCH = """
 local epoch = redis.call('GET', KEYS[4])
 if not epoch then
   local now = redis.call('TIME')
   epoch = now[1] .. string.format('%06d', tonumber(now[2]))
   redis.call('SET', KEYS[4], epoch)
 end
+"""
+
+# KEYS: seq, stream, room hash, epoch; ARGV: payload, max history, channel, closed seq ttl
+# ms, closed history ttl ms -> {seq, epoch}. A room that is not in the store (closed, or
+# never created) keeps its seq, epoch and history only for the closed TTLs; a live room's are
+# persistent.
+PUBLISH = """
+local seq = redis.call('INCR', KEYS[1])
+""" + EPOCH + """
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'e', ARGV[1])
 redis.call('PUBLISH', ARGV[3], seq .. ':' .. epoch .. ':' .. ARGV[1])
 if redis.call('EXISTS', KEYS[3]) == 1 then
@@ -57,6 +63,16 @@ else
   redis.call('PEXPIRE', KEYS[4], ARGV[4])
 end
 return {seq, epoch}
+"""
+
+# KEYS: seq, stream, room hash, epoch; ARGV: closed seq ttl ms -> {epoch, seq}. An epoch made
+# here for a room that is not in the store expires like a closed room's.
+POSITION = """
+""" + EPOCH + """
+if redis.call('EXISTS', KEYS[3]) == 0 and redis.call('PTTL', KEYS[4]) == -1 then
+  redis.call('PEXPIRE', KEYS[4], ARGV[1])
+end
+return {epoch, redis.call('GET', KEYS[1]) or '0'}
 """
 
 # KEYS: seq, stream, room hash, epoch; ARGV: closed seq ttl ms, closed history ttl ms
@@ -82,6 +98,7 @@ class RedisBus(Bus):
         self.keys = Keys(prefix)
         self._publish = client.register_script(PUBLISH)
         self._forget = client.register_script(FORGET)
+        self._position = client.register_script(POSITION)
         self.closed_ttl_ms = (CLOSED_SEQ_TTL_S * 1000, CLOSED_HISTORY_TTL_S * 1000)
         self._pubsub: PubSub | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -205,8 +222,10 @@ class RedisBus(Bus):
         return int(value or 0)
 
     async def position(self, room: str) -> tuple[str, int]:
-        epoch, seq = await self._r.mget([self.keys.stream_epoch(room), self.keys.seq(room)])
-        return (epoch.decode() if epoch else ""), int(seq or 0)
+        """The epoch, made now if the room has none yet, so a ``state`` always names one."""
+        epoch, seq = await self._position(keys=self._stream_keys(room),
+                                          args=[self.closed_ttl_ms[0]])
+        return epoch.decode(), int(seq)
 
     async def forget_room(self, room: str) -> None:
         """Expire the closed room's seq, epoch and history (nothing if it was re-created)."""
