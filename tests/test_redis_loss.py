@@ -30,7 +30,7 @@ import pytest_asyncio
 import redis.asyncio as aioredis
 from conftest import Server, free_port, redis_binary, start_redis, stop_redis
 from flv_helpers import start_anchor
-from live_helpers import VIEWER, WsClient, make_gateway, send
+from live_helpers import VIEWER, WsClient, make_gateway, pack, send, unpack
 from rest_helpers import Api
 from waiting import wait_for
 
@@ -200,6 +200,10 @@ async def test_an_aof_restart_keeps_every_order_and_the_sale_and_the_outage_is_a
                                   "Authorization": f"Bearer {viewer_token}",
                                   "Idempotency-Key": "during"})
         await refused_503(http, "GET", f"{server.url}/ws/events/{ROOM}?token={viewer_token}")
+        async with http.ws_connect(f"{server.url}/ws?token={viewer_token}") as ws:
+            await ws.send_bytes(pack({"type": "join", "room": ROOM, "cid": "j"}))
+            refusal = unpack((await ws.receive(timeout=5)).data)
+            assert (refusal["type"], refusal["code"]) == ("error", "store_unavailable")
         with pytest.raises(SignalingError) as whep:  # the WHEP door's ban check needs Redis
             await play(server.url, ROOM, viewer_token, decode=False)
         assert (whep.value.status, whep.value.code) == (503, "store_unavailable")
