@@ -33,6 +33,7 @@ from signaling.store import Store
 SCOPE = "_recordings"
 META = "meta"  # hash: recording id -> JSON
 ENABLED = "enabled"  # hash: room -> b"1" / b"0" (absent: the --record default)
+TIMELINES = "timeline"  # hash: id -> its product timeline, put aside when its room closed
 TOPIC = "recordings"  # bus topic: {"op": "set", "room", "enabled"} for the node with the room
 ABANDONED_S = 15.0  # a recorder writes its meta every 2 s while it records
 RECORDING_ID = re.compile(r"^R_[0-9a-f]{16}$")
@@ -103,6 +104,14 @@ class RecordingMeta:
         return cls(segments=segments, **data)
 
 
+async def recordings_of(store: Store, room: str) -> list[RecordingMeta]:
+    """The room's recordings in the store, oldest first (what needs no record directory)."""
+    ids = await store.hgetall(SCOPE, _room_key(room))
+    found = [RecordingMeta.loads(raw) for raw in [await store.hget(SCOPE, META, i) for i in ids]
+             if raw is not None]
+    return sorted(found, key=lambda m: (m.started_at, m.id))
+
+
 class RecordingsIndex:
     """The store's recordings (both backends) and the record directory's layout."""
 
@@ -125,9 +134,7 @@ class RecordingsIndex:
 
     async def of_room(self, room: str) -> list[RecordingMeta]:
         """The room's recordings, oldest first."""
-        ids = await self.store.hgetall(SCOPE, _room_key(room))
-        found = [meta for meta in [await self.get(i) for i in ids] if meta is not None]
-        return sorted(found, key=lambda m: (m.started_at, m.id))
+        return await recordings_of(self.store, room)
 
     async def every(self) -> list[RecordingMeta]:
         """Every recording (the retention sweep)."""
@@ -138,6 +145,7 @@ class RecordingsIndex:
         """Forget ``meta`` in the index and delete its files here; False if already gone."""
         gone = await self.store.hdel(SCOPE, META, meta.id)
         await self.store.hdel(SCOPE, _room_key(meta.room), meta.id)
+        await self.store.hdel(SCOPE, TIMELINES, meta.id)
         self.delete_files(meta.id)
         return gone
 

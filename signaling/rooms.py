@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from signaling.bus import Bus
@@ -44,6 +44,7 @@ class RoomService:
         media: MediaControl | None = None,
         *,
         auto_create: bool = True,
+        before_drop: Callable[[str], Awaitable[object]] | None = None,
     ) -> None:
         self.store = store
         self.bus = bus
@@ -53,6 +54,9 @@ class RoomService:
         self._sweeps: set[asyncio.Task[None]] = set()  # second passes over closed rooms
         self.media: MediaControl = media or NoMedia()
         self.auto_create = auto_create
+        # once per closed room, before its data goes: what must outlive it is put aside
+        # (each of its recordings' product timeline)
+        self.before_drop = before_drop
 
     async def _event(self, name: str, kind: RoomEvent, **fields: Any) -> None:
         await self.bus.publish(name, {"type": kind.value, **fields})
@@ -120,6 +124,11 @@ class RoomService:
         self._viewers_sent.pop(name, None)
         if await self.store.get_room(name) is not None:
             return  # re-created meanwhile: what is there is the new room's
+        if sweep and self.before_drop is not None:
+            try:
+                await self.before_drop(name)
+            except Exception:  # what it keeps is lost; the room's data still goes
+                logger.exception("putting aside what closed room %s leaves failed", name)
         await self.store.drop_room_data(name)
         await self.bus.forget_room(name)
         if sweep:

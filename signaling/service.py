@@ -53,7 +53,8 @@ class Signaling:
             raise ValueError("the webhook key must differ from the token secret")
         self.webhooks = Webhooks(settings.webhooks)
         self.rooms = RoomService(
-            self.store, self.bus, self.webhooks, media, auto_create=settings.auto_create_rooms
+            self.store, self.bus, self.webhooks, media, auto_create=settings.auto_create_rooms,
+            before_drop=lambda room: self.live.timeline.put_aside(room),
         )
         self.reporter = SessionReporter(self.rooms, settings.node_id)
         # ``shopcast serve``: this process is the only node and is not in the registry, so

@@ -358,3 +358,42 @@ async def test_replayed_chat_leaves_out_what_moderators_deleted(server: Server) 
     assert status == 200, body
     assert [(e["type"], e["id"], e["text"], e["name"]) for e in body["events"]] == [
         ("chat", kept_message["id"], "hello <b>show</b>", "Ann")]
+
+
+async def test_a_recording_keeps_its_timeline_when_its_room_closes(server: Server) -> None:
+    admin, recording_id = await recorded_room(server, 1.0)
+    index = server.app[RECORDINGS_KEY]
+    meta = await index.get(recording_id)
+    assert meta is not None
+    meta.finished, meta.duration_s = True, 30.0
+    await index.put(meta)
+    room = f"/api/v1/rooms/{ROOM}"
+    assert (await admin.post(room + "/pin", {"sku": "mug"}))[0] == 200
+    assert (await admin.delete(room + "/pin"))[0] == 200
+    viewer = Api(server.url, server.token(ROOM, "bob", "subscribe"))
+    path = f"/api/v1/recordings/{recording_id}/timeline"
+    status, before = await viewer.get(path)
+    assert status == 200
+    assert [e["type"] for e in before["events"]] == ["product_pinned", "product_unpinned"]
+
+    assert (await admin.delete(room))[0] == 204  # its data goes, its recording's part stays
+    timeline = server.app[SIGNALING_KEY].live.timeline
+    assert await timeline.kept(ROOM) == ([], [])
+    status, after = await viewer.get(path)
+    assert status == 200 and after["events"] == before["events"], after
+    assert after["truncated"] is False
+
+    # a room re-created under the name, with a show of its own, changes nothing of it
+    assert (await admin.post("/api/v1/rooms", {"name": ROOM}))[0] == 201
+    assert (await admin.post(room + "/products", {"sku": "cup", "title": "Cup", "price": 1}))[0] \
+        == 201
+    assert (await admin.post(room + "/pin", {"sku": "cup"}))[0] == 200
+    assert (await admin.delete(room))[0] == 204
+    assert (await viewer.get(path))[1]["events"] == before["events"]
+
+    # and it goes with the recording
+    store = server.app[SIGNALING_KEY].store
+    assert await store.hget("_recordings", "timeline", recording_id) is not None
+    assert (await admin.delete(f"/api/v1/recordings/{recording_id}"))[0] == 204
+    assert await store.hget("_recordings", "timeline", recording_id) is None
+    assert (await viewer.get(path))[0] == 404

@@ -20,7 +20,7 @@ from signaling.api.recordings import TOKEN_QUERY
 from signaling.api.routes import Call, Route, json_response
 from signaling.api.schema import Schema, array, obj
 from signaling.errors import not_found
-from signaling.live.timeline import Timeline, on_recording_clock
+from signaling.live.timeline import Timeline, span
 from signaling.recordings_index import RECORDINGS_KEY
 from signaling.tokens import Grant
 
@@ -37,12 +37,9 @@ async def recording_timeline(
 ) -> dict[str, Any]:
     """The timeline answer for ``recording`` (the recordings API's object: id, room,
     started_at, duration_s, finished); a recording still being written reaches up to now."""
-    started_at = float(recording["started_at"])
-    duration_s = float(recording["duration_s"])
-    if not recording.get("finished", True):
-        duration_s = max(duration_s, (time.time() if now is None else now) - started_at)
-    kept, lost_before = await timeline.kept(str(recording["room"]))
-    events, truncated = on_recording_clock(kept, started_at, duration_s, lost_before=lost_before)
+    now = time.time() if now is None else now
+    started_at, duration_s = span(recording, now)
+    events, truncated = await timeline.of_recording(recording, now)
     return {"recording": recording["id"], "room": recording["room"], "started_at": started_at,
             "duration_s": duration_s, "finished": bool(recording.get("finished", True)),
             "events": events, "truncated": truncated}

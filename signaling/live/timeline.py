@@ -4,8 +4,9 @@ on a recording's clock.
 
 Events are kept where they are published: the catalog, the sales (and the chat) publish through
 a ``Timeline``, which publishes on the bus and then keeps the event. The kept events live in the
-room's scope, so closing the room frees them with the rest of its data and both backends hold
-them alike: rings of ``MAX_EVENTS`` slots (hashes numbered by a counter each), one for stock
+room's scope, so closing the room frees them with the rest of its data (each of its recordings
+first gets its own part, kept with the recording: ``put_aside``) and both backends hold them
+alike: rings of ``MAX_EVENTS`` slots (hashes numbered by a counter each), one for stock
 updates, one for chat, one for the rest, so a long sale's stock updates (up to four a second)
 never push the show's pins out. A ring that went round has lost its oldest events; a recording
 that may have had some of them is answered with ``truncated``. Events are put in order by their
@@ -21,6 +22,8 @@ from typing import Any, Protocol
 
 from signaling.bus import Bus, Event
 from signaling.bus.base import pack, unpack
+from signaling.recordings_index import SCOPE as RECORDINGS
+from signaling.recordings_index import TIMELINES, recordings_of
 from signaling.store import Store
 
 COMMERCE_TYPES = frozenset({"product_pinned", "sale", "stock", "sold_out"})
@@ -85,6 +88,49 @@ class Timeline:
                 lost_before.append(items[0].wall)
             kept.extend(items)
         return sorted(kept, key=lambda k: k.order), lost_before
+
+
+    async def of_recording(
+        self, recording: Mapping[str, Any], now: float
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """The events of ``recording`` (the recordings API's object) on its clock, and whether
+        some may be missing: its own once its room closed, else from the room's."""
+        aside = await self.store.hget(RECORDINGS, TIMELINES, str(recording["id"]))
+        if aside is not None:
+            data = unpack(aside)
+            return list(data["events"]), bool(data["truncated"])
+        kept, lost_before = await self.kept(str(recording["room"]))
+        return on_recording_clock(kept, *span(recording, now), lost_before=lost_before)
+
+    async def put_aside(self, room: str) -> int:
+        """The room closes and its kept events go with its data: first each of its recordings
+        that has no timeline of its own gets one, kept with the recording (and deleted with
+        it), so its replay shows its products after the room is gone. Returns how many."""
+        recordings = await recordings_of(self.store, room)
+        if not recordings:
+            return 0
+        kept, lost_before = await self.kept(room)
+        now = time.time()
+        done = 0
+        for meta in recordings:
+            if await self.store.hget(RECORDINGS, TIMELINES, meta.id) is not None:
+                continue  # put aside when an earlier room of the name closed
+            events, truncated = on_recording_clock(kept, *span(meta.public(), now),
+                                                   lost_before=lost_before)
+            await self.store.hset(RECORDINGS, TIMELINES, meta.id,
+                                  pack({"events": events, "truncated": truncated}))
+            done += 1
+        return done
+
+
+def span(recording: Mapping[str, Any], now: float) -> tuple[float, float]:
+    """(started_at, duration_s) of the recordings API's object: one still being made reaches
+    up to ``now``."""
+    started_at = float(recording["started_at"])
+    duration_s = float(recording["duration_s"])
+    if not recording.get("finished", True):
+        duration_s = max(duration_s, now - started_at)
+    return started_at, duration_s
 
 
 def _kept(raw: bytes) -> Kept:
