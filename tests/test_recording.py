@@ -151,3 +151,22 @@ async def test_a_room_is_recorded_in_segments_and_served_as_one_seekable_mp4(
 def test_meta_round_trips_through_json() -> None:
     meta = RecordingMeta("R_0123456789abcdef", "room", "node", 1.5, finished=True)
     assert RecordingMeta.loads(meta.dumps()) == meta
+
+
+async def test_a_rooms_own_choice_wins_over_record(server: Server) -> None:
+    room = "rec-off"
+    async with aiohttp.ClientSession() as http, http.put(
+            f"{server.url}/api/v1/rooms/{room}/recording", json={"enabled": False},
+            headers={"Authorization": f"Bearer {server.token(room, 'boss', 'admin')}"}
+    ) as response:
+        assert response.status == 200
+    anchor = await publish(server.url, room, server.token(room, "anchor", "publish"),
+                           PaintedVideoTrack(colour="red"), ToneAudioTrack())
+    try:
+        outputs = server.app[RECORDING_KEY].flv.outputs
+        await wait_for(lambda: room in outputs and outputs[room].live, 10, "the room live")
+        await asyncio.sleep(2)
+        assert room not in server.app[RECORDING_KEY].recorders  # --record is on here
+        assert await recordings(server, room) == []
+    finally:
+        await anchor.close()
