@@ -1,7 +1,8 @@
 """The replay page in real Chromium: a 30 s recording whose product was pinned at 10 s and
 unpinned at 20 s; seeking to 12 s shows the product card, 22 s does not, and while the sale
 runs the card's buy button places an order through the order API. With --timeline-chat, the
-chat said at 6 s is listed from 6 s on.
+chat said at 6 s is listed from 6 s on. Once the room is closed the replay still shows the card,
+its button with nothing to sell.
 """
 
 from __future__ import annotations
@@ -53,9 +54,8 @@ async def seek(page: Page, t: float) -> None:
            })""", t)
 
 
-async def replay_checks(server: Server, chromium: BrowserContext, recording_id: str) -> None:
-    """Seek to 12 s: the card; 22 s: none; back at 12 s the buy button orders once."""
-    errors: list[str] = []
+async def open_replay(server: Server, chromium: BrowserContext, recording_id: str,
+                      errors: list[str]) -> Page:
     page = await chromium.new_page()
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     token = server.token(ROOM, "buyer", "subscribe")
@@ -67,6 +67,13 @@ async def replay_checks(server: Server, chromium: BrowserContext, recording_id: 
             "document.getElementById('video').readyState >= 1", timeout=TIMEOUT_MS)
     except Exception as exc:
         raise AssertionError(f"replay page not ready: {await page_status(page)}") from exc
+    return page
+
+
+async def replay_checks(server: Server, chromium: BrowserContext, recording_id: str) -> None:
+    """Seek to 12 s: the card; 22 s: none; back at 12 s the buy button orders once."""
+    errors: list[str] = []
+    page = await open_replay(server, chromium, recording_id, errors)
     duration = await page.evaluate("document.getElementById('video').duration")
     assert 29.0 <= duration <= 31.0, duration
 
@@ -163,3 +170,14 @@ async def test_replay_of_a_recorded_room(server: Server, chromium: BrowserContex
     assert [kind for kind, _ in pins] == ["product_pinned", "product_unpinned"], timeline
     assert 10.0 <= pins[0][1] <= 11.0 and 20.0 <= pins[1][1] <= 21.0, pins
     await replay_checks(server, chromium, recording["id"])
+
+    # after the show: the room closed, its replay still shows the card, with nothing to buy
+    assert (await admin.delete(f"/api/v1/rooms/{ROOM}"))[0] == 204
+    errors: list[str] = []
+    page = await open_replay(server, chromium, recording["id"], errors)
+    await seek(page, 12.0)
+    await page.wait_for_selector(f"{CARD} button.buy[data-state=not_on_sale][disabled]",
+                                 timeout=TIMEOUT_MS)
+    await seek(page, 22.0)
+    await page.wait_for_selector(CARD, state="detached", timeout=TIMEOUT_MS)
+    assert errors == []
