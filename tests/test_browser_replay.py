@@ -55,12 +55,17 @@ async def seek(page: Page, t: float) -> None:
 
 
 async def open_replay(server: Server, chromium: BrowserContext, recording_id: str,
-                      errors: list[str]) -> Page:
+                      errors: list[str], *, from_list: bool = False) -> Page:
+    """The replay page of the recording; ``from_list``: reached through the room's list."""
     page = await chromium.new_page()
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    token = server.token(ROOM, "buyer", "subscribe")
-    await page.goto(f"{server.url}/replay?" + urlencode(
-        {"room": ROOM, "recording": recording_id, "token": token}))
+    query = {"room": ROOM, "token": server.token(ROOM, "buyer", "subscribe")}
+    if from_list:
+        await page.goto(f"{server.url}/replay?" + urlencode(query))
+        await page.click(f'#recordings a[data-id="{recording_id}"]', timeout=TIMEOUT_MS)
+    else:
+        await page.goto(f"{server.url}/replay?" + urlencode({**query,
+                                                              "recording": recording_id}))
     try:
         await page.wait_for_function(
             "document.getElementById('state').textContent === 'ready' && "
@@ -171,10 +176,11 @@ async def test_replay_of_a_recorded_room(server: Server, chromium: BrowserContex
     assert 10.0 <= pins[0][1] <= 11.0 and 20.0 <= pins[1][1] <= 21.0, pins
     await replay_checks(server, chromium, recording["id"])
 
-    # after the show: the room closed, its replay still shows the card, with nothing to buy
+    # after the show: the room closed, its replay (from the room's list of recordings) still
+    # shows the card, with nothing to buy
     assert (await admin.delete(f"/api/v1/rooms/{ROOM}"))[0] == 204
     errors: list[str] = []
-    page = await open_replay(server, chromium, recording["id"], errors)
+    page = await open_replay(server, chromium, recording["id"], errors, from_list=True)
     await seek(page, 12.0)
     await page.wait_for_selector(f"{CARD} button.buy[data-state=not_on_sale][disabled]",
                                  timeout=TIMEOUT_MS)

@@ -158,9 +158,33 @@ async function loadTimeline() {
   render();
 }
 
+// Without a recording in the URL: the room's recordings, newest first, each a replay link.
+async function listRecordings() {
+  const list = document.getElementById("recordings");
+  try {
+    const { recordings } = await api(`/rooms/${encodeURIComponent(room)}/recordings`);
+    list.replaceChildren(...recordings.slice().reverse().map((r) => {
+      const url = `/replay?${new URLSearchParams({ room, recording: r.id, token })}`;
+      const when = new Date(r.started_at * 1000).toLocaleString();
+      return el("li", {}, el("a", { href: url, "data-id": r.id, text: when }),
+        ` · ${Math.round(r.duration_s)} s${r.finished ? "" : " (recording)"}`);
+    }));
+    list.hidden = false;
+    document.querySelector(".stage").hidden = true;
+    setState(recordings.length ? "choose" : "no recordings");
+  } catch (err) {
+    fail(`recordings: ${err.message}`);
+  }
+}
+
 function start() {
-  if (!room || !recording || !token) {
-    fail("add ?room=...&recording=...&token=... to the URL");
+  if (!room || !token) {
+    fail("add ?room=...&token=... (and &recording=...) to the URL");
+    return;
+  }
+  if (!recording) {
+    document.getElementById("room").textContent = room;
+    listRecordings();
     return;
   }
   document.getElementById("room").textContent = room;
