@@ -15,6 +15,7 @@ from sfu.event_bridge import EventBridge
 from sfu.flv import http as flv_http
 from sfu.flv import metrics as flv_metrics
 from sfu.flv.manager import FLV_KEY, FlvManager
+from sfu.media_clock import RoomMediaClocks
 from sfu.media_control import LoadMeter, NodeMediaControl, SessionBridge
 from sfu.node import NODE_KEY, SfuNode
 from sfu.recording.manager import RECORDING_KEY, RecordingManager
@@ -31,6 +32,7 @@ from signaling.door_refusals import REFUSALS_KEY, DoorRefusals, refusal_middlewa
 from signaling.errors import ApiError
 from signaling.front_door import MAX_BODY_BYTES
 from signaling.http_errors import error_middleware
+from signaling.live.media_time import clock_sink
 from signaling.recordings_index import RECORDINGS_KEY
 from signaling.service import Signaling
 from signaling.snapshots import snapshot_sink
@@ -131,6 +133,7 @@ def add_media_plane(app: web.Application, config: Config, signaling: Signaling) 
         snapshot_sink(signaling.store, signaling.webhooks,
                       round(config.snapshot_interval_s * config.snapshot_keep * 1000)))
     app[SNAPSHOTS_KEY] = snapshots
+    media_clocks = RoomMediaClocks(flv, clock_sink(signaling.store))  # commerce events' clock
 
     rtmp = None
     if config.rtmp_port:
@@ -148,11 +151,13 @@ def add_media_plane(app: web.Application, config: Config, signaling: Signaling) 
         await node.start()
         await recording.start()
         await snapshots.start()
+        await media_clocks.start()
         if rtmp is not None:
             await rtmp.start()
         yield
         if rtmp is not None:
             await rtmp.close()
+        await media_clocks.close()
         await snapshots.close()
         await recording.close()  # the last fragments and the index, before the node stops
         await node.stop()

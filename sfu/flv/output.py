@@ -98,8 +98,9 @@ class RoomFlvOutput:
         if feed is not None:
             self._direct = DirectTags(self, feed)
             self.publish_header()
+        self.video_clock: TrackClock | None = None  # the room's media clock samples it
         if self.video is not None and self._direct is None:
-            self._video_clock = self._clock(self.video)
+            self._video_clock = self.video_clock = self._clock(self.video)
             if self.video.codec.name.lower() == "vp8":
                 self._vp8 = Vp8Depacketizer(on_loss=self.video.request_keyframe)
                 converter = ToH264("vp8", keyframe_interval_s=settings.keyframe_period_ms / 1000)

@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from signaling.bus import Bus
 from signaling.live.errors import LiveError
 from signaling.live.schema import event
+from signaling.live.timeline import RoomPublisher
 from signaling.store import Store
 from signaling.tokens import Claims
 
@@ -34,7 +34,7 @@ CATALOG: dict[str, Gift] = {g.id: g for g in [
 
 
 class Gifts:
-    def __init__(self, store: Store, bus: Bus) -> None:
+    def __init__(self, store: Store, bus: RoomPublisher) -> None:
         self.store = store
         self.bus = bus
 
