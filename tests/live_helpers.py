@@ -63,12 +63,14 @@ class WsClient:
     received: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
-    async def open(cls, base: str, room: str, token: str, after_seq: int | None = None
-                   ) -> WsClient:
+    async def open(cls, base: str, room: str, token: str, after_seq: int | None = None,
+                   epoch: str = "") -> WsClient:
         http = aiohttp.ClientSession()
         url = f"{base}/ws/events/{room}?token={token}"
         if after_seq is not None:
             url += f"&after_seq={after_seq}"
+        if epoch:
+            url += f"&epoch={epoch}"
         try:
             ws = await http.ws_connect(url)
         except BaseException:

@@ -283,6 +283,14 @@ async def test_an_empty_restart_is_repaired_and_clients_resync(
                 assert event["seq"] > fresh["seq"]
                 texts.append(event["text"])
         assert texts == [f"after {i}" for i in range(later)]
+        # a client that was away meanwhile reconnects with its old seq and epoch: fresh state
+        back = await WsClient.open(server.url, ROOM, server.token(ROOM, "late", "subscribe"),
+                                   after_seq=state["seq"] + 5, epoch=first_epoch)
+        try:
+            again = await back.next()
+            assert (again["type"], again["epoch"]) == ("state", resync["epoch"])
+        finally:
+            await back.close()
         await frames_grow(viewer)
     finally:
         await watcher.close()
