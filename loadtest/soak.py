@@ -33,6 +33,7 @@ from typing import Any
 import aiohttp
 
 from loadtest import soak_analysis as analysis
+from loadtest import soak_trace
 from loadtest.clients import Publisher, loopback_only, publish
 from loadtest.media import PaintedVideoTrack, ToneAudioTrack
 from loadtest.rtmp_pusher import PushConfig, RtmpPusher
@@ -93,6 +94,9 @@ class Soak:
         await asyncio.sleep(self.args.end_settle_s)
         async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as http:
             await self.sample(http, "end")
+        if self.args.trace:
+            self.trace_dump()
+            await asyncio.sleep(30.0)  # a traced process takes its time to dump
 
     # --- rooms -------------------------------------------------------------------------------
 
@@ -195,9 +199,18 @@ class Soak:
     # --- samples -----------------------------------------------------------------------------
 
     async def sample_loop(self, http: aiohttp.ClientSession) -> None:
+        traced = False
         while True:
             await asyncio.sleep(self.args.sample_s)
             await self.sample(http, "churn")
+            if self.args.trace and not traced and self.samples[-1]["t"] >= self.args.warmup_s:
+                traced = True
+                self.trace_dump()
+
+    def trace_dump(self) -> None:
+        """SIGUSR1 to every server process: each dumps its tracemalloc snapshot and types."""
+        procs = self.samples[-1]["procs"]
+        soak_trace.signal_all([p["pid"] for k, p in procs.items() if k != "redis"])
 
     async def sample(self, http: aiohttp.ClientSession, phase: str) -> None:
         t = round(time.monotonic() - self.t0, 1)
@@ -252,6 +265,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--server-commit", default="",
                    help="run the server from this commit (git archive into a temporary "
                         "directory), or 'snapshot': a copy of the working tree taken at start")
+    p.add_argument("--trace", action="store_true",
+                   help="count every server process's objects by type after the warm-up and "
+                        "at the idle end, compared in the report (loadtest.soak_trace)")
+    p.add_argument("--trace-frames", type=int, default=0,
+                   help="with --trace: also tracemalloc from the warm-up on, this many frames "
+                        "(slows the server: a debug run, not a soak)")
     p.add_argument("--report", default="", help="JSON path (default loadtest/results/soak-*)")
 
 
@@ -276,9 +295,11 @@ def main(args: argparse.Namespace) -> int:
     log = REPORT_DIR / f"soak-{time.strftime('%Y%m%d-%H%M%S')}-server.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    trace_dir = REPORT_DIR / f"soak-trace-{time.strftime('%Y%m%d-%H%M%S')}"
+    extra_env = soak_trace.prepare(trace_dir, args.trace_frames) if args.trace else None
     redis = Redis() if args.backend == "redis" else None
     try:
-        server = Server(secret, redis.url if redis else "", args.workers, log, tree)
+        server = Server(secret, redis.url if redis else "", args.workers, log, tree, extra_env)
     except BaseException:
         if redis:
             redis.stop()
@@ -302,6 +323,10 @@ def main(args: argparse.Namespace) -> int:
         if commit:
             shutil.rmtree(tree, ignore_errors=True)
     result = analysis.flatness(soak.samples, args.warmup_s, window, args.tolerance_pct)
+    if args.trace and soak.samples:
+        result["trace"] = {label: soak_trace.compare(trace_dir, proc["pid"])
+                           for label, proc in soak.samples[-1]["procs"].items()
+                           if label != "redis"}
     report = {
         "schema": SCHEMA, "started": started, "command": sys.argv,
         "server_commit": commit or f"working tree at {_commit()}",

@@ -22,7 +22,7 @@ from typing import Any
 
 from loadtest.procstat import _stat_fields, process_tree
 
-START_TIMEOUT_S = 30.0
+START_TIMEOUT_S = 90.0  # a traced server on a busy machine starts slowly
 STOP_TIMEOUT_S = 10.0
 MAX_FDS_LISTED = 100_000
 
@@ -133,7 +133,7 @@ class Server:
     soak client comes from 127.0.0.1). Its code comes from `tree` (first on its import path)."""
 
     def __init__(self, secret: str, redis_url: str, workers: int, log_path: Path,
-                 tree: Path = CHECKOUT) -> None:
+                 tree: Path = CHECKOUT, extra_env: dict[str, str] | None = None) -> None:
         self.port, self.rtmp_port = free_port(), free_port()
         cmd = [sys.executable, "-c", LAUNCH, "serve", "--host", "127.0.0.1",
                "--port", str(self.port), "--rtmp-port", str(self.rtmp_port),
@@ -141,7 +141,9 @@ class Server:
                "--max-pending-sessions", "0", "--log-level", "WARNING"]
         if redis_url:
             cmd += ["--redis", redis_url]
-        env = dict(os.environ, SHOPCAST_SECRET=secret, PYTHONPATH=str(tree))
+        extra = dict(extra_env or {})
+        path = [p for p in (extra.pop("PYTHONPATH_FIRST", ""), str(tree)) if p]
+        env = dict(os.environ, SHOPCAST_SECRET=secret, PYTHONPATH=os.pathsep.join(path), **extra)
         self.log = log_path.open("ab")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env,
                                      cwd=tree)
