@@ -17,8 +17,8 @@ from dataclasses import replace
 
 from common.tasks import stop_tasks
 from signaling.bus import Bus
-from signaling.errors import StoreUnavailable
 from signaling.store import NodeRecord, RoomNotFound, Store
+from signaling.store.outage import every
 
 logger = logging.getLogger("shopcast.signaling.nodes")
 
@@ -94,14 +94,9 @@ class NodeAgent:
             await self.store.remove_node(self._node_id)  # a clean stop frees rooms at once
 
     async def _beat(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
-            try:
-                await self.store.heartbeat(self.record(), self.ttl_ms)
-            except StoreUnavailable:  # Redis away (logged once): the next beat registers again
-                pass
-            except Exception:
-                logger.exception("heartbeat failed")
+        """Through a Redis outage beats are skipped; the next one registers the node again."""
+        await every(self.interval_s,
+                    lambda: self.store.heartbeat(self.record(), self.ttl_ms), "heartbeat")
 
     async def _listen(self, bus: Bus, listening: asyncio.Event) -> None:
         async with bus.listen(DRAIN_TOPIC) as commands:

@@ -18,12 +18,13 @@ import logging
 from aiohttp import web
 
 from common.tasks import stop_task
-from signaling.errors import ApiError, StoreUnavailable, not_found
+from signaling.errors import ApiError, not_found
 from signaling.negotiation import Elsewhere
 from signaling.nodes import NoNodeAvailable, RoomRouter
 from signaling.room_names import require_room_name
 from signaling.rooms import RoomService
 from signaling.store import NodeRecord, RoomRecord, Store
+from signaling.store.outage import every
 from signaling.tokens import Claims
 
 logger = logging.getLogger("shopcast.signaling.routing")
@@ -125,14 +126,7 @@ class NodeReaper:
         return freed
 
     async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
-            try:
-                await self.reap()
-            except StoreUnavailable:  # Redis away (logged once): the next pass catches up
-                pass
-            except Exception:
-                logger.exception("reaping dead nodes failed")
+        await every(self.interval_s, self.reap, "reaping dead nodes")  # a pass catches up
 
 
 class NodePlacement:

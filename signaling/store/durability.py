@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from common.tasks import stop_task
-from signaling.errors import StoreUnavailable
+from signaling.store.outage import every
 
 if TYPE_CHECKING:
     from signaling.store.base import Store
@@ -115,11 +115,4 @@ class DataLossWatch:
         return True
 
     async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
-            try:
-                await self.check()
-            except StoreUnavailable:
-                pass  # the outage is logged once where it was met
-            except Exception:
-                logger.exception("checking the store for data loss failed")
+        await every(self.interval_s, self.check, "checking the store for data loss")

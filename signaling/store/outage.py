@@ -106,3 +106,17 @@ def guard(*extra: str) -> Callable[[type[T]], type[T]]:
         return cls
 
     return wrap
+
+
+async def every(interval_s: float, step: Callable[[], Awaitable[object]], what: str) -> None:
+    """Run ``step`` every ``interval_s`` for ever (a background loop's body). A Redis outage
+    skips a round quietly (``Outage`` logged it once); any other failure is logged, and the
+    loop goes on either way."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await step()
+        except StoreUnavailable:
+            pass
+        except Exception:
+            logger.exception("%s failed", what)
