@@ -85,6 +85,20 @@ def decoded_video_end(path: Path) -> tuple[float, int]:
     return last, count
 
 
+def decoded_end(path: Path) -> tuple[float, int]:
+    """(end of the last decoded picture or audio frame, pictures): every stream of the file
+    decoded to its end with PyAV."""
+    end, pictures = 0.0, 0
+    with av.open(str(path)) as container:
+        for frame in container.decode(*container.streams):
+            assert frame.time is not None
+            if isinstance(frame, av.AudioFrame):
+                end = max(end, frame.time + frame.samples / frame.sample_rate)
+            else:
+                end, pictures = max(end, frame.time), pictures + 1
+    return end, pictures
+
+
 async def test_a_room_is_recorded_in_segments_and_served_as_one_seekable_mp4(
     server: Server, tmp_path: Path
 ) -> None:

@@ -5,6 +5,7 @@ and a recorder whose room never sent a keyframe leaves nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import types
 from pathlib import Path
@@ -89,19 +90,21 @@ def one_stream_then_another(tmp_path: Path, size: str, rate: int) -> RoomRecorde
     return rec
 
 
-def test_a_new_picture_size_stays_in_the_same_recording(tmp_path: Path) -> None:
+async def test_a_new_picture_size_stays_in_the_same_recording(tmp_path: Path) -> None:
     rec = one_stream_then_another(tmp_path, "640x360", 48000)
     assert rec.ended == ""
     meta = rec.finish()
+    await rec.written()
     assert meta is not None and 5.5 <= meta.duration_s <= 6.5, meta
     path = tmp_path / meta.id / "00000.mp4"
     assert sizes(path) == [(320, 240), (640, 360)]
 
 
-def test_a_new_aac_configuration_ends_the_recording(tmp_path: Path) -> None:
+async def test_a_new_aac_configuration_ends_the_recording(tmp_path: Path) -> None:
     rec = one_stream_then_another(tmp_path, "320x240", 44100)
     assert rec.ended == "restart"
     meta = rec.finish()
+    await rec.written()
     assert meta is not None and meta.finished and 2.5 <= meta.duration_s <= 3.5, meta
     with av.open(str(tmp_path / meta.id / "00000.mp4")) as container:
         assert container.streams.audio[0].sample_rate == 48000
@@ -113,3 +116,20 @@ def test_nothing_is_kept_without_a_keyframe(tmp_path: Path) -> None:
     rec = recorder(room, tmp_path)
     room.feed(rec, [t for t in media(tags) if not t.keyframe])
     assert not rec.started and rec.finish() is None
+
+
+async def test_a_disk_that_fails_ends_the_recording(tmp_path: Path) -> None:
+    header, tags = flv("320x240", 48000, 3)
+    room = Room(header + b"".join(t.data for t in headers(tags).values()))
+    (tmp_path / "a-file").write_bytes(b"")  # the record dir cannot be made below a file
+    meta = RecordingMeta(new_recording_id(), "unit", "node", 0.0)
+    rec = RoomRecorder(meta, room.output, tmp_path / "a-file" / meta.id, segment_s=600)
+    rec.start()
+    for _ in range(100):  # bounded: the writer's thread reports within a few tags
+        room.feed(rec, media(tags)[:10])
+        if rec.ended:
+            break
+        await asyncio.sleep(0.01)
+    assert rec.ended == "disk_error", rec.ended
+    rec.finish()
+    await asyncio.wait_for(rec.written(), 5)

@@ -115,6 +115,7 @@ class RecordingManager:
             del self.recorders[meta.room]
         self._indexed.pop(meta.id, None)
         final = recorder.finish()
+        await recorder.written()
         self._past_busy += recorder.busy_s
         self._past_bytes += meta.bytes
         self._ended[recorder.ended] = self._ended.get(recorder.ended, 0) + 1

@@ -16,6 +16,7 @@ starts the next one.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -75,6 +76,8 @@ class RoomRecorder:
             self._reader.flush()  # what is left in the log, also when the output just closed
         if self.output.closed and not self.ended:
             self.ended = "publisher_left"
+        if self._files is not None and self._files.disk.failed and not self.ended:
+            self.ended = self._files.disk.failed
 
     # --- the reader's transport -------------------------------------------------------------
 
@@ -199,6 +202,11 @@ class RoomRecorder:
             previous.duration_s = last.start_s - previous.start_s
         self.changed = True
 
+    async def written(self) -> None:
+        """Once ``finish`` returned: until every byte is on disk (the writer's thread ends)."""
+        if self._files is not None:
+            await asyncio.to_thread(self._files.disk.join)
+
     def finish(self) -> RecordingMeta | None:
         """Write the last fragment and close; the final meta, or None if nothing was
         recorded (no keyframe ever came)."""
@@ -208,6 +216,8 @@ class RoomRecorder:
             self._reader.close("stopped")
         remux = self._remux
         if remux is None:
+            if self._files is not None:
+                self._files.close()
             return None
         try:
             remux.close()

@@ -7,15 +7,16 @@ cut is asked for (``cut_at``: the keyframe past the segment length) the ``moof``
 fragment starts there (read from its ``tfdt``: the muxer's interleaver may write the fragment
 before it later than that keyframe was handed over) opens a new file that starts with a copy
 of the initialization, so every segment plays alone, and segment 0 + the later segments
-without their copy of it are the recording as one stream (``signaling.recordings_index``).
+without their copy of it are the recording as one stream (``signaling.recordings_index``). The bytes themselves go to the files on the
+``DiskWriter``'s thread (``sfu/recording/disk.py``).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
+from sfu.recording.disk import DiskWriter
 from signaling.recordings_index import SEGMENT_NAME
 
 BOX_HEADER = 8
@@ -28,7 +29,7 @@ class SegmentFiles:
     def __init__(self, folder: Path, on_segment: Callable[[int], None]) -> None:
         self.folder = folder
         self.on_segment = on_segment
-        folder.mkdir(parents=True, exist_ok=True)
+        self.disk = DiskWriter(f"rec-{folder.name}")  # the syscalls, off the event loop
         self.index = 0
         self.init = b""  # ftyp + moov, known at the first moof
         self._init_done = False
@@ -38,12 +39,8 @@ class SegmentFiles:
         self._cut: tuple[int, int] | None = None  # (track id, first tfdt of the next segment)
         self._moof: bytearray | None = None  # a moof being collected (read whole before it goes)
         self.bytes = 0  # the recording's byte stream (without the repeated initializations)
-        self.segment_bytes = 0  # the current file's size
-        self._fd = self._open(0)
-
-    def _open(self, index: int) -> int:
-        path = self.folder / SEGMENT_NAME.format(index)
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        self.segment_bytes = 0  # the current file's size (once the disk writer caught up)
+        self.disk.open(self.folder / SEGMENT_NAME.format(0))
 
     def cut_at(self, track_id: int, tfdt: int) -> None:
         """Start the next segment at the first fragment of ``track_id`` from ``tfdt`` on
@@ -100,9 +97,8 @@ class SegmentFiles:
             self._pending.clear()
         elif self._cut is not None and _reaches(moof, *self._cut):
             self._cut = None
-            os.close(self._fd)
             self.index += 1
-            self._fd = self._open(self.index)
+            self.disk.open(self.folder / SEGMENT_NAME.format(self.index))
             self.segment_bytes = 0
             self._write(memoryview(self.init))
             self.on_segment(self.index)
@@ -114,15 +110,12 @@ class SegmentFiles:
         self._write(data)
 
     def _write(self, data: memoryview) -> None:
-        while data:
-            written = os.write(self._fd, data)
-            data = data[written:]
-            self.segment_bytes += written
+        self.disk.write(bytes(data))
+        self.segment_bytes += len(data)
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        """No more writes; ``disk.join()`` waits until they are all on disk."""
+        self.disk.close()
 
 
 def _children(box: bytes, start: int) -> list[tuple[bytes, int, int]]:
