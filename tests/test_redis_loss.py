@@ -602,3 +602,32 @@ async def test_the_page_client_resyncs_after_an_empty_restart(
     finally:
         await page.close()
         await host.close()
+
+
+async def test_likes_tapped_during_an_outage_are_counted_once_redis_is_back(
+    redis_proc: RedisProcess, prefix: str,
+) -> None:
+    store, bus = open_backends(redis_proc.url, prefix)
+    await store.start()
+    await bus.start()
+    gateway = make_gateway(store, bus)
+    try:
+        await store.create_room("r")
+        assert await send(gateway, VIEWER, type="like", count=5) == []
+        await wait_for(lambda: gateway.likes.coalescer.flushes >= 1, 5, "first flush")
+        redis_proc.kill()
+        assert await send(gateway, VIEWER, type="like", count=7) == []  # taken locally
+        with pytest.raises(StoreUnavailable):  # a flush that claimed its round just before
+            await gateway.likes._flush("r")
+        assert gateway.likes._pending == {"r": 7}  # kept for the next flush
+        await asyncio.sleep(0.6)  # two flush intervals meet the outage
+        redis_proc.start()  # from its AOF
+        await wait_for_answer(store)
+        deadline = time.monotonic() + 5
+        while await gateway.likes.total("r") != 12:
+            assert time.monotonic() < deadline, await gateway.likes.total("r")
+            await asyncio.sleep(0.1)
+    finally:
+        await gateway.close()
+        await bus.close()
+        await store.close()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 
 from signaling.bus import Bus
+from signaling.errors import StoreUnavailable
 from signaling.live.errors import LiveError
 from signaling.live.schema import event
 from signaling.live.throttle import Coalescer
@@ -84,7 +85,11 @@ class Likes:
 
     async def _flush(self, room: str) -> None:
         taps = self._pending.pop(room, 0)
-        total = await self.store.incr(room, "likes", taps) if taps else await self.total(room)
+        try:
+            total = await self.store.incr(room, "likes", taps) if taps else await self.total(room)
+        except StoreUnavailable:  # Redis away: these taps go with the next flush
+            self._pending[room] = self._pending.get(room, 0) + taps
+            raise
         await self.bus.publish(room, event("likes", total=total))
 
     async def close(self) -> None:
