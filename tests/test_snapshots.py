@@ -3,7 +3,8 @@
 every second (within 1 s) for 5 s, each with a JPEG whose pixels are the anchor's colour
 (decoded with PyAV); ``GET /api/v1/rooms/{room}/snapshot`` answers the latest JPEG to an admin
 of the room, 403 to a viewer's token, 404 JSON for a room without one. A VP8 anchor (whose FLV
-video is transcoded) and an RTMP encoder get their snapshots too.
+video is transcoded) and an RTMP encoder get their snapshots too; with two signaling and two SFU
+processes, the front door that holds no media serves the snapshot the room's node took.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import numpy as np
 import pytest
 from conftest import Server, free_port, loopback_config
 from rest_helpers import Api
+from test_multinode import Proc, cluster  # noqa: F401 (cluster: a fixture)
+from test_multinode import token as multinode_token
 from test_rtmp_ingest import ffmpeg_push, pushing, rtmp_url
 from test_webhooks import Receiver, receiver  # noqa: F401 (receiver: a fixture)
 from waiting import wait_for
@@ -49,7 +52,7 @@ def config(tmp_path: Path, backend: str, prefix: str,
     config.redis_prefix = prefix
     config.webhook_urls = [receiver.url]
     config.webhook_secret = HOOK_KEY
-    config.snapshot_interval_s = 1.0
+    config.snapshot_interval_s = 1
     return config
 
 
@@ -153,3 +156,37 @@ async def test_a_vp8_anchor_and_an_rtmp_encoder_get_snapshots(
                        15, "a snapshot of the RTMP encoder's room")
         first = next(s for s in snapshots(receiver) if s["room"]["name"] == "look3")
         assert first["snapshot"]["width"] == 320 and first["snapshot"]["bytes"] > 0
+
+
+@pytest.fixture
+def one_second_snapshots(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cluster's processes read it from the environment (asked for before ``cluster``)."""
+    monkeypatch.setenv("SHOPCAST_SNAPSHOT_INTERVAL_S", "1")
+
+
+@pytest.mark.timeout(180)
+async def test_any_front_door_serves_the_snapshot_the_node_took(
+        one_second_snapshots: None, cluster: dict[str, Proc]) -> None:  # noqa: F811
+    """Two signaling and two SFU processes on one Redis: the anchor publishes through
+    signaling A to its node; signaling B, which holds no media, answers the snapshot the
+    node took (it is in the store)."""
+    anchor = await publish(cluster["sig-a"].url, "look4",
+                           multinode_token("look4", "anchor", "publish"),
+                           PaintedVideoTrack("blue", texture=False), ToneAudioTrack())
+    url = f"{cluster['sig-b'].url}/api/v1/rooms/look4/snapshot"
+    headers = {"Authorization": f"Bearer {multinode_token('look4', 'ops', 'admin')}"}
+    try:
+        async def fetch() -> bytes | None:
+            async with aiohttp.ClientSession() as http, http.get(url, headers=headers) as r:
+                return await r.read() if r.status == 200 else None
+
+        jpeg = None
+        deadline = time.monotonic() + 20
+        while jpeg is None and time.monotonic() < deadline:
+            jpeg = await fetch()
+            if jpeg is None:
+                await asyncio.sleep(0.5)
+        assert jpeg is not None, "no snapshot through the other front door within 20 s"
+        assert_colour(jpeg, "blue")
+    finally:
+        await anchor.close()
