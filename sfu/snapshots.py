@@ -158,12 +158,12 @@ class RoomSnapshots:
 
     async def _decode(self, flv: bytes) -> tuple[bytes, int, int] | None:
         loop = asyncio.get_running_loop()
-        started = time.thread_time  # measured on the thread itself
 
         def job() -> tuple[tuple[bytes, int, int], float]:
-            t0 = started()
+            """On the snapshot thread, whose own CPU time is what the codec work cost."""
+            started = time.thread_time()
             result = keyframe_jpeg(flv, self.settings.quality)
-            return result, started() - t0
+            return result, time.thread_time() - started
 
         try:
             result, spent = await loop.run_in_executor(self._executor, job)

@@ -51,7 +51,7 @@ class Forbid:
         """What every door answers while the forbid holds: ``403 room_forbidden``."""
         stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.until))
         return ApiError(403, "room_forbidden",
-                        f"room {room!r} may not publish until {stamp}: {self.reason}")
+                        f"room {room!r} is forbidden until {stamp}: {self.reason}")
 
 
 class Forbids:
