@@ -41,7 +41,7 @@ class Outage:
 
     def __init__(self, reset: Callable[[], Awaitable[object]] | None = None) -> None:
         self._reset = reset
-        self._resetting: asyncio.Task[object] | None = None
+        self._resetting: asyncio.Future[object] | None = None
         self.since: float | None = None  # monotonic start of the current outage
         self.outages = 0  # outages seen since start, for /metrics
         self.refused = 0  # calls refused with StoreUnavailable, for /metrics
@@ -61,6 +61,7 @@ class Outage:
                            "store_unavailable until it is back", type(exc).__name__, exc)
             if self._reset is not None:
                 self._resetting = asyncio.ensure_future(self._reset())
+                self._resetting.add_done_callback(_quiet)
         return StoreUnavailable()
 
     def answered(self) -> None:
@@ -70,6 +71,12 @@ class Outage:
                        time.monotonic() - self.since, self._refused_now)
         self.since = None
         self._refused_now = 0
+
+
+def _quiet(task: asyncio.Future[object]) -> None:
+    """Dropping connections of a server that is gone may fail too; nothing to do about it."""
+    if not task.cancelled():
+        task.exception()
 
 
 class HasOutage:
