@@ -5,19 +5,14 @@ boundary (the joined stream has one initialization and every fragment on one clo
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import Server, loopback_config
 from playwright.async_api import BrowserContext
-from test_recording import finished
-from waiting import wait_for
+from test_recording import record_a_room
 
-from loadtest.clients import publish
-from loadtest.media import PaintedVideoTrack, ToneAudioTrack
-from sfu.recording.manager import RECORDING_KEY
 from shopcast.config import Config
 
 TIMEOUT_MS = 15_000
@@ -43,16 +38,7 @@ async def test_chromium_plays_and_seeks_a_recording_of_several_segments(
     server: Server, chromium: BrowserContext
 ) -> None:
     room = "recbrowser"
-    anchor = await publish(server.url, room, server.token(room, "anchor", "publish"),
-                           PaintedVideoTrack(colour="red"), ToneAudioTrack())
-    manager = server.app[RECORDING_KEY]
-    try:
-        await wait_for(lambda: room in manager.recorders and manager.recorders[room].started,
-                       10, "the recording to start")
-        await asyncio.sleep(9)
-    finally:
-        await anchor.close()
-    recording = await finished(server, room)
+    recording = await record_a_room(server, room, 9)
     segments = recording["segments"]
     assert len(segments) >= 3, segments
     later = segments[-2]  # a segment served without its own copy of the initialization

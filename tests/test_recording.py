@@ -99,20 +99,30 @@ def decoded_end(path: Path) -> tuple[float, int]:
     return end, pictures
 
 
+async def recording_started(server: Server, room: str) -> None:
+    manager = server.app[RECORDING_KEY]
+    await wait_for(lambda: room in manager.recorders and manager.recorders[room].started,
+                   10, "the recording to start")
+
+
+async def record_a_room(server: Server, room: str, seconds: float) -> dict[str, Any]:
+    """A painted aiortc anchor recorded for ``seconds`` once its recording started; the
+    finished recording as the list gives it."""
+    anchor = await publish(server.url, room, server.token(room, "anchor", "publish"),
+                           PaintedVideoTrack(colour="red"), ToneAudioTrack())
+    try:
+        await recording_started(server, room)
+        await asyncio.sleep(seconds)
+    finally:
+        await anchor.close()
+    return await finished(server, room)
+
+
 async def test_a_room_is_recorded_in_segments_and_served_as_one_seekable_mp4(
     server: Server, tmp_path: Path
 ) -> None:
     room = "rec-short"
-    anchor = await publish(server.url, room, server.token(room, "anchor", "publish"),
-                           PaintedVideoTrack(colour="red"), ToneAudioTrack())
-    manager = server.app[RECORDING_KEY]
-    try:
-        await wait_for(lambda: room in manager.recorders and manager.recorders[room].started,
-                       10, "the recording to start")
-        await asyncio.sleep(5.5)
-    finally:
-        await anchor.close()
-    recording = await finished(server, room)
+    recording = await record_a_room(server, room, 5.5)
     assert recording["room"] == room and abs(recording["started_at"] - time.time()) < 15
     segments = recording["segments"]
     assert len(segments) >= 2, segments  # cut every 2 s at a keyframe (FLV asks one per 2 s)

@@ -20,7 +20,15 @@ import numpy as np
 import pytest
 from conftest import TEST_SECRET, Server, free_port, loopback_config
 from test_cohost import invite
-from test_recording import decoded_end, decoded_video_end, download, finished, probe
+from test_recording import (
+    decoded_end,
+    decoded_video_end,
+    download,
+    finished,
+    probe,
+    record_a_room,
+    recording_started,
+)
 from test_rtmp_ingest import ffmpeg_push, pushing, rtmp_url
 from test_webhooks import Receiver, receiver  # noqa: F401 (the fixture)
 from waiting import wait_for
@@ -43,23 +51,10 @@ def config(tmp_path: Path, receiver: Receiver) -> Config:  # noqa: F811
                            webhook_urls=[receiver.url], webhook_secret="hook-key")
 
 
-async def recording_started(server: Server, room: str) -> None:
-    manager = server.app[RECORDING_KEY]
-    await wait_for(lambda: room in manager.recorders and manager.recorders[room].started,
-                   10, "the recording to start")
-
-
 async def test_a_30_s_room_gives_an_h264_aac_mp4_of_30_s(server: Server, tmp_path: Path,
                                                         receiver: Receiver) -> None:  # noqa: F811
     room = "rec30"
-    anchor = await publish(server.url, room, server.token(room, "anchor", "publish"),
-                           PaintedVideoTrack(colour="red"), ToneAudioTrack())
-    try:
-        await recording_started(server, room)
-        await asyncio.sleep(30)
-    finally:
-        await anchor.close()
-    recording = await finished(server, room)
+    recording = await record_a_room(server, room, 30)
     info = probe(await download(server, room, recording, tmp_path / "rec30.mp4"))
     assert sorted(s["codec_name"] for s in info["streams"]) == ["aac", "h264"]
     duration = float(info["format"]["duration"])

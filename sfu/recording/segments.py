@@ -7,8 +7,8 @@ cut is asked for (``cut_at``: the keyframe past the segment length) the ``moof``
 fragment starts there (read from its ``tfdt``: the muxer's interleaver may write the fragment
 before it later than that keyframe was handed over) opens a new file that starts with a copy
 of the initialization, so every segment plays alone, and segment 0 + the later segments
-without their copy of it are the recording as one stream (``signaling.recordings_index``). The bytes themselves go to the files on the
-``DiskWriter``'s thread (``sfu/recording/disk.py``).
+without their copy of it are the recording as one stream (``signaling.recordings_index``).
+The bytes themselves go to the files on the ``DiskWriter``'s thread (``sfu/recording/disk.py``).
 """
 
 from __future__ import annotations
