@@ -77,6 +77,37 @@ def observe_receiver_rtcp(
     receiver._handle_rtcp_packet = handle  # type: ignore[method-assign]
 
 
+class ReceiveStatistics(Protocol):
+    """aiortc's per-SSRC receive statistics (RFC 3550 A.3, A.8), as its receiver reports use."""
+
+    packets_received: int
+    max_seq: int | None
+
+    @property
+    def packets_expected(self) -> int: ...
+
+    @property
+    def jitter(self) -> int: ...
+
+
+def receive_statistics(receiver: RTCRtpReceiver) -> list[ReceiveStatistics]:
+    """The receiver's statistics of its media SSRCs (retransmission SSRCs left out, so loss
+    is counted before NACK recovery); read on a timer, never per packet."""
+    streams: dict[int, ReceiveStatistics] = receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
+    rtx: dict[int, int] = receiver._RTCRtpReceiver__rtx_ssrc  # type: ignore[attr-defined]
+    return [stats for ssrc, stats in list(streams.items()) if ssrc not in rtx]
+
+
+def remb_estimate(receiver: RTCRtpReceiver) -> int | None:
+    """The bitrate (bit/s) the receiver's REMB last asked the publisher for; None before its
+    estimator settled (audio receivers have none)."""
+    estimator = receiver._RTCRtpReceiver__remote_bitrate_estimator  # type: ignore[attr-defined]
+    control = getattr(estimator, "rate_control", None)
+    if control is None or not control.current_bitrate_initialized:
+        return None
+    return int(control.current_bitrate)
+
+
 def pli_sender(receiver: RTCRtpReceiver) -> Callable[[int], Coroutine[Any, Any, None]]:
     """The receiver's own PLI send (``media_ssrc`` -> coroutine), bound once."""
     send: Callable[[int], Coroutine[Any, Any, None]] = receiver._send_rtcp_pli
@@ -244,6 +275,9 @@ _INSTANCE: tuple[tuple[str, str], ...] = (
     ("RTCPeerConnection", "_RTCPeerConnection__cname"),
     ("RTCRtpTransceiver", "_codecs"),
     ("RTCRtpReceiver", "_RTCRtpReceiver__jitter_buffer"),
+    ("RTCRtpReceiver", "_RTCRtpReceiver__remote_streams"),
+    ("RTCRtpReceiver", "_RTCRtpReceiver__rtx_ssrc"),
+    ("RTCRtpReceiver", "_RTCRtpReceiver__remote_bitrate_estimator"),
     ("RTCRtpSender", "_ssrc"),
     ("RTCRtpSender", "_stream_id"),
     ("RTCRtpSender", "_RTCRtpSender__rtcp_task"),

@@ -76,6 +76,7 @@ def render(node: SfuNode) -> list[str]:
         ]
         lines += [f'shopcast_worker_bad_messages_total{{reason="{reason}"}} {count}'
                   for reason, count in sorted(node.workers.bad_messages().items())]
+    lines += node.network_quality.metrics()  # publishers' uplink scores (by door)
     return lines + _admission(node)
 
 

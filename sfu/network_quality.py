@@ -6,9 +6,9 @@ ITU-T G.107 E-model R-factor lowered by loss and by delay (RTT when known, jitte
 into a MOS and cut into levels. Two things a publisher's uplink shows that a call's audio
 does not are folded in as further impairments: received video bitrate well below the
 encoder's target (the offer's ``b=TIAS``/``b=AS``), and the node's REMB asking for far less
-than arrives (its delay-based estimator detected overuse). On a path whose loss and delay
-alone score ``GOOD`` or better, a bitrate shortfall never takes the score below ``FAIR``: an
-anchor that stepped down on purpose is not told to step down again.
+than arrives (its delay-based estimator saw the path queue). On a path whose loss, delay and
+overuse alone score ``GOOD`` or better, a shortfall against the target never takes the score
+below ``FAIR``: an anchor that stepped down on purpose is not told to step down again.
 
 Hysteresis (``QualityTracker``): a fall of two levels or more is taken at once, a fall of one
 needs two windows in a row, a rise needs two windows at or above the new level.
@@ -93,22 +93,30 @@ def _loss_impairment(loss: float) -> float:
     return 30.0 * math.log1p(15.0 * loss)
 
 
-def _bitrate_impairment(w: Window) -> float:
-    """Video arriving at well under the encoder's target; the REMB asking for much less."""
-    impairment = 0.0
-    if w.target_bps and w.target_bps > 0:
-        shortfall = 1.0 - min(w.bitrate_bps / w.target_bps, 1.0)
-        impairment += 25.0 * max(shortfall - 0.2, 0.0)  # 20 % under target is normal play
-    if w.remb_bps is not None and w.bitrate_bps > 0:
-        asked = w.remb_bps / w.bitrate_bps
-        impairment += 20.0 * max(0.7 - asked, 0.0)  # the estimator saw overuse
-    return impairment
+def _shortfall_impairment(w: Window) -> float:
+    """Video arriving at well under the encoder's target (20 % under is normal play)."""
+    if not w.target_bps or w.target_bps <= 0:
+        return 0.0
+    shortfall = 1.0 - min(w.bitrate_bps / w.target_bps, 1.0)
+    return 25.0 * max(shortfall - 0.2, 0.0)
+
+
+def _overuse_impairment(w: Window) -> float:
+    """The node's REMB asking for far less than arrives: its estimator saw the path queue."""
+    if w.remb_bps is None or w.bitrate_bps <= 0:
+        return 0.0
+    return 20.0 * max(0.7 - w.remb_bps / w.bitrate_bps, 0.0)
+
+
+def path_r_factor(w: Window) -> float:
+    """R from what the path shows (loss, delay, overuse), leaving the encoder's choice out."""
+    delay = _FIXED_DELAY_MS + _JITTER_DELAY_FACTOR * w.jitter_ms + (w.rtt_ms or 0.0) / 2
+    return (_R_BEST - _delay_impairment(delay) - _loss_impairment(w.loss)
+            - _overuse_impairment(w))
 
 
 def r_factor(w: Window) -> float:
-    delay = _FIXED_DELAY_MS + _JITTER_DELAY_FACTOR * w.jitter_ms + (w.rtt_ms or 0.0) / 2
-    return (_R_BEST - _delay_impairment(delay) - _loss_impairment(w.loss)
-            - _bitrate_impairment(w))
+    return path_r_factor(w) - _shortfall_impairment(w)
 
 
 def mos(r: float) -> float:
@@ -120,17 +128,18 @@ def mos(r: float) -> float:
     return 1.0 + 0.035 * r + 7e-6 * r * (r - 60.0) * (100.0 - r)
 
 
+def _level(value: float) -> int:
+    return next(level for floor, level in _MOS_LEVELS if value >= floor)
+
+
 def raw_score(w: Window) -> int:
     """The score of one window, without hysteresis."""
     if w.received == 0:
         return DOWN
     if w.expected < _MIN_PACKETS:  # too little traffic to judge loss: judge delay alone
         w = Window(w.seconds, 0, 0, w.bitrate_bps, w.jitter_ms, w.rtt_ms, None, None)
-    value = mos(r_factor(w))
-    score = next(level for floor, level in _MOS_LEVELS if value >= floor)
-    loss_only = mos(r_factor(Window(w.seconds, w.expected, w.received, w.bitrate_bps,
-                                    w.jitter_ms, w.rtt_ms)))
-    if score < FAIR and loss_only >= _MOS_LEVELS[1][0]:
+    score = _level(mos(r_factor(w)))
+    if score < FAIR and _level(mos(path_r_factor(w))) >= GOOD:
         return FAIR  # on a clean path a low bitrate alone never prompts the anchor
     return score
 

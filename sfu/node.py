@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
@@ -24,9 +25,11 @@ from sfu.errors import (
 )
 from sfu.event_bridge import EventBridge, open_channel
 from sfu.ice import rtc_configuration, use_host_addresses
+from sfu.network_quality import Window
 from sfu.offer import Offer
 from sfu.peer import PeerLeg, negotiate
 from sfu.publisher import Publisher
+from sfu.publisher_quality import PublisherQuality, ScoredPublisher
 from sfu.room import Room
 from sfu.rtmp.connection import RtmpConnection
 from sfu.rtmp.publisher import RtmpOptions, RtmpPublisher
@@ -107,6 +110,7 @@ class SfuNode:
         self.forbidden = forbidden
         self.workers = (WorkerPool(settings, self._session_closed, events)
                         if settings.workers > 0 else None)
+        self.network_quality = PublisherQuality(self._network_quality_changed)
         aiortc_private.install()  # checked already by the command line; once per process
         use_host_addresses(settings.ice_hosts, add_loopback=settings.ice_loopback)
 
@@ -331,9 +335,22 @@ class SfuNode:
         """Tell the room (the anchor's console) that the encoder should change a setting."""
         logger.warning("publisher %s room=%s: %s (%s)", publisher.id, publisher.room, message,
                        code)
+        self._room_event(publisher.room, "publisher_warning", identity=publisher.identity,
+                         code=code, message=message)
+
+    def _network_quality_changed(self, publisher: ScoredPublisher, score: int, w: Window
+                                 ) -> None:
+        """A publisher's score changed: the room hears it (the anchor's page, admins)."""
+        self._room_event(
+            publisher.room, "network_quality", identity=publisher.identity,
+            slot=publisher.slot, score=score, loss=round(w.loss, 4),
+            jitter_ms=round(w.jitter_ms, 1), rtt_ms=w.rtt_ms,
+            bitrate_kbps=round(w.bitrate_bps / 1000),
+        )
+
+    def _room_event(self, room: str, type_: str, **fields: object) -> None:
         if self.events is not None:
-            spawn(self.events.bus.publish(publisher.room, event(
-                "publisher_warning", identity=publisher.identity, code=code, message=message)))
+            spawn(self.events.bus.publish(room, event(type_, **fields)))
 
     def _session_closed(self, session: Session) -> None:
         self.sessions.pop(session.id, None)
@@ -372,6 +389,9 @@ class SfuNode:
                         viewer.send_sender_reports()
             if self.workers is not None:
                 self.workers.send_sender_reports()
+            self.network_quality.tick(time.monotonic(), [
+                p for room in self.rooms.values() for p in room.publishers.values()
+                if isinstance(p, Publisher)])
 
 
 NODE_KEY = web.AppKey("sfu_node", SfuNode)

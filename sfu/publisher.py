@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from aiortc import RTCRtpCodecParameters, RTCRtpTransceiver
+from aiortc import RTCRtpCodecParameters, RTCRtpReceiver, RTCRtpTransceiver
 
-from sfu.aiortc_private import negotiated_codecs
+from sfu.aiortc_private import negotiated_codecs, receive_statistics, remb_estimate
 from sfu.codecs import answer_as_offered, describe, publisher_preferences, restrict_to
 from sfu.errors import CodecMismatch, UnsupportedCodec
 from sfu.flv.tag_feed import FlvFeed
+from sfu.network_quality import ReceiveCounters, offered_video_target_bps
 from sfu.offer import Offer
 from sfu.peer import PeerLeg
 from sfu.producer import Producer, TrackSlot
@@ -40,6 +41,8 @@ class Publisher(PeerLeg):
         super().__init__(*args, **kwargs)
         self.producers: list[Producer] = []
         self._transceivers: list[RTCRtpTransceiver] = []
+        self._received: list[tuple[RTCRtpReceiver, Producer]] = []  # for the quality score
+        self._target_bps: int | None = None  # the offer's b=TIAS / b=AS for video
         self._on_live = on_live
         self.slot = slot
         self.track_slots = track_slots or {}
@@ -57,6 +60,7 @@ class Publisher(PeerLeg):
         the answer carries one H.264 profile (or VP8), in the publisher's own spelling, and Opus.
         A co-host must send the codecs the room already has (``required``; for H.264 the same
         profile): viewers negotiated those."""
+        self._target_bps = offered_video_target_bps(offer.sdp)
         for media in offer.media:
             if media.kind not in ("audio", "video"):
                 continue
@@ -98,8 +102,30 @@ class Publisher(PeerLeg):
                 identity=self.identity,
             )
             tap_receiver(transceiver.receiver, producer)
+            self._received.append((transceiver.receiver, producer))
             self.producers.append(producer)
         return answer
+
+    def receive_counters(self) -> ReceiveCounters:
+        """What this leg received so far, for its network-quality score (read on a timer).
+        RTT is not known on this side: the publisher sends no report blocks for a receive-only
+        leg, and aiortc asks for no extended reports."""
+        expected = received = octets = 0
+        jitter_ms = 0.0
+        remb: int | None = None
+        for receiver, producer in self._received:
+            for stats in receive_statistics(receiver):
+                if stats.max_seq is None:
+                    continue
+                expected += stats.packets_expected
+                received += stats.packets_received
+                if producer.kind == "video":
+                    jitter_ms = max(jitter_ms, stats.jitter * 1000 / producer.codec.clockRate)
+            if producer.kind == "video":
+                octets += producer.octets
+                remb = remb_estimate(receiver)
+        return ReceiveCounters(expected, received, octets, jitter_ms,
+                               target_bps=self._target_bps, remb_bps=remb)
 
     @property
     def live(self) -> bool:

@@ -96,10 +96,14 @@ class PublisherQuality:
             return
         measured = window(leg.counters, counters, now - leg.at)
         leg.counters, leg.at = counters, now
-        changed = leg.tracker.update(raw_score(measured))
+        raw = raw_score(measured)
+        changed = leg.tracker.update(raw)
         score = leg.tracker.score
         assert score is not None  # set by the first update
         self.histogram.setdefault(leg.door, [0] * len(SCORES))[score] += 1
+        logger.debug("publisher %s window: raw %d, loss %.3f, jitter %.1f ms, %.0f kbit/s, "
+                     "remb %s", publisher.id, raw, measured.loss, measured.jitter_ms,
+                     measured.bitrate_bps / 1000, measured.remb_bps)
         if changed:
             logger.info("publisher %s room=%s network quality %d (loss %.1f%%, jitter %.0f ms, "
                         "%.0f kbit/s)", publisher.id, publisher.room, score,

@@ -68,6 +68,16 @@ def test_bitrate_under_target_lowers_but_never_prompts_alone() -> None:
         two_seconds(loss=0.05))
 
 
+def test_an_encoder_held_down_by_a_capped_path_is_prompted() -> None:
+    """A rate cap the encoder adapted to: no loss left, but a queue (jitter), the node's REMB
+    far under what arrives and a tenth of the target: still prompted. The same bitrate chosen
+    on a clean path (a step down) is not."""
+    capped = two_seconds(jitter_ms=120, kbps=37, target_kbps=800, remb_kbps=11)
+    assert raw_score(capped) <= POOR
+    stepped_down = two_seconds(jitter_ms=5, kbps=37, target_kbps=800, remb_kbps=60)
+    assert raw_score(stepped_down) == FAIR
+
+
 def test_too_few_packets_judge_delay_only() -> None:
     assert raw_score(two_seconds(packets=4, loss=0.5)) == EXCELLENT
     assert raw_score(Window(2.0, 0, 0, 0.0, 0.0)) == DOWN
@@ -148,20 +158,29 @@ def test_tracker_scores_each_window_and_reports_changes() -> None:
 
 def test_page_step_down_in_node() -> None:
     """The anchor page's step down (web/js/network_quality.js): bitrate halves to its floor,
-    then the resolution halves to its floor, then nothing is left."""
+    then the resolution halves to its floor, then nothing is left; its WHIP offer names the
+    encoder's target as b=TIAS in video sections that name none."""
     node = shutil.which("node")
     if node is None:
         pytest.fail("node is not installed; run ./dev setup")
     module = (Path(__file__).parent.parent / "web" / "js" / "network_quality.js").as_uri()
-    code = f"""import {{ stepDownEncoding }} from "{module}";
+    code = f"""import {{ stepDownEncoding, withVideoTarget }} from "{module}";
+      const offer = "v=0\\r\\nm=audio 9 X 111\\r\\nc=IN IP4 0.0.0.0\\r\\na=mid:0\\r\\n" +
+        "m=video 9 X 96\\r\\nc=IN IP4 0.0.0.0\\r\\na=mid:1\\r\\n" +
+        "m=video 9 X 96\\r\\nb=AS:300\\r\\na=mid:2\\r\\n";
       const steps = [];
       let enc = {{ maxBitrate: 800000 }};
       while (enc && steps.length < 20) {{ steps.push(enc); enc = stepDownEncoding(enc, 1); }}
-      console.log(JSON.stringify([steps, stepDownEncoding({{}}, 600000)]));"""
+      console.log(JSON.stringify([steps, stepDownEncoding({{}}, 600000),
+                                  withVideoTarget(offer, 800000)]));"""
     done = subprocess.run([node, "--input-type=module", "-e", code], capture_output=True,
                           text=True, timeout=30, check=False)
     assert done.returncode == 0, done.stderr
-    steps, from_fallback = json.loads(done.stdout)
+    steps, from_fallback, sdp = json.loads(done.stdout)
+    assert sdp == ("v=0\r\nm=audio 9 X 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\n"
+                   "m=video 9 X 96\r\nc=IN IP4 0.0.0.0\r\nb=TIAS:800000\r\na=mid:1\r\n"
+                   "m=video 9 X 96\r\nb=AS:300\r\na=mid:2\r\n")
+    assert offered_video_target_bps(sdp) == 800_000
     assert [s["maxBitrate"] for s in steps] == [800_000, 400_000, 200_000, 150_000, 150_000,
                                                 150_000]
     assert [s.get("scaleResolutionDownBy", 1) for s in steps] == [1, 1, 1, 1, 2, 4]

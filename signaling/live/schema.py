@@ -237,6 +237,17 @@ SERVER_EVENTS: dict[str, EventSpec] = {s.type: s for s in [
             "anchor's console shows it; admins can act on it.",
             IDENTITY, Field("code", "str", "what to change: bframes"),
             Field("message", "str", "the advice, human-readable")),
+    _server("network_quality", "A WebRTC publisher's uplink score changed (scored every 2 s "
+            "from what the node receives: loss, jitter, bitrate against the offer's target, the "
+            "node's REMB; sent on change only). For the anchor's page, which shows its advice at "
+            "2 and below, and for admins; it travels as a room event, other pages ignore it.",
+            IDENTITY, Field("slot", "int", "the publisher's slot (0 = the anchor)", min=0),
+            Field("score", "int", "0 no media, 1 bad, 2 poor, 3 fair, 4 good, 5 excellent",
+                  min=0, max=5),
+            Field("loss", "num", "fraction of packets lost on the way in, last 2 s"),
+            Field("jitter_ms", "num", "interarrival jitter of the video"),
+            Field("rtt_ms", "num", "round-trip time when known", required=False),
+            Field("bitrate_kbps", "int", "video received, last 2 s", min=0)),
     _server("room_forbidden", "An admin forbade the room: its publishing ended on every "
             "node and new publishes (and plays) are refused with `room_forbidden` until "
             "`until`. Pages show the reason.",

@@ -2,11 +2,13 @@
 // invite co-hosts and see them beside the preview once they join. When the room is forbidden
 // (a compliance stop: the server ends the broadcast and refuses Go live until it is lifted),
 // #forbid shows the reason, from the room's events when the token may join them (subscribe,
-// chat or admin) and from the refusal of Go live otherwise.
+// chat or admin) and from the refusal of Go live otherwise. The same events bring the uplink's
+// score: #net-prompt gives the advice and a step down while it is low (network_quality.js).
 import { pageParams } from "./whip.js";
 import { RoomEvents, tokenClaims } from "./room_events.js";
 import { openCamera, publish, teardown } from "./publish.js";
 import { CallStage } from "./stage.js";
+import { NetworkPrompt } from "./network_quality.js";
 
 const $ = (id) => document.getElementById(id);
 const els = {
@@ -14,6 +16,8 @@ const els = {
   error: $("error"), info: $("info"), room: $("room"), badge: $("live-badge"),
   stage: $("stage"), cohostId: $("cohost-id"), invite: $("invite"), remove: $("remove"),
   cohostInfo: $("cohost-info"), forbid: $("forbid"),
+  netPrompt: { banner: $("net-prompt"), text: $("net-prompt-text"), step: $("net-step-down"),
+               auto: $("net-auto") },
 };
 const EVENT_GRANTS = ["subscribe", "chat", "admin"];
 
@@ -24,6 +28,7 @@ let pc = null;          // publishing peer connection
 let resource = null;    // WHIP resource URL for DELETE
 let state = "new";      // what #state shows; the pc's connectionState while publishing
 let forbid = null;      // {until, reason} while the room is forbidden
+let prompt = null;      // NetworkPrompt: the uplink's score and advice
 
 window.shopcast = {
   get pc() { return pc; },
@@ -31,6 +36,9 @@ window.shopcast = {
   get resource() { return resource; },
   get cohosts() { return cohosts ? cohosts.playing() : []; },
   get forbid() { return forbid; },
+  get networkQuality() {
+    return prompt && { score: prompt.score, prompting: prompt.prompting, steps: prompt.steps };
+  },
 };
 
 // The room's forbid (null: none): the banner says why and until when; Go live waits for it.
@@ -51,6 +59,7 @@ function followForbid() {
       if (ev.type === "state") showForbid(ev.forbid || null);
       else if (ev.type === "room_forbidden") showForbid(ev);
       else if (ev.type === "forbid_lifted") showForbid(null);
+      else if (prompt) prompt.onEvent(ev);
     },
   }).connect();
 }
@@ -164,6 +173,9 @@ async function main() {
     if (id) cohostCall("DELETE", id);
   });
   window.addEventListener("pagehide", () => { if (resource) teardown(resource, params.token); });
+  prompt = new NetworkPrompt(els.netPrompt, tokenClaims(params.token || "").sub,
+    () => (pc && pc.getSenders().find((s) => s.track && s.track.kind === "video")) || null,
+    800_000);
   if (params.room && params.token) followForbid();
   try {
     camera = await openCamera(params.query);

@@ -20,6 +20,28 @@ export function stepDownEncoding(enc, fallbackBitrate) {
   return null;
 }
 
+// `sdp` with the encoder's video target (bit/s) as b=TIAS (RFC 3890) in each video section that
+// names none, after its c= line (or its m= line), as the WHIP offer tells the server.
+export function withVideoTarget(sdp, bps) {
+  const eol = sdp.includes("\r\n") ? "\r\n" : "\n";
+  const out = [];
+  let pending = false; // in a video section that still needs its b= line
+  const flush = () => { if (pending) out.push(`b=TIAS:${Math.round(bps)}`); pending = false; };
+  for (const line of sdp.split(eol)) {
+    if (line.startsWith("m=")) {
+      flush();
+      pending = line.startsWith("m=video") && bps > 0;
+      out.push(line);
+      continue;
+    }
+    if (pending && line.startsWith("b=")) pending = false; // it names one already
+    if (pending && !line.startsWith("c=") && !line.startsWith("i=")) flush();
+    out.push(line);
+  }
+  flush();
+  return out.join(eol);
+}
+
 export class NetworkPrompt {
   // els: {banner, text, step, auto}; identity: this page's token sub (whose scores count);
   // videoSender(): the publishing RTCRtpSender of the camera, or null while not live.

@@ -1,6 +1,7 @@
 // Publishing a camera + mic over WHIP, shared by the anchor and co-host pages:
 // H.264 preferred (Constrained Baseline first), Opus, a bitrate cap, maintain-resolution.
 import { negotiate, teardown } from "./whip.js";
+import { withVideoTarget } from "./network_quality.js";
 
 export async function openCamera(query) {
   const num = (name, dflt) => {
@@ -74,7 +75,9 @@ export async function publish(pc, room, token, camera, onEnded) {
     preferCodecs(t, track.kind);
     if (track.kind === "video") video = t;
   }
-  const res = await negotiate("/whip/" + encodeURIComponent(room), token, pc);
+  // the offer names the encoder's target (b=TIAS), which the server scores the uplink against
+  const res = await negotiate("/whip/" + encodeURIComponent(room), token, pc,
+    (sdp) => withVideoTarget(sdp, maxBitrate));
   if (video) await tuneVideoSender(video.sender, maxBitrate);
   const dtls = pc.getSenders()[0] && pc.getSenders()[0].transport;
   if (dtls && onEnded) {

@@ -59,16 +59,17 @@ async function httpError(resp) {
 }
 
 // Offer -> POST -> answer. Returns {resource, answer}; resource is an absolute URL for teardown().
-export async function negotiate(url, token, pc) {
+// describe(sdp): the offer text as sent (the local description itself stays as it is).
+export async function negotiate(url, token, pc, describe = (sdp) => sdp) {
   const offer = await pc.createOffer();
   await pc.setLocalDescription(offer);
   await iceGatheringComplete(pc);
-  if (signal) return negotiateOverSocket(url, pc);
+  if (signal) return negotiateOverSocket(url, pc, describe);
 
   const resp = await fetch(url, {
     method: "POST",
     headers: { "Content-Type": "application/sdp", "Authorization": "Bearer " + token },
-    body: pc.localDescription.sdp,
+    body: describe(pc.localDescription.sdp),
   });
   if (resp.status !== 201) throw await httpError(resp);
 
@@ -81,9 +82,9 @@ export async function negotiate(url, token, pc) {
 }
 
 // The same exchange over /ws: "/whip/..." publishes, "/whep/..." subscribes.
-async function negotiateOverSocket(url, pc) {
+async function negotiateOverSocket(url, pc, describe) {
   const kind = new URL(url, location.href).pathname.startsWith("/whip/") ? "publish" : "subscribe";
-  const res = await signal.negotiate(kind, pc.localDescription.sdp);
+  const res = await signal.negotiate(kind, describe(pc.localDescription.sdp));
   signal = res.signal; // after a redirect: the socket on the room's node
   const resource = "ws:" + res.leg;
   wsLegs.set(resource, res.signal);
