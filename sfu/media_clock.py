@@ -8,12 +8,15 @@ signaling process took the request. So this node publishes a small clock anchor 
 (wall time <-> FLV ms <-> RTP timestamp) to the store, and the signaling side stamps each
 commerce event by extrapolating from it (``signaling/live/media_time.py``).
 
-Nothing here runs per packet: the FLV output's timeline already maps each track's RTP clock
-to the room's clock (``sfu/flv/timeline.py``, fed by the publisher's sender reports), so a
-sample is two subtractions on what it keeps. Every ``TICK_S`` each live room is sampled; its
-anchor is published on go-live, every ``REFRESH_S`` (the store entry outlives a few of them)
-and as soon as the sample drifts ``MAX_DRIFT_MS`` from what the last published one predicts
-(a new publisher clock, a source switch).
+Nothing here runs per packet: the producer keeps its newest timestamp and the FLV output's
+timeline maps it to the room's FLV time (``sfu/flv/timeline.py``), so a sample reads what the
+forwarding path keeps anyway. It is taken at arrival: the frame that reaches the node at wall
+time T is about the one the anchor was showing when a request sent then reaches the node, which
+is what "the frame in which the anchor pinned it" means. Every ``TICK_S`` each live room is
+sampled; its anchor is published on go-live, every ``REFRESH_S`` (the store entry outlives a
+few of them) and as soon as the sample drifts ``MAX_DRIFT_MS`` from what the last published
+one predicts (an anchor whose frames come slower or faster than the wall clock, a new
+publisher, a source switch).
 """
 
 from __future__ import annotations
@@ -26,31 +29,29 @@ from collections.abc import Awaitable, Callable
 from common.tasks import stop_task
 from sfu.flv.manager import FlvManager
 from sfu.flv.output import RoomFlvOutput
-from sfu.producer import NTP_EPOCH_OFFSET
 from signaling.live.media_time import VIDEO_RATE, ClockAnchor
 
 logger = logging.getLogger("shopcast.sfu.media_clock")
 
-TICK_S = 1.0
+TICK_S = 0.5
 REFRESH_S = 5.0
-MAX_DRIFT_MS = 20
+MAX_DRIFT_MS = 40  # more than a frame at 30 fps: a sample is off by up to one
 
 
 ClockSink = Callable[[str, ClockAnchor], Awaitable[None]]
 
 
 def sample(output: RoomFlvOutput, now: float) -> ClockAnchor | None:
-    """The room's media clock at ``now`` (unix seconds), or None while it has none: no video
-    mapped yet, or an anchor whose tags carry their own times (RTMP)."""
-    clock = output.video_clock
-    epoch = output.timeline.epoch
-    if clock is None or epoch is None or not output.live:
+    """The room's media clock at ``now`` (unix seconds): the newest video frame on the wire (its
+    packet arrived within a frame time) with the FLV time the output gives it. None while there
+    is none: no video mapped yet, or an anchor whose tags carry their own times (RTMP)."""
+    clock, video = output.video_clock, output.video
+    if clock is None or video is None or not video.packets or output.timeline.epoch is None:
         return None
-    seconds = now + NTP_EPOCH_OFFSET  # the room's clock counts NTP seconds, as SRs do
-    rtp = clock.rtp_at(seconds)
-    if rtp is None:
+    if not output.live:
         return None
-    return ClockAnchor(round(now * 1000), round((seconds - epoch) * 1000), rtp)
+    rtp = video.last_timestamp
+    return ClockAnchor(round(now * 1000), clock.ms(rtp), rtp)
 
 
 def drifted(published: ClockAnchor, fresh: ClockAnchor) -> bool:
@@ -70,6 +71,7 @@ class RoomMediaClocks:
         self.sink = sink
         self.published: dict[str, ClockAnchor] = {}
         self.sent = 0
+        self._packets: dict[str, int] = {}  # video packets at the last round, by room
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -90,6 +92,10 @@ class RoomMediaClocks:
         """Sample every live room; publish the anchors that are due. Returns how many."""
         due: list[tuple[str, ClockAnchor]] = []
         for room, output in self.flv.outputs.items():
+            packets = output.video.packets if output.video is not None else 0
+            if self._packets.get(room) == packets:
+                continue  # nothing arrived since the last round: the publisher is silent
+            self._packets[room] = packets
             fresh = sample(output, now)
             if fresh is None:
                 continue
@@ -97,8 +103,9 @@ class RoomMediaClocks:
             if (last is None or fresh.wall_ms - last.wall_ms >= REFRESH_S * 1000
                     or drifted(last, fresh)):
                 due.append((room, fresh))
-        for room in [r for r in self.published if r not in self.flv.outputs]:
-            del self.published[room]
+        for room in [r for r in self._packets if r not in self.flv.outputs]:
+            self._packets.pop(room)
+            self.published.pop(room, None)
         for room, anchor in due:
             await self.sink(room, anchor)
             self.published[room] = anchor

@@ -62,28 +62,30 @@ def _output(rtp0: int, arrived: float) -> Any:
     report = ((int(ntp) << 32) | int((ntp % 1) * (1 << 32)), rtp0)
     clock = timeline.track(90_000, lambda: report, lambda: False, lambda: True)
     assert clock.ms(rtp0) == 0  # the room's first frame: FLV time 0
-    return SimpleNamespace(video_clock=clock, timeline=timeline, live=True), clock
+    video = SimpleNamespace(last_timestamp=rtp0, packets=1)
+    return SimpleNamespace(video_clock=clock, video=video, timeline=timeline, live=True)
 
 
-def test_sample_is_where_the_output_stamps_frames() -> None:
-    """The sample's FLV ms is what the output gives the frame with the sample's RTP
-    timestamp: the two clocks of the anchor name the same picture."""
-    output, clock = _output(rtp0=123_456, arrived=NOW)
+def test_sample_names_the_newest_frame_with_its_flv_time() -> None:
+    """The sample pairs the newest video timestamp on the wire with the FLV time the output
+    gives that frame: the two clocks of the anchor name the same picture at that moment."""
+    output = _output(rtp0=0xFFFF0000, arrived=NOW)
+    output.video.last_timestamp = (0xFFFF0000 + 225_000) & 0xFFFFFFFF  # 2.5 s on, wrapped
     anchor = sample(output, NOW + 2.5)
-    assert anchor is not None
-    assert anchor.wall_ms == round((NOW + 2.5) * 1000)
-    assert anchor.flv_ms == 2500
-    assert anchor.rtp == 123_456 + 225_000
-    assert abs(clock.ms(anchor.rtp) - anchor.flv_ms) <= 1
+    assert anchor == ClockAnchor(round((NOW + 2.5) * 1000), 2500, (0xFFFF0000 + 225_000)
+                                 & 0xFFFFFFFF)
+    late = sample(output, NOW + 2.6)  # what arrives names the frame, not the wall clock
+    assert late is not None and (late.flv_ms, late.rtp) == (anchor.flv_ms, anchor.rtp)
 
 
 def test_no_sample_without_a_video_clock_or_before_the_first_frame() -> None:
-    output, _ = _output(rtp0=1, arrived=NOW)
-    assert sample(SimpleNamespace(video_clock=None, timeline=output.timeline, live=True),
-                  NOW) is None  # an RTMP anchor's tags carry their own times
-    fresh = SimpleNamespace(video_clock=output.video_clock, timeline=FlvTimeline(), live=True)
-    assert sample(fresh, NOW) is None  # no frame stamped yet: no epoch
+    output = _output(rtp0=1, arrived=NOW)
+    assert sample(SimpleNamespace(**{**vars(output), "video_clock": None}), NOW) is None
+    assert sample(SimpleNamespace(**{**vars(output), "video": None}), NOW) is None  # RTMP
+    assert sample(SimpleNamespace(**{**vars(output), "timeline": FlvTimeline()}), NOW) is None
     assert sample(SimpleNamespace(**{**vars(output), "live": False}), NOW) is None
+    output.video.packets = 0
+    assert sample(output, NOW) is None
 
 
 def test_drift_is_measured_on_both_clocks() -> None:
@@ -100,16 +102,24 @@ async def test_clocks_publish_on_go_live_every_refresh_and_on_a_jump() -> None:
     async def sink(room: str, anchor: ClockAnchor) -> None:
         sent.append((room, anchor))
 
-    output, _ = _output(rtp0=0, arrived=NOW)
+    output = _output(rtp0=0, arrived=NOW)
     flv = SimpleNamespace(outputs={"r": output})
     clocks = RoomMediaClocks(flv, sink)  # type: ignore[arg-type]
-    assert await clocks.tick(NOW + 1) == 1  # go-live
-    assert await clocks.tick(NOW + 2) == 0  # on course: nothing new
-    assert await clocks.tick(NOW + 1 + REFRESH_S) == 1  # the refresh
-    output.timeline.epoch -= 0.5  # a new clock (say, a new publisher's): publish at once
-    assert await clocks.tick(NOW + 2 + REFRESH_S) == 1
+
+    async def frame_at(seconds: float, drift_ms: int = 0) -> int:
+        """A frame that arrives ``seconds`` after the first (late by ``drift_ms``)."""
+        output.video.last_timestamp = round(seconds * 90_000) - drift_ms * 90
+        output.video.packets += 1
+        return await clocks.tick(NOW + seconds)
+
+    assert await frame_at(1) == 1  # go-live
+    assert await frame_at(2) == 0  # on course: nothing new
+    assert await clocks.tick(NOW + 2.5) == 0  # no packet since: nothing sampled
+    assert await frame_at(1 + REFRESH_S) == 1  # the refresh
+    assert await frame_at(2 + REFRESH_S, drift_ms=MAX_DRIFT_MS // 2) == 0
+    assert await frame_at(3 + REFRESH_S, drift_ms=MAX_DRIFT_MS + 10) == 1  # frames came slow
     assert [a.flv_ms for _, a in sent] == [1000, 1000 + round(REFRESH_S * 1000),
-                                           2000 + round(REFRESH_S * 1000) + 500]
+                                           3000 + round(REFRESH_S * 1000) - MAX_DRIFT_MS - 10]
     del flv.outputs["r"]
     assert await clocks.tick(NOW + 10) == 0
     assert clocks.published == {} and clocks.sent == 3
@@ -202,7 +212,8 @@ def test_hold_releases_at_the_frame_in_order_and_keeps_chat_immediate() -> None:
       sync.offer({ type: "chat" });
       sync.offer({ type: "sold_out" }); // no media: still after what is held, not before
       t = 500; sync.setReading({ flvMs: 1500 });
-      t = 800; sync.setReading({ flvMs: 1800 });
+      t = 700; sync.setReading({ flvMs: 1767 }); // 33 ms to go: the pin's frame is next
+      t = 800; sync.setReading({ flvMs: 1768 }); // the frame on screen holds the pin's moment
       sync.offer({ type: "sale", media: { flv_ms: 9000, rtp: 0 } }); // 7 s ahead: no clock of ours
       sync.offer({ type: "gift", media: { flv_ms: 1000, rtp: 0 } }); // already on screen
       console.log(JSON.stringify([got, sync.holds, sync.held.length]));""")

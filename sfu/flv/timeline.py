@@ -69,14 +69,6 @@ class TrackClock:
         """Milliseconds since the room's epoch (the first timestamp asked for), never < 0."""
         return self._timeline.ms(self._seconds(rtp))
 
-    def rtp_at(self, seconds: float) -> int | None:
-        """The RTP timestamp this track's mapping gives ``seconds`` on the room's clock (None
-        before it has one): the inverse of ``ms``, for the room's media clock, never per packet."""
-        if self._anchor is None:
-            return None
-        anchor_s, anchor_rtp = self._anchor
-        return (anchor_rtp + round((seconds - anchor_s) * self.clock_rate)) & 0xFFFFFFFF
-
 
 class Timeline:
     """The room's epoch and the publisher-to-local clock offset shared by its tracks."""

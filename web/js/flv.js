@@ -89,6 +89,17 @@ export function playFlv(mpegts, video, url, onEnd) {
 
   return {
     url,
+    // The FLV timestamp (ms) of `mediaTime` (seconds on the <video> element's timeline), or
+    // null until known. mpegts.js rebases timestamps to its first sample's; it does not expose
+    // that base, so it is read from its remuxer (mpegts.js 1.8, main-thread transmuxing, as
+    // PLAYER_CONFIG asks). Without it the page has no FLV clock and shows events at once.
+    flvMs(mediaTime) {
+      let base;
+      try {
+        base = player._player_engine._transmuxer._controller._remuxer.getTimestampBase();
+      } catch { return null; }
+      return Number.isFinite(base) ? Math.round(mediaTime * 1000) + base : null;
+    },
     stop() {
       if (stopped) return;
       stopped = true;

@@ -2,6 +2,7 @@
 // chat with a send box, likes, gifts with a leaderboard, viewer count. Talks over
 // /ws/events/{room}; everything from the server is rendered with textContent only.
 import { RoomEvents, el, formatPrice, newKey, tokenClaims } from "./room_events.js";
+import { pageSync } from "./media_sync.js";
 
 const LIKE_FLUSH_MS = 250;
 const MAX_CHAT_ITEMS = 200;
@@ -53,11 +54,13 @@ let pendingTaps = 0;
 let buying = false;
 const orders = [];
 
-const events = new RoomEvents(room, token, { onEvent: apply, onStatus: (s) => {
+// commerce events wait for the anchor's frame they belong to (media_sync.js); chat does not
+const sync = pageSync(apply);
+const events = new RoomEvents(room, token, { onEvent: (ev) => sync.offer(ev), onStatus: (s) => {
   ui.status.textContent = s === "live" ? "" : s;
   ui.status.dataset.state = s;
 } });
-window.shopcastLive = { events, orders, get pinned() { return pinned; }, get sale() { return sale; } };
+window.shopcastLive = { events, orders, sync, get pinned() { return pinned; }, get sale() { return sale; } };
 
 function apply(ev) {
   switch (ev.type) {

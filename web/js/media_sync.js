@@ -11,10 +11,13 @@
 export const HOLD_CAP_MS = 5000;
 export const SYNCED = new Set(["product_pinned", "sale", "stock", "sold_out", "gift"]);
 const RTP_PER_MS = 90;
+// A frame stays on screen until the next: an event less than a frame after the frame on screen
+// happened during it (30 fps).
+export const FRAME_MS = 33;
 const RELEASE_EVERY_MS = 100; // the cap still releases while no frame is presented
 
-// Milliseconds of playback until `media` is on screen, given the frame on screen `reading`
-// ({flvMs} or {rtp}); <= 0 when it is already there, null when the two cannot be compared.
+// Milliseconds of playback from the frame on screen `reading` ({flvMs} or {rtp}) to `media`;
+// < FRAME_MS when it is on screen already, null when the two cannot be compared.
 export function waitMs(media, reading) {
   if (!media || !reading) return null;
   if (Number.isFinite(reading.flvMs) && Number.isFinite(media.flv_ms)) {
@@ -66,7 +69,7 @@ export class MediaSync {
     while (this.held.length) {
       const { ev, at } = this.held[0];
       const wait = waitMs(ev.media, this.reading);
-      const holding = wait !== null && wait > 0 && wait <= this.capMs;
+      const holding = wait !== null && wait >= FRAME_MS && wait <= this.capMs;
       if (holding && this.now() - at < this.capMs) break;
       this.held.shift();
       this.deliver(ev);

@@ -9,6 +9,7 @@
 import { negotiate, teardown, pageParams } from "./whip.js";
 import { flvSupported, loadMpegts, playFlv, withToken } from "./flv.js";
 import { SLOTS, TileWatch } from "./stage.js";
+import { watchFrames } from "./media_sync.js";
 
 const RETRY_MS = 2000; // also the FLV endpoint's Retry-After for a room that is not live
 // A connection that played and dropped (its server worker died, a network change) is tried
@@ -404,6 +405,16 @@ async function stats() {
   return out;
 }
 
+// Where the anchor's frame on screen is in the room's media (media_sync.js): its FLV
+// timestamp on FLV, its RTP timestamp on WebRTC; null when unknown.
+function frameClock(metadata) {
+  if (transport === "flv") {
+    const ms = flv ? flv.flvMs(metadata.mediaTime) : null;
+    return ms === null ? null : { flvMs: ms };
+  }
+  return Number.isFinite(metadata.rtpTimestamp) ? { rtp: metadata.rtpTimestamp } : null;
+}
+
 function main() {
   try {
     params = pageParams();
@@ -416,6 +427,7 @@ function main() {
   // co-hosts beside the anchor (side_by_side) or inset over it (pip)
   els.stage.dataset.layout = params.query.get("layout") === "pip" ? "pip" : "side_by_side";
   els.unmute.addEventListener("click", toggleMute);
+  watchFrames(els.video, frameClock); // commerce cards wait for the anchor's frame
   els.video.addEventListener("playing", () => {
     if (pc) playedPc = pc;
     if (flv) showError(null);
