@@ -6,10 +6,10 @@
    which is dropped when an auto-created room empties: the forbid must outlive the very
    publishers it ends) with a TTL that ends it at ``until``; every process and node reads
    the same key, and it survives restarts with the store;
-2. every participant gets a ``room_forbidden`` event (reason, until);
-3. the room's publishers end on every node (``MediaControl.end_publishers``: this node
+2. the room's publishers end on every node (``MediaControl.end_publishers``: this node
    directly, the bus's ``media`` topic in multi-node), WHIP anchors, co-hosts and RTMP
-   encoders alike.
+   encoders alike;
+3. every participant gets a ``room_forbidden`` event (reason, until).
 
 Written before the publishers are ended, so a publisher that reconnects in between is refused
 already. The doors ask ``Forbids.get`` next to the ban check (the one authorization step):
@@ -87,9 +87,9 @@ class Forbids:
         forbid = Forbid(until, reason, by)
         await self.store.put(SCOPE, room, json.dumps(forbid.to_json()).encode(),
                              ttl_ms=max(1, int(left_s * 1000)))
-        await self.bus.publish(room, event("room_forbidden", until=until, reason=reason))
         if self.end_publishing is not None:  # None: no media plane (tests, tools)
-            await self.end_publishing(room)
+            await self.end_publishing(room)  # the cut first, the news after
+        await self.bus.publish(room, event("room_forbidden", until=until, reason=reason))
         return forbid
 
     async def lift(self, room: str) -> bool:
