@@ -6,7 +6,8 @@ and ``flashsale`` (loadtest.live_bench), ``cohost`` (anchor <-> co-host latency,
 loadtest.cohost), ``split`` (a viewer's server CPU: per packet vs fixed; loadtest.split),
 ``rtmp`` (RTMP ingest: CPU per anchor, glass-to-glass to WebRTC and FLV, viewer cost against a
 WHIP anchor; loadtest.rtmp), ``soak`` (a churn soak of a server it starts itself: RSS and fds
-flat after warm-up; loadtest.soak).
+flat after warm-up; loadtest.soak), ``record`` (recording CPU per room and disk per hour;
+loadtest.record).
 The FLV probe is ``python -m loadtest.flv_probe``. The white-box per-packet path benchmark,
 which imports ``sfu``, is not here: ``python -m benchmarks.path``.
 """
@@ -21,7 +22,7 @@ import os
 import sys
 from pathlib import Path
 
-from loadtest import cohost, live_bench, paced_floor, rtmp, soak, split
+from loadtest import cohost, live_bench, paced_floor, record, rtmp, soak, split
 from loadtest.floor import print_floor, run_floor
 from loadtest.procstat import resolve_server_pids
 from loadtest.stats import write_report
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     paced_floor.add_parser(sub)
     rtmp.add_parser(sub)
     soak.add_parser(sub)
+    record.add_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper())
     if args.command in ("events", "flashsale"):
@@ -89,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         return paced_floor.main(args)
     if args.command == "rtmp":
         return rtmp.main(args)
+    if args.command == "record":
+        return record.run_main(args)
     if args.command == "soak":
         return soak.main(args)
     if args.command in ("cohost", "split"):

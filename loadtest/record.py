@@ -1,4 +1,4 @@
-"""``python -m loadtest.record``: what recording a room costs, measured from the outside.
+"""``python -m loadtest record``: what recording a room costs, measured from the outside.
 
 Starts its own ``shopcast serve`` (``loadtest.soak_procs.Server``, recordings into a temporary
 directory), publishes one painted WHIP anchor (H.264 + Opus at ``--bitrate``), then alternates
@@ -125,16 +125,22 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m loadtest.record", description=__doc__)
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--phase-s", type=float, default=20.0, help="seconds per off/on phase")
     p.add_argument("--rounds", type=int, default=3, help="off/on pairs")
     p.add_argument("--warmup-s", type=float, default=5.0)
     p.add_argument("--bitrate", type=int, default=600_000, help="anchor video bps")
     p.add_argument("--out", default="", help="report path (default loadtest/results/record-*)")
-    args = p.parse_args(argv)
+
+
+def add_parser(sub: Any) -> None:
+    """``python -m loadtest record``."""
+    add_arguments(sub.add_parser("record", help="recording CPU per room and disk per hour"))
+
+
+def run_main(args: argparse.Namespace) -> int:
     if not 0 < args.phase_s <= MAX_PHASE_S or not 1 <= args.rounds <= MAX_ROUNDS:
-        p.error(f"--phase-s in (0, {MAX_PHASE_S}], --rounds in [1, {MAX_ROUNDS}]")
+        raise SystemExit(f"--phase-s in (0, {MAX_PHASE_S}], --rounds in [1, {MAX_ROUNDS}]")
     report = asyncio.run(asyncio.wait_for(
         run(args), args.rounds * 2 * (args.phase_s + 10) + args.warmup_s + 120))
     print(f"recording CPU: {report['cpu_recording_pct_of_core']:.2f}% of a core per room "
@@ -148,6 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or str(RESULTS / time.strftime("record-%Y%m%d-%H%M%S.json"))
     print(f"report: {write_report(report, out)}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m loadtest.record", description=__doc__)
+    add_arguments(p)
+    return run_main(p.parse_args(argv))
 
 
 if __name__ == "__main__":
