@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from common.tasks import stop_task
 from sfu.flv.manager import FlvManager
 from sfu.flv.output import RoomFlvOutput
+from signaling.errors import StoreUnavailable
 from signaling.live.media_time import VIDEO_RATE, ClockAnchor
 
 logger = logging.getLogger("shopcast.sfu.media_clock")
@@ -84,7 +85,9 @@ class RoomMediaClocks:
         while True:
             try:
                 await self.tick(time.time())
-            except Exception:  # one bad round (the store away) must not end the clocks
+            except StoreUnavailable:  # Redis away (logged once): the next round publishes
+                pass
+            except Exception:  # one bad round must not end the clocks
                 logger.exception("media clock round failed")
             await asyncio.sleep(TICK_S)
 
