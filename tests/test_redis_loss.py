@@ -165,6 +165,12 @@ async def open_sale(server: Server, buyers: int) -> list[dict[str, Any]]:
     return orders
 
 
+async def metrics(http: aiohttp.ClientSession, server: Server) -> str:
+    async with http.get(server.url + "/metrics") as response:
+        assert response.status == 200
+        return await response.text()
+
+
 async def frames_grow(viewer: Viewer, limit_s: float = 5.0) -> None:
     before = viewer.frames
     await wait_for(lambda: viewer.frames > before + 10, limit_s, "video frames still arriving")
@@ -210,6 +216,7 @@ async def test_an_aof_restart_keeps_every_order_and_the_sale_and_the_outage_is_a
         await refused_503(http, "GET", f"{server.url}/live/{ROOM}.flv",
                           headers={"Authorization": f"Bearer {viewer_token}"})
         await frames_grow(viewer)  # media does not need Redis
+        assert "shopcast_store_up 0" in await metrics(http, server)  # /metrics still answers
 
         redis_proc.start()  # from its AOF
         await until_answer(admin, base, 10.0)
@@ -228,6 +235,9 @@ async def test_an_aof_restart_keeps_every_order_and_the_sale_and_the_outage_is_a
             base + "/orders", {"sku": "tee", "qty": 1}, headers={"Idempotency-Key": "k0c"})
         assert (status, body["error"]["code"]) == (409, "limit_reached")  # 2 per buyer held
         await frames_grow(viewer)
+        figures = await metrics(http, server)
+        assert "shopcast_store_up 1" in figures and "shopcast_store_outages_total 1" in figures
+        assert "shopcast_store_data_losses_total 0" in figures  # the AOF kept everything
     finally:
         await viewer.close()
         await anchor.close()
@@ -242,7 +252,7 @@ async def test_an_aof_restart_keeps_every_order_and_the_sale_and_the_outage_is_a
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("redis_proc", ["volatile"], indirect=True)
 async def test_an_empty_restart_is_repaired_and_clients_resync(
-    server: Server, redis_proc: RedisProcess,
+    server: Server, redis_proc: RedisProcess, http: aiohttp.ClientSession,
 ) -> None:
     anchor = await start_anchor(server, ROOM)
     viewer = await play(server.url, ROOM, server.token(ROOM, "watcher", "subscribe"),
@@ -267,6 +277,7 @@ async def test_an_empty_restart_is_repaired_and_clients_resync(
         room = await until_answer(admin, base, 5.0, lambda room: room["counts"]["viewers"] == 1)
         assert room["live"] and [p["identity"] for p in room["publishers"]] == ["anchor"]
         assert room["counts"]["by_transport"]["whep"] == 1
+        assert "shopcast_store_data_losses_total 1" in await metrics(http, server)
 
         resync = await watcher.until("resync", 10.0)  # the viewers count is the new epoch's
         assert resync["epoch"] != first_epoch
