@@ -92,9 +92,11 @@ def flv_claims(token_secret: str, room: str, *, authorization: str | None,
     allows it (``401 ticket_required`` otherwise); a token needs ``subscribe`` in ``room``."""
     if ticket is not None:
         return verify(token_secret, ticket, room)
-    if authorization is None and query_token is not None and not plain_token:
-        raise ApiError(401, "ticket_required",
-                       "FLV URLs carry a ?ticket= from the playback plan "
-                       "(GET /api/v1/rooms/{room}/playback); ?token= is off on this server")
+    if not plain_token:
+        if not authorization and query_token is not None:  # an empty header is no header
+            raise ApiError(401, "ticket_required",
+                           "FLV URLs carry a ?ticket= from the playback plan "
+                           "(GET /api/v1/rooms/{room}/playback); ?token= is off on this server")
+        query_token = None  # never a fallback the flag turned off
     return authorize(token_secret, authorization, grant=Grant.SUBSCRIBE, room=room,
                      query_token=query_token)

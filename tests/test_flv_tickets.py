@@ -195,6 +195,10 @@ async def test_a_plain_token_is_refused_without_the_flag(server: Any) -> None:
     assert (status, body["error"]["code"]) == (401, "ticket_required")
     assert "playback" in body["error"]["message"]
     assert await refusal_count(server, "ticket_required") == before + 1
+    # an empty Authorization header is no header: the ?token= beside it is still refused
+    status, body = await get(f"{server.url}/live/tk4.flv?token={token}",
+                             headers={"Authorization": ""})
+    assert (status, body["error"]["code"]) == (401, "ticket_required")
     # a header token does not travel with a link: still accepted (404: no such room here)
     status, body = await get(f"{server.url}/live/tk4.flv",
                              headers={"Authorization": f"Bearer {token}"})
