@@ -50,6 +50,16 @@ def test_a_ticket_never_outlives_its_token() -> None:
     assert verify(SECRET, issue(SECRET, short, "shop"), "shop").expires_at == short.expires_at
 
 
+def test_the_longest_identity_a_token_may_carry_fits_in_a_ticket() -> None:
+    """The REST mint takes identities and names of 128 characters: in any script, the
+    ticket the plan hands out for them is one its door takes."""
+    for letter in ("x", "粉", "\U0001F6D2"):  # ASCII, CJK, beyond the BMP
+        fan = Claims(letter * 128, "r" * 64, frozenset({Grant.SUBSCRIBE}), name=letter * 128)
+        ticket = issue(SECRET, fan, "r" * 64)
+        assert len(ticket) <= MAX_TICKET_CHARS
+        assert verify(SECRET, ticket, "r" * 64).identity == fan.identity
+
+
 def test_forged_damaged_and_foreign_tickets_are_refused() -> None:
     ticket = issue(SECRET, VIEWER, "shop")
     body, _, signature = ticket.partition(".")
