@@ -75,7 +75,7 @@ class Forbids:
         return forbid.error(room) if forbid is not None else None
 
     async def forbid(self, room: str, until: int, reason: str, by: str) -> Forbid:
-        """Store, announce, then end the publishers; ``until`` in the future, within a year."""
+        """Store, end the publishers, then announce; ``until`` in the future, within a year."""
         left_s = until - time.time()
         if left_s <= 0:
             raise bad_request("until must be a unix time in the future", "invalid_until")
