@@ -57,4 +57,5 @@ async def render(signaling: Signaling) -> list[str]:
             "Bytes of events re-sent by resumes in this process.", [f" {live.resumed_bytes}"])
     _metric(lines, "shopcast_event_subscriptions", "gauge",
             "Open event subscriptions in this process.", [f" {signaling.bus.subscriptions}"])
+    lines += live.qoe.metrics()  # viewers' QoE: by transport only (signaling/live/qoe.py)
     return lines

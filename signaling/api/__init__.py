@@ -8,6 +8,7 @@ from signaling.api import (
     cohosts,
     commerce,
     forbid,
+    health,
     moderation,
     nodes,
     participants,
@@ -23,7 +24,7 @@ from signaling.api.routes import PREFIX, ROUTES_KEY, Call, Route, json_response,
 ROUTES: list[Route] = [
     *rooms.ROUTES, *participants.ROUTES, *tokens.ROUTES, *commerce.ROUTES, *moderation.ROUTES,
     *nodes.ROUTES, *cohosts.ROUTES, *forbid.ROUTES, *recordings.ROUTES, *replay.ROUTES,
-    *snapshots.ROUTES,
+    *snapshots.ROUTES, *health.ROUTES,
 ]
 
 

@@ -39,6 +39,7 @@ from signaling.live.gifts import Gifts
 from signaling.live.likes import RATE as LIKE_RATE
 from signaling.live.likes import Likes
 from signaling.live.moderation import Kick, Moderation
+from signaling.live.qoe import QoeReports
 from signaling.live.resume import ResumeBudget, ResumeLimits
 from signaling.live.sales import Sales
 from signaling.live.schema import LAYOUTS, EventError, EventSpec, event, pack
@@ -83,6 +84,7 @@ class EventGateway:
         self.gifts = Gifts(store, bus)
         self.catalog = Catalog(store, self.timeline)
         self.sales = Sales(store, self.timeline, webhooks, self.catalog, interval_ms)
+        self.qoe = QoeReports(store)  # viewers' reports: counted and aggregated, never published
         self.refused = 0  # client messages answered with an error
         self.resume_limits = resume or ResumeLimits()
         self.resume_limited = dict.fromkeys(RESUME_REASONS, 0)  # by reason, for /metrics
@@ -96,7 +98,7 @@ class EventGateway:
             "cohost_invite": self._cohost_invite, "cohost_remove": self._cohost_remove,
             "cohost_accept": self._cohost_accept, "cohost_decline": self._cohost_decline,
         }
-        missing = set(schema.CLIENT_EVENTS) ^ {*self._actions, "resume"}
+        missing = set(schema.CLIENT_EVENTS) ^ {*self._actions, "resume", "qoe"}
         assert not missing, f"client events without an action (or vice versa): {missing}"
 
     # --- the transport-facing API -----------------------------------------------------------
@@ -109,11 +111,18 @@ class EventGateway:
         try:
             if not claims.covers(room):
                 raise EventError("forbidden", f"token is for room {claims.room!r}")
-            spec, data = schema.parse(raw)
+            try:
+                spec, data = schema.parse(raw)
+            except EventError as exc:
+                self.qoe.refused(raw, exc)  # a refused report is counted as one
+                raise
             cid = str(data.get("cid", ""))
             self._authorize(spec, claims, cid)
             if spec.type == "resume":
                 return await self._resume(room, data, budget or self.resume_budget(), cid)
+            if spec.type == "qoe":  # no reply when taken: a report is not a conversation
+                await self.qoe.take(room, claims.identity, data)
+                return []
             replies = await self._actions[spec.type](room, claims, data)
         except EventError as exc:
             self.refused += 1

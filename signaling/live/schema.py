@@ -157,6 +157,35 @@ CLIENT_EVENTS: dict[str, EventSpec] = {s.type: s for s in [
             grants=(Grant.COHOST,)),
     _client("cohost_decline", "Guest: decline this identity's invitation.",
             grants=(Grant.COHOST,)),
+    _client("qoe", "Viewer: what its player sees, every 10 s; aggregated per room for "
+            "`/metrics` and `GET /rooms/{room}/health`, never published. At most 1 KiB; "
+            "one per 2 s per identity (burst 2), more are dropped unanswered. Counters are "
+            "since playback started.",
+            Field("transport", "str", "`webrtc` or `flv`", min=1, max=8),
+            Field("layer", "str", "the layer playing (nil: the room has one)",
+                  required=False, nullable=True, max=16),
+            Field("fps", "num", "frames decoded per second", min=0, max=240),
+            Field("width", "int", "frame width", min=0, max=8192),
+            Field("height", "int", "frame height", min=0, max=8192),
+            Field("played_s", "num", "seconds since playback started", min=0, max=MAX_SALE_S),
+            Field("freezes", "int", "freezes (WebRTC) or rebuffers (FLV `waiting`)",
+                  min=0, max=MAX_STOCK),
+            Field("freeze_s", "num", "seconds frozen or rebuffering", min=0, max=MAX_SALE_S),
+            Field("jitter_buffer_ms", "num", "WebRTC: mean jitter-buffer delay per frame",
+                  required=False, nullable=True, min=0, max=60_000),
+            Field("packets_lost", "int", "WebRTC: video packets lost", required=False,
+                  nullable=True, min=0, max=2**31),
+            Field("packets_received", "int", "WebRTC: video packets received",
+                  required=False, nullable=True, min=0, max=2**31),
+            Field("decode_ms", "num", "WebRTC: mean decode time per frame", required=False,
+                  nullable=True, min=0, max=10_000),
+            Field("buffer_s", "num", "FLV: seconds buffered ahead of playback",
+                  required=False, nullable=True, min=0, max=600),
+            Field("cores", "int", "navigator.hardwareConcurrency", required=False,
+                  nullable=True, min=1, max=1024),
+            Field("memory_gb", "num", "navigator.deviceMemory", required=False,
+                  nullable=True, min=0, max=1024),
+            grants=WATCHING),
 ]}
 
 
