@@ -1,8 +1,8 @@
 """The compliance forbid (issue 15, part 2 and 3), on both store backends, against the whole
 app: ``POST /api/v1/rooms/{room}/forbid`` ends a live aiortc WHIP anchor and its co-host within
 1 s (measured from before the POST to their peer connections closing), the room's participants get
-``room_forbidden`` with the reason, a re-publish (WHIP, ``/ws``, RTMP) and a play (WHEP; HTTP-FLV
-shares its check) are refused with ``403 room_forbidden`` and the reason, a ``/ws/events``
+``room_forbidden`` with the reason, a re-publish (WHIP, ``/ws``, RTMP) and a play (WHEP,
+HTTP-FLV) are refused with ``403 room_forbidden`` and the reason, a ``/ws/events``
 join is let in with the forbid in its ``state``; ``DELETE`` lifts it and the anchor gets back
 in. Bad input (``until`` in the past, a huge reason, a non-admin, no token) is a 4xx JSON error
 that leaves no forbid behind. The forbid is the store's: another store client sees it, and it
@@ -120,7 +120,7 @@ async def test_forbid_ends_the_anchor_refuses_it_and_lifting_lets_it_back(server
         assert (again.status, again.code) == (403, "room_forbidden") and REASON in again.message
         status, shown = await api.get(f"/rooms/{ROOM}/forbid")
         assert status == 200 and shown["reason"] == REASON
-        try:  # WHEP (and HTTP-FLV, which shares its door check: ``refuse_banned``)
+        try:  # WHEP; HTTP-FLV below
             viewer = await play(server.url, ROOM, server.token(ROOM, "v", "subscribe"))
         except SignalingError as exc:
             assert (exc.status, exc.code) == (403, "room_forbidden") and REASON in exc.message
@@ -128,6 +128,11 @@ async def test_forbid_ends_the_anchor_refuses_it_and_lifting_lets_it_back(server
             await viewer.close()
             raise AssertionError("a play of the forbidden room was let in")
         async with aiohttp.ClientSession() as http:
+            async with http.get(f"{server.url}/live/{ROOM}.flv", headers={
+                    "Authorization": f"Bearer {server.token(ROOM, 'v', 'subscribe')}"}) as flv:
+                refusal = await flv.json()
+                assert (flv.status, refusal["error"]["code"]) == (403, "room_forbidden")
+                assert REASON in refusal["error"]["message"]
             async with http.ws_connect(
                     f"{server.url}/ws?token={anchor_token}") as ws:
                 await ws.send_bytes(msgpack.packb({"type": "join", "room": ROOM}))
