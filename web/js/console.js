@@ -2,6 +2,7 @@
 // ban, keyword filter) and the anchor's own chat. Changes go over REST with the page's token
 // (it needs the admin grant); the live view (chat, stock) comes over /ws/events/{room}.
 import { RoomEvents, el, formatPrice, tokenClaims } from "./room_events.js";
+import { watchAudience } from "./audience.js";
 
 const root = document.getElementById("console");
 const q = new URLSearchParams(location.search);
@@ -47,6 +48,7 @@ root.append(el("section", { class: "console-panel" },
   el("h2", { text: "Products" }), productForm, ui.products, unpin,
   el("h2", { text: "Flash sale" }), saleForm, ui.sale,
   el("h2", { text: "Chat" }), ui.chat, chatForm, filterForm));
+ui.status.after(watchAudience(room, token, q)); // the viewers' QoE in one line
 
 let products = [];
 let pinnedSku = null;
