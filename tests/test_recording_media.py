@@ -208,10 +208,14 @@ async def test_a_cohost_room_records_the_mix(server: Server, tmp_path: Path) -> 
     assert 1 <= switches <= 2, f"{switches} switches: in, and out when the co-host left"
 
 
-async def test_an_rtmp_anchor_is_recorded_as_it_came(server: Server, tmp_path: Path) -> None:
-    room = "recrtmp"
+@pytest.mark.parametrize("bframes", [0, 2])
+async def test_an_rtmp_anchor_is_recorded_as_it_came(server: Server, tmp_path: Path,
+                                                    bframes: int) -> None:
+    """The encoder's own H.264 (with B-frames: their composition offsets kept) and AAC."""
+    room = f"recrtmp{bframes}"
     token = server.token(room, "anchor", "publish")
-    with pushing(ffmpeg_push(rtmp_url(server, room, token), seconds=8)) as proc:
+    with pushing(ffmpeg_push(rtmp_url(server, room, token), seconds=8,
+                             bframes=bframes)) as proc:
         await recording_started(server, room)
         await asyncio.to_thread(proc.wait, 30)
     recording = await finished(server, room, limit_s=30)
@@ -221,3 +225,6 @@ async def test_an_rtmp_anchor_is_recorded_as_it_came(server: Server, tmp_path: P
     assert 6.5 <= float(info["format"]["duration"]) <= 8.5, info["format"]
     end, pictures = decoded_video_end(tmp_path / "rtmp.mp4")
     assert pictures >= end * 25  # ffmpeg's 30 fps, every picture kept
+    with av.open(str(tmp_path / "rtmp.mp4")) as container:
+        times = [frame.time for frame in container.decode(video=0)]
+    assert times == sorted(set(times)), "pictures in presentation order, B-frames or not"
