@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -20,6 +21,7 @@ from sfu.producer import NTP_EPOCH_OFFSET
 from signaling.bus import Bus
 from signaling.claims import Claims, Grant
 from signaling.live.catalog import Catalog, Product
+from signaling.live.gateway import EventGateway
 from signaling.live.gifts import Gifts
 from signaling.live.media_time import (
     KEY,
@@ -237,3 +239,20 @@ def test_hold_is_capped_and_a_page_without_clock_shows_at_once() -> None:
       sync.offer({ type: "state" }); // a fresh state: what waited goes first
       console.log(JSON.stringify(got));""")
     assert out == [["product_pinned", 0], ["sale", 5000], ["stock", 5000], ["state", 5000]]
+
+
+async def test_the_gateway_stamps_what_viewers_see(store: Store, bus: Bus) -> None:
+    """The event gateway's catalog, sales and gifts publish through the stamp; chat and
+    likes do not."""
+    gateway = EventGateway(store, bus, Webhooks(WebhookSettings()))
+    await store.create_room("r")
+    await save_clock(store, "r", ClockAnchor(round(time.time() * 1000), 1000, 5000))
+    await gateway.catalog.put("r", PRODUCT)
+    await gateway.catalog.pin("r", "mug")
+    await gateway.gifts.send("r", Claims("fan", "r", frozenset({Grant.SUBSCRIBE})), "heart")
+    history = {e.type: e.data for e in await bus.history("r")}
+    for kind in ("product_pinned", "gift"):
+        media = history[kind]["media"]
+        assert 1000 <= media["flv_ms"] <= 1000 + 5000, media  # a few ms on, on a busy machine
+        assert media["rtp"] - 5000 == (media["flv_ms"] - 1000) * 90
+    assert gateway.media_times.stamped == 2

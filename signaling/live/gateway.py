@@ -38,6 +38,7 @@ from signaling.live.forbid import EndPublishing, Forbids
 from signaling.live.gifts import Gifts
 from signaling.live.likes import RATE as LIKE_RATE
 from signaling.live.likes import Likes
+from signaling.live.media_time import MediaTimes
 from signaling.live.moderation import Kick, Moderation
 from signaling.live.qoe import QoeReports
 from signaling.live.resume import ResumeBudget, ResumeLimits
@@ -79,11 +80,13 @@ class EventGateway:
         self.cohosts = Cohosts(store, bus, kick)
         # catalog, sales and chat publish through the timeline: it keeps commerce events
         self.timeline = Timeline(store, bus, chat=timeline_chat)
+        # what viewers see on screen carries the anchor's media time, to show with its frame
+        self.media_times = MediaTimes(store, self.timeline)
         self.chat = Chat(store, self.timeline, self.moderation)
         self.likes = Likes(store, bus, interval_ms, like_rate)
-        self.gifts = Gifts(store, bus)
-        self.catalog = Catalog(store, self.timeline)
-        self.sales = Sales(store, self.timeline, webhooks, self.catalog, interval_ms)
+        self.gifts = Gifts(store, self.media_times)
+        self.catalog = Catalog(store, self.media_times)
+        self.sales = Sales(store, self.media_times, webhooks, self.catalog, interval_ms)
         self.qoe = QoeReports(store)  # viewers' reports: counted and aggregated, never published
         self.refused = 0  # client messages answered with an error
         self.resume_limits = resume or ResumeLimits()
