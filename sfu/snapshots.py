@@ -7,9 +7,10 @@ mix. Its tag log holds the sequence headers and the newest keyframe, so a snapsh
 keyframe decoded and one JPEG encoded, once per room and never per viewer, on one thread shared
 by the node's rooms (libavcodec releases the GIL): the event loop only copies references.
 A keyframe already turned into a JPEG is not decoded again (a GOP longer than the interval
-gives the same picture a new time). The last ``keep`` of each room stay in memory; each one
-goes to the ``SnapshotSink`` (the control plane: the store for ``GET .../snapshot`` on any
-front door, and the signed ``snapshot`` webhook).
+gives the same picture a new time). The last ``keep`` of each live room stay in memory (a room
+whose output is gone here takes its own along); each one goes to the ``SnapshotSink`` (the
+control plane: the store for ``GET .../snapshot`` on any front door, and the signed
+``snapshot`` webhook).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from sfu.settings import SnapshotSettings
 
 logger = logging.getLogger("shopcast.sfu.snapshots")
 
-MAX_ROOMS = 10_000  # rooms whose last snapshots are kept; the least recently taken go first
+MAX_ROOMS = 10_000  # live rooms whose last snapshots are kept; the least recently taken go first
 
 
 @dataclass(frozen=True)
@@ -127,9 +128,9 @@ class RoomSnapshots:
             snapshot = await self.take(room)
             if snapshot is not None:
                 taken.append(snapshot)
-        for room in list(self._sources):
-            if room not in self.flv.outputs:
-                del self._sources[room]
+        for room in {*self.rooms, *self._sources} - self.flv.outputs.keys():
+            self.rooms.pop(room, None)  # the room ended here: its latest is the store's now
+            self._sources.pop(room, None)
         return taken
 
     async def take(self, room: str) -> Snapshot | None:

@@ -2,9 +2,10 @@
 ``--snapshot-interval-s 1`` a painted aiortc anchor's room sends a signed ``snapshot`` webhook
 every second (within 1 s) for 5 s, each with a JPEG whose pixels are the anchor's colour
 (decoded with PyAV); ``GET /api/v1/rooms/{room}/snapshot`` answers the latest JPEG to an admin
-of the room, 403 to a viewer's token, 404 JSON for a room without one. A VP8 anchor (whose FLV
-video is transcoded) and an RTMP encoder get their snapshots too; with two signaling and two SFU
-processes, the front door that holds no media serves the snapshot the room's node took.
+of the room, 403 to a viewer's token, 404 JSON for a room without one; the node's memory lets
+an ended room's go. A VP8 anchor (whose FLV video is transcoded) and an RTMP encoder get their
+snapshots too; with two signaling and two SFU processes, the front door that holds no media
+serves the snapshot the room's node took.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from waiting import wait_for
 
 from loadtest.clients import publish
 from loadtest.media import NAMED_COLOURS, PaintedVideoTrack, ToneAudioTrack
+from sfu.snapshots import SNAPSHOTS_KEY
 from shopcast.config import Config
 from signaling.webhooks import SIGNATURE_HEADER, verify
 
@@ -135,6 +137,8 @@ async def test_snapshot_webhooks_every_interval_show_the_anchor(
         assert int(taken.split()[-1]) >= len(got)
     finally:
         await anchor.close()
+    kept = server.app[SNAPSHOTS_KEY]  # the node's memory lets an ended room's pictures go
+    await wait_for(lambda: ROOM not in kept.rooms, 5, "the ended room's snapshots dropped")
 
 
 @pytest.mark.parametrize("backend", ["memory"], indirect=True)
