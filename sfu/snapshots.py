@@ -67,15 +67,18 @@ def keyframe_jpeg(flv: bytes, quality: int) -> tuple[bytes, int, int]:
         raise SnapshotError(f"the keyframe did not decode: {exc}") from exc
     if frame is None:
         raise SnapshotError("the keyframe gave no picture")
-    encoder = av.CodecContext.create("mjpeg", "w")
-    encoder.width, encoder.height = frame.width, frame.height
-    encoder.pix_fmt = "yuvj420p"
-    encoder.thread_count = 1
-    encoder.time_base = fractions.Fraction(1, 1)
-    encoder.options = {"qmin": str(quality), "qmax": str(quality)}
-    picture = frame.reformat(format="yuvj420p")
-    picture.pts = 0
-    jpeg = b"".join(bytes(p) for p in [*encoder.encode(picture), *encoder.encode(None)])
+    try:
+        encoder = av.CodecContext.create("mjpeg", "w")
+        encoder.width, encoder.height = frame.width, frame.height
+        encoder.pix_fmt = "yuvj420p"
+        encoder.thread_count = 1
+        encoder.time_base = fractions.Fraction(1, 1)
+        encoder.options = {"qmin": str(quality), "qmax": str(quality)}
+        picture = frame.reformat(format="yuvj420p")
+        picture.pts = 0
+        jpeg = b"".join(bytes(p) for p in [*encoder.encode(picture), *encoder.encode(None)])
+    except (av.FFmpegError, ValueError) as exc:  # counted as failed, as a bad keyframe is
+        raise SnapshotError(f"the picture did not encode: {exc}") from exc
     return jpeg, frame.width, frame.height
 
 
