@@ -173,7 +173,8 @@ async def test_replay_of_a_recorded_room(server: Server, chromium: BrowserContex
     assert status == 200, timeline
     pins = [(e["type"], e["t"]) for e in timeline["events"] if e["type"].startswith("product_")]
     assert [kind for kind, _ in pins] == ["product_pinned", "product_unpinned"], timeline
-    assert 10.0 <= pins[0][1] <= 11.0 and 20.0 <= pins[1][1] <= 21.0, pins
+    # sent at 10 s and 20 s; a loaded machine may take a while, the seeks at 12 and 22 s may not
+    assert 10.0 <= pins[0][1] <= 11.5 and 20.0 <= pins[1][1] <= 21.5, pins
     await replay_checks(server, chromium, recording["id"])
 
     # after the show: the room closed, its replay (from the room's list of recordings) still
