@@ -94,7 +94,7 @@ def _claims(request: web.Request, kind: str, room: str) -> Claims:
                      publish=kind == "whip", room=room)
 
 
-async def refuse_banned(request: web.Request, room: str, claims: Claims) -> None:
+async def refuse_banned_or_forbidden(request: web.Request, room: str, claims: Claims) -> None:
     """The ban and forbid part of the doors' authorization step (WHIP, WHEP, FLV): ``403
     banned``, or ``403 room_forbidden`` with the reason while the room is forbidden (viewers
     too: there is nothing to watch, and what was cut is not served again)."""
@@ -130,7 +130,7 @@ def _post(kind: str) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
         room = _room(request)
         claims = _claims(request, kind, room)
-        await refuse_banned(request, room, claims)
+        await refuse_banned_or_forbidden(request, room, claims)
         target = await elsewhere(request, room, publish=kind == "whip")
         if target is not None:
             return redirect(target, request)

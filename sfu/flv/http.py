@@ -33,7 +33,7 @@ from sfu.flv.manager import FLV_KEY
 from sfu.flv.viewer_queue import FlvReader
 from sfu.http_errors import media_errors
 from sfu.node import NODE_KEY
-from sfu.whip_whep import SECRET_KEY, elsewhere, refuse_banned
+from sfu.whip_whep import SECRET_KEY, elsewhere, refuse_banned_or_forbidden
 from signaling.errors import ApiError
 from signaling.flv_tickets import flv_claims
 from signaling.routing import redirect
@@ -70,7 +70,7 @@ async def play_flv(request: web.Request) -> web.StreamResponse:
                         authorization=request.headers.get("Authorization"),
                         ticket=request.query.get("ticket"), query_token=request.query.get("token"),
                         plain_token=manager.settings.plain_token)
-    await refuse_banned(request, room, claims)
+    await refuse_banned_or_forbidden(request, room, claims)
     output = manager.outputs.get(room)
     if output is None or output.closed:
         target = await elsewhere(request, room, publish=False)  # multi-node: live elsewhere
