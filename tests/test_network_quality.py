@@ -8,9 +8,14 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
+from live_helpers import WsClient
 
+from loadtest.clients import publish
+from loadtest.media import PaintedVideoTrack, ToneAudioTrack
 from sfu.network_quality import (
     BAD,
     DOWN,
@@ -25,7 +30,11 @@ from sfu.network_quality import (
     raw_score,
     window,
 )
+from sfu.node import NODE_KEY
 from sfu.publisher_quality import PublisherQuality
+from shopcast.config import Config
+
+pytest_plugins = ["store_fixtures"]
 
 
 def two_seconds(loss: float = 0.0, jitter_ms: float = 3.0, kbps: float = 800,
@@ -185,3 +194,51 @@ def test_page_step_down_in_node() -> None:
                                                 150_000]
     assert [s.get("scaleResolutionDownBy", 1) for s in steps] == [1, 1, 1, 1, 2, 4]
     assert from_fallback == {"maxBitrate": 300_000}
+
+
+# --- end to end on both backends: a real aiortc anchor, the room's events, /metrics ----------
+
+
+@pytest.fixture
+def config(config: Config, backend: str, prefix: str) -> Config:
+    config.redis = backend
+    config.redis_prefix = prefix
+    return config
+
+
+@pytest.mark.slow
+async def test_anchor_score_reaches_the_room_and_metrics(server: Any) -> None:
+    """An aiortc anchor on loopback gets a score in a `network_quality` event on /ws/events
+    within two windows, and /metrics counts it; a client cannot send one (it is a server
+    event): refused with an error to that client, nothing published."""
+    room = "nq"
+    admin = await WsClient.open(server.url, room, server.token(room, "ops", "admin"))
+    anchor = await publish(server.url, room, server.token(room, "anchor", "publish"),
+                           PaintedVideoTrack(), ToneAudioTrack())
+    try:
+        assert (await admin.next())["type"] == "state"
+        scored = await admin.until("network_quality", wait_s=15.0)
+        assert (scored["identity"], scored["slot"]) == ("anchor", 0)
+        assert DOWN <= scored["score"] <= EXCELLENT
+        assert 0.0 <= scored["loss"] <= 1.0 and scored["bitrate_kbps"] >= 0
+        node = server.app[NODE_KEY]
+        assert node.network_quality.score(next(iter(node.rooms[room].publishers))) is not None
+        async with aiohttp.ClientSession() as http, http.get(f"{server.url}/metrics") as resp:
+            text = await resp.text()
+        per_score = [int(line.split()[-1]) for line in text.splitlines()
+                     if line.startswith('shopcast_publisher_network_quality{door="whip"')]
+        assert len(per_score) == 6 and sum(per_score) == 1  # one publisher, one score
+        windows = next(line for line in text.splitlines() if line.startswith(
+            'shopcast_publisher_network_quality_score_count{door="whip"}'))
+        assert int(windows.split()[-1]) >= 1
+
+        forger = await WsClient.open(server.url, room, server.token(room, "eve", "subscribe"))
+        assert (await forger.next())["type"] == "state"
+        await forger.send(type="network_quality", identity="anchor", slot=0, score=0, loss=1.0,
+                          jitter_ms=0, bitrate_kbps=0)
+        refused = await forger.until("error")
+        assert refused["code"] == "unknown_type"
+        await forger.close()
+    finally:
+        await anchor.close()
+        await admin.close()
