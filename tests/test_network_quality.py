@@ -210,7 +210,7 @@ def config(config: Config, backend: str, prefix: str) -> Config:
 async def test_anchor_score_reaches_the_room_and_metrics(server: Any) -> None:
     """An aiortc anchor on loopback gets a score in a `network_quality` event on /ws/events
     within two windows, and /metrics counts it; a client cannot send one (it is a server
-    event): refused with an error to that client, nothing published."""
+    event): refused with an error to that client."""
     room = "nq"
     admin = await WsClient.open(server.url, room, server.token(room, "ops", "admin"))
     anchor = await publish(server.url, room, server.token(room, "anchor", "publish"),
