@@ -154,13 +154,15 @@ async def test_a_started_stream_outlives_its_ticket_but_the_url_cannot_be_replay
                 assert first.status == 200
                 assert await first.content.readexactly(3) == b"FLV"
                 deadline = time.monotonic() + 10
-                while True:  # replay the leaked URL until the ticket has expired
+                for _ in range(40):  # replay the leaked URL until the ticket has expired
                     async with http.get(url) as replay:
                         if replay.status != 200:
                             answer = replay.status, (await replay.json())["error"]["code"]
                             break
                     assert time.monotonic() < deadline, "the ticket never expired"
                     await asyncio.sleep(0.5)
+                else:
+                    raise AssertionError("the ticket never expired")
                 assert answer == (401, "ticket_expired")
                 got = 0  # the stream that started in time plays on past the expiry
                 for _ in range(200):
