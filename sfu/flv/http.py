@@ -4,8 +4,9 @@ Statuses: 400 bad room name; 401/403 credential problems: a ``?ticket=`` from th
 plan (``signaling/flv_tickets.py``: ``invalid_ticket``, ``ticket_expired``, ``wrong_room``), an
 ``Authorization: Bearer`` token, or a ``?token=`` only with ``--flv-plain-token`` (else ``401
 ticket_required``); a started response is not cut when its ticket expires; 403 ``banned`` for
-an identity banned from the room (the same check as WHIP/WHEP and RTMP), and an open
-response ends when its identity is banned or kicked (``NodeMediaControl.end_identity``); 404
+an identity banned from the room and ``room_forbidden`` while the room is forbidden (the same
+checks as WHIP/WHEP and RTMP), and an open response ends when its identity is banned or kicked
+(``NodeMediaControl.end_identity``); 404
 ``not_found`` for a room this node does not have (``307`` to the node where it is live, on a
 multi-node deployment); 503 ``not_live`` (with ``Retry-After``) for a room that exists but
 has no live publisher yet, or whose stream has not produced its first keyframe (this door's
