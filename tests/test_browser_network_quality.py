@@ -26,6 +26,8 @@ ROOM = "shop"
 PROMPT_WITHIN_S = 5.0
 RECOVER_WITHIN_S = 30.0
 HOLD_S = 8.0
+MAX_BITRATE = """window.shopcast.pc.getSenders()
+  .find((s) => s.track && s.track.kind === "video").getParameters().encodings[0].maxBitrate"""
 CAP_BPS = 200_000  # at most; below what the anchor sends (see test)
 MIN_CAP_BPS = 32_000
 # what the page sends (audio and video RTP payload and headers, bit/s) over 2 s
@@ -109,6 +111,7 @@ async def test_capped_uplink_prompts_the_anchor(server: Any, netns: Namespace,
         sending = await page.evaluate(SENDING)
         cap = max(MIN_CAP_BPS, min(CAP_BPS, int(sending / 2)))
         print(f"anchor sends {sending / 1000:.0f} kbit/s; uplink capped at {cap // 1000} kbit/s")
+        await page.check("#net-auto")  # step down by itself when prompted
         netns.rate_cap(f"{cap // 1000}kbit", "4kb", "100ms")
         prompted_in = await wait_for(page, "q.score !== null && q.score <= 2 && q.prompting",
                                      PROMPT_WITHIN_S + 1.0)
@@ -118,14 +121,15 @@ async def test_capped_uplink_prompts_the_anchor(server: Any, netns: Namespace,
         for words in ("closer to the router", "wired connection", "Lower the bitrate"):
             assert words in advice
 
-        # one click steps the encoder down (maxBitrate halved), no renegotiation
-        await page.click("#net-step-down")
+        # the prompt stepped the encoder down by itself (maxBitrate halved), and one click
+        # takes the next step; no renegotiation
         await page.wait_for_function("window.shopcast.networkQuality.steps === 1",
                                      timeout=5_000)
-        bitrate = await page.evaluate("""window.shopcast.pc.getSenders()
-            .find((s) => s.track && s.track.kind === 'video').getParameters()
-            .encodings[0].maxBitrate""")
-        assert bitrate == 400_000
+        assert await page.evaluate(MAX_BITRATE) == 400_000
+        await page.click("#net-step-down")
+        await page.wait_for_function("window.shopcast.networkQuality.steps === 2",
+                                     timeout=5_000)
+        assert await page.evaluate(MAX_BITRATE) == 200_000
 
         low = [line for line in (await metrics(server)).splitlines() if line.startswith(
             'shopcast_publisher_network_quality_score_bucket{door="whip",le="2"}')]
