@@ -4,10 +4,10 @@ A painted anchor (loadtest.media: each frame shows its capture time and number) 
 admin pins a product over REST at a known moment, that is in a known frame of the anchor. Each
 viewer page (the real viewer page in headless Chromium, on FLV and on WebRTC) is watched for
 the product card: when the card changes, the page reads the painted strip of the frame on
-screen at that moment (canvas readback of the <video>). The offset is that frame's number minus
-the pin's frame, in ms of picture: 0 means the card appeared with the very frame in which the
-anchor pinned it; -900 would mean a card 0.9 s ahead of the picture (what a viewer 0.9 s behind
-saw before).
+screen at that moment (canvas readback of the <video>). The offset is that frame's painted time
+minus the painted time of the frame the anchor's track was at when the pin was clicked: 0 means
+the card appeared with the very frame in which the anchor pinned it; -900 would mean a card
+0.9 s ahead of the picture (what a viewer 0.9 s behind saw before).
 
 ``python -m loadtest.commerce_sync`` starts its own ``shopcast serve`` and Chromium, pins
 ``--pins`` products, prints the offsets per transport and writes a JSON report.
@@ -28,11 +28,12 @@ from urllib.parse import urlencode
 import aiohttp
 import numpy as np
 
-from loadtest.media import FPS, FRAME_MOD, TIME_MOD, decode_bits, now_ms
+from loadtest.media import FRAME_MOD, TIME_MOD, PaintedVideoTrack, decode_bits, now_ms
 from loadtest.stats import write_report
 
 CARD_TIMEOUT_S = 8.0
 MAX_PINS = 100
+MAX_KEPT_FRAMES = 1800  # a minute at 30 fps
 TTL_S = 3600
 # Installs window.__cards (one entry per card change: title, wall ms, the strip's 64 block
 # lumas of the frame on screen) and window.__readStrip() (the same lumas, now).
@@ -86,14 +87,21 @@ def signed_ms(a: int, b: int) -> int:
     return (a - b + TIME_MOD // 2) % TIME_MOD - TIME_MOD // 2
 
 
-def frame_offset_ms(shown: int | None, pinned: int | None) -> float | None:
-    """How far the frame on screen is from the pin's frame, in ms of the anchor's picture
-    (frame numbers, mod 2**16): the painted capture times bunch up when the anchor's machine
-    is busy, frame numbers never do."""
-    if shown is None or pinned is None:
-        return None
-    frames = (shown - pinned + FRAME_MOD // 2) % FRAME_MOD - FRAME_MOD // 2
-    return round(frames * 1000 / FPS, 1)
+class CapturedTrack(PaintedVideoTrack):
+    """The painted anchor track, remembering when it painted each of its last frames: the
+    pinned frame's own time, which a busy machine (frames late, then in a burst) moves away
+    from the nominal frame rate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.captured: dict[int, int] = {}  # frame number -> painted-clock ms
+
+    async def recv(self) -> Any:
+        frame = await super().recv()
+        self.captured[self.frame_no] = now_ms()
+        if len(self.captured) > MAX_KEPT_FRAMES:
+            del self.captured[next(iter(self.captured))]
+        return frame
 
 
 async def page_behind_ms(page: Any) -> int | None:
@@ -133,33 +141,38 @@ class Pins:
             await self._post("/products", {"sku": f"p{i}", "title": title, "price": 100 + i})
         return titles
 
-    async def pin(self, index: int) -> int:
-        """Pin product ``index``; the painted-clock ms of the click."""
+    async def pin(self, index: int) -> tuple[int, int]:
+        """Pin product ``index``: the painted-clock ms of the click, and how long the request
+        took (what the server's answer added to the pin's time)."""
         clicked = now_ms()
         await self._post("/pin", {"sku": f"p{index}"})
-        return clicked
+        return clicked, signed_ms(now_ms(), clicked)
 
 
 async def measure(pages: dict[str, Any], pins: Pins, count: int, gap_s: float,
-                  frame_no: Any = None) -> dict[str, list[dict[str, Any]]]:
+                  track: CapturedTrack) -> dict[str, list[dict[str, Any]]]:
     """Pins ``count`` products ``gap_s`` apart; per page, one row per pin: the offset of the
-    frame on screen when its card appeared from the pin's frame, and how long after the pin."""
+    frame on screen when its card appeared from the pin's frame (the frame the anchor's track
+    was at when the pin was clicked), in ms of their painted times and in frames."""
     titles = await pins.add(count)
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name in pages}
     for i, title in enumerate(titles):
         seen = {name: len(await page.evaluate("window.__cards")) for name, page in pages.items()}
         behind = {name: await page_behind_ms(page) for name, page in pages.items()}
-        frame = frame_no() if frame_no is not None else None
-        clicked = await pins.pin(i)
+        frame = track.frame_no
+        clicked, request_ms = await pins.pin(i)
+        pinned_at = track.captured.get(frame)
         for name, page in pages.items():
             card = await wait_card(page, seen[name], title)
             read = read_strip(card["means"])
-            shown = None if read is None else read[1]
             rows[name].append({
-                "pin": i, "pin_frame": frame, "frame": shown, "behind_ms": behind[name],
+                "pin": i, "pin_frame": frame, "frame": None if read is None else read[1],
+                "behind_ms": behind[name], "request_ms": request_ms,
                 "card_after_ms": signed_ms(card["at"] % TIME_MOD, clicked),
-                "offset_ms": frame_offset_ms(shown, frame),
-                "capture_offset_ms": None if read is None else signed_ms(read[0], clicked),
+                "offset_ms": None if read is None or pinned_at is None
+                else signed_ms(read[0], pinned_at),
+                "frames": None if read is None
+                else (read[1] - frame + FRAME_MOD // 2) % FRAME_MOD - FRAME_MOD // 2,
             })
         await asyncio.sleep(gap_s)
     return rows
@@ -179,7 +192,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     from playwright.async_api import async_playwright
 
     from loadtest.clients import publish
-    from loadtest.media import PaintedVideoTrack, ToneAudioTrack
+    from loadtest.media import ToneAudioTrack
     from loadtest.soak_procs import Server
     from loadtest.stats import mint_token, percentiles
 
@@ -187,7 +200,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     folder = Path(tempfile.mkdtemp(prefix="shopcast-sync-"))
     server = Server(secret, "", 0, folder / "serve.log")
     room = "sync"
-    track = PaintedVideoTrack()
+    track = CapturedTrack()
     try:
         anchor = await publish(server.url, room, mint_token(secret, room, "anchor", ["publish"],
                                                             TTL_S), track, ToneAudioTrack())
@@ -206,7 +219,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await asyncio.sleep(args.warmup_s)
                 admin = mint_token(secret, room, "admin", ["admin"], TTL_S)
                 rows = await measure(pages, Pins(http, server.url, room, admin), args.pins,
-                                     args.gap_s, lambda: track.frame_no)
+                                     args.gap_s, track)
                 await context.close()
         finally:
             await anchor.close()
