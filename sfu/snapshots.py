@@ -118,7 +118,9 @@ class RoomSnapshots:
         next_at = time.monotonic() + interval
         while True:
             await asyncio.sleep(max(next_at - time.monotonic(), 0.0))
-            next_at += interval
+            # a late round (a slow one before it, a stalled loop) is one round, not a burst of
+            # the rounds missed, each a webhook per room
+            next_at = max(next_at, time.monotonic()) + interval
             try:
                 await self.take_all()
             except Exception:  # one bad round must not end the snapshots of every room

@@ -17,7 +17,8 @@ import itertools
 import json
 import time
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import aiohttp
 import av
@@ -33,7 +34,8 @@ from waiting import wait_for
 
 from loadtest.clients import publish
 from loadtest.media import NAMED_COLOURS, PaintedVideoTrack, ToneAudioTrack
-from sfu.snapshots import SNAPSHOTS_KEY
+from sfu.settings import SnapshotSettings
+from sfu.snapshots import SNAPSHOTS_KEY, RoomSnapshots, Snapshot
 from shopcast.config import Config
 from signaling.webhooks import SIGNATURE_HEADER, verify
 
@@ -160,6 +162,29 @@ async def test_a_vp8_anchor_and_an_rtmp_encoder_get_snapshots(
                        15, "a snapshot of the RTMP encoder's room")
         first = next(s for s in snapshots(receiver) if s["room"]["name"] == "look3")
         assert first["snapshot"]["width"] == 320 and first["snapshot"]["bytes"] > 0
+
+
+async def test_a_late_round_is_one_round_not_a_burst_of_the_missed_ones() -> None:
+    """Rounds every 0.1 s, the first taking 1 s (a slow round, a stalled loop): the rounds
+    after it keep the interval instead of catching up on the ten missed, back to back (each
+    round is a webhook per room)."""
+    rounds: list[float] = []
+
+    async def take_all() -> list[Snapshot]:
+        rounds.append(time.monotonic())
+        if len(rounds) == 1:
+            await asyncio.sleep(1.0)
+        return []
+
+    taker = RoomSnapshots(cast(Any, SimpleNamespace(outputs={})), SnapshotSettings(0.1))
+    taker.take_all = take_all  # type: ignore[method-assign]
+    await taker.start()
+    try:
+        await wait_for(lambda: len(rounds) >= 6, 5, "six rounds")
+    finally:
+        await taker.close()
+    gaps = [b - a for a, b in itertools.pairwise(rounds[2:])]
+    assert min(gaps) >= 0.05, f"rounds after the slow one came in a burst: gaps {gaps}"
 
 
 @pytest.fixture
