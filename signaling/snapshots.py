@@ -48,8 +48,9 @@ async def save_snapshot(store: Store, webhooks: Webhooks, room: str, *, taken_at
     })
 
 
-class Picture(Protocol):
-    """What the media plane hands over (``sfu.snapshots.Snapshot``)."""
+class Snapshot(Protocol):
+    """A snapshot as the media plane hands it over (``sfu.snapshots.Snapshot``; this side
+    loads no media code)."""
 
     @property
     def room(self) -> str: ...
@@ -64,11 +65,11 @@ class Picture(Protocol):
 
 
 def snapshot_sink(store: Store, webhooks: Webhooks, keep_ms: int
-                  ) -> Callable[[Picture], Awaitable[None]]:
+                  ) -> Callable[[Snapshot], Awaitable[None]]:
     """The media plane's ``SnapshotSink``: each snapshot to the store and the webhook."""
-    async def sink(picture: Picture) -> None:
-        await save_snapshot(store, webhooks, picture.room, taken_at=picture.taken_at,
-                            jpeg=picture.jpeg, width=picture.width, height=picture.height,
+    async def sink(snapshot: Snapshot) -> None:
+        await save_snapshot(store, webhooks, snapshot.room, taken_at=snapshot.taken_at,
+                            jpeg=snapshot.jpeg, width=snapshot.width, height=snapshot.height,
                             keep_ms=keep_ms)
     return sink
 
