@@ -250,7 +250,8 @@ def test_docs_match_the_declaration() -> None:
 async def test_every_door_refuses_a_wildcard_token_without_admin(server: Server) -> None:
     """``*`` on a non-admin token is refused at the media and socket doors too (401), while an
     admin token for ``*`` passes their room check and a room's admin stays in its room. (FLV
-    URLs carry tickets from the playback plan, a REST route of the matrix above.)"""
+    takes a Bearer header too; its URLs carry tickets from the playback plan, a REST route of
+    the matrix above.)"""
     await signaling_of(server).rooms.create(ROOM, None)
     secret = server.config.secret
     sdp = {"Content-Type": "application/sdp"}
@@ -261,6 +262,7 @@ async def test_every_door_refuses_a_wildcard_token_without_admin(server: Server)
             for method, path, headers, data in (
                     ("POST", f"/whip/{ROOM}", {**bearer, **sdp}, "v=0\r\n"),
                     ("POST", f"/whep/{ROOM}", {**bearer, **sdp}, "v=0\r\n"),
+                    ("GET", f"/live/{ROOM}.flv", bearer, None),
                     ("GET", f"/ws?token={wildcard}", {}, None),
                     ("GET", f"/ws/events/{ROOM}?token={wildcard}", {}, None)):
                 async with http.request(method, server.url + path, headers=headers,
