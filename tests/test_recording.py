@@ -22,6 +22,7 @@ from loadtest.clients import publish
 from loadtest.media import PaintedVideoTrack, ToneAudioTrack
 from sfu.recording.manager import RECORDING_KEY
 from shopcast.config import Config
+from signaling.errors import StoreUnavailable
 from signaling.recordings_index import RECORDINGS_KEY, RecordingMeta
 
 
@@ -194,3 +195,32 @@ async def test_a_rooms_own_choice_wins_over_record(server: Server) -> None:
         assert await recordings(server, room) == []
     finally:
         await anchor.close()
+
+
+async def test_a_store_that_fails_for_a_while_does_not_end_the_recording(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    index = server.app[RECORDINGS_KEY]
+    real_put = index.put
+    failing = True
+
+    async def put(meta: RecordingMeta) -> None:
+        if failing:
+            raise StoreUnavailable()
+        await real_put(meta)
+
+    monkeypatch.setattr(index, "put", put)
+    room = "rec-outage"
+    anchor = await publish(server.url, room, server.token(room, "anchor", "publish"),
+                           PaintedVideoTrack(colour="red"), ToneAudioTrack())
+    try:
+        await recording_started(server, room)
+        await asyncio.sleep(3)  # every index write fails meanwhile
+        assert room in server.app[RECORDING_KEY].recorders
+        failing = False
+        await asyncio.sleep(2)
+    finally:
+        await anchor.close()
+    recording = await finished(server, room)  # one recording through the outage
+    manager = server.app[RECORDING_KEY]
+    assert recording["duration_s"] >= 4, (recording, manager.lines()[-3:])

@@ -8,8 +8,10 @@ at once, any node where the room goes live later reads the flag.
 
 One task polls every recorder (``POLL_S``), which keeps the remux on the event loop, cheap and
 in order (``RoomRecorder.busy_s``); the index gets each recording's meta when it starts, when
-a segment opens, every ``INDEX_EVERY_S`` while it grows and when it ends, and the
-``recording_finished`` webhook goes out then. The retention sweep runs at start and hourly.
+a segment opens, every ``INDEX_EVERY_S`` while it grows and when it ends (once its last bytes
+are on disk), and the ``recording_finished`` webhook goes out then. Index writes and a
+recording's last steps run on tasks of their own: a slow disk or an absent store never holds
+the tick that every other recording needs. The retention sweep runs at start and hourly.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ logger = logging.getLogger("shopcast.sfu.recording")
 POLL_S = 0.1
 INDEX_EVERY_S = 2.0
 SWEEP_EVERY_S = 3600.0
+CLOSE_WAIT_S = 10.0
 
 
 class RecordingManager:
@@ -65,6 +68,8 @@ class RecordingManager:
         self._past_busy = 0.0  # finished recorders' remux time and bytes: counters never drop
         self._past_bytes = 0
         self._ended: dict[str, int] = {}  # why recordings ended -> how many
+        self._putting: dict[str, asyncio.Task[None]] = {}  # recording id -> its index write
+        self._finalizing: set[asyncio.Task[None]] = set()  # finished recordings' last steps
 
     # --- RoomObserver -----------------------------------------------------------------------
 
@@ -110,22 +115,34 @@ class RecordingManager:
             recorder.start()
 
     async def _finish(self, recorder: RoomRecorder) -> None:
+        """Stop ``recorder`` now; its last bytes, the index and the webhook follow on a task
+        of their own (a slow disk or store must not hold the tick the other rooms need)."""
         meta = recorder.meta
         if self.recorders.get(meta.room) is recorder:
             del self.recorders[meta.room]
         self._indexed.pop(meta.id, None)
         final = recorder.finish()
-        await recorder.written()
         self._past_busy += recorder.busy_s
         self._past_bytes += meta.bytes
         self._ended[recorder.ended] = self._ended.get(recorder.ended, 0) + 1
-        if final is None:
-            self.index.delete_files(meta.id)  # no keyframe ever came: nothing to keep
+        task = asyncio.get_running_loop().create_task(self._finalize(recorder, final))
+        self._finalizing.add(task)
+        task.add_done_callback(self._finalizing.discard)
+
+    async def _finalize(self, recorder: RoomRecorder, final: RecordingMeta | None) -> None:
+        recording_id = recorder.meta.id
+        await recorder.written()
+        in_flight = self._putting.get(recording_id)
+        if in_flight is not None:  # an older meta must not land after the final one
+            await asyncio.wait([in_flight])
+        if final is None:  # no keyframe ever came: nothing to keep
+            await asyncio.to_thread(self.index.delete_files, recording_id)
             return
         try:
             await self.index.put(final)
         except Exception:
-            logger.exception("recording %s finished but the index could not be told", meta.id)
+            logger.exception("recording %s finished but the index could not be told",
+                             recording_id)
         self.finished(final)
 
     # --- lifetime ---------------------------------------------------------------------------
@@ -140,6 +157,8 @@ class RecordingManager:
         async with self._lock:
             for recorder in list(self.recorders.values()):
                 await self._finish(recorder)
+        if self._finalizing:  # the last fragments, the index and the webhooks, bounded
+            await asyncio.wait(list(self._finalizing), timeout=CLOSE_WAIT_S)
 
     async def _listen(self) -> None:
         async with self.bus.listen(TOPIC) as messages:
@@ -179,10 +198,24 @@ class RecordingManager:
             return
         now = time.monotonic()
         when, segments = self._indexed.get(meta.id, (0.0, 0))
-        if now - when >= INDEX_EVERY_S or segments != len(meta.segments):
+        if meta.id not in self._putting and (
+                now - when >= INDEX_EVERY_S or segments != len(meta.segments)):
             recorder.changed = False
             self._indexed[meta.id] = (now, len(meta.segments))
-            await self.index.put(meta)
+            self._index_later(RecordingMeta.loads(meta.dumps()))
+
+    def _index_later(self, meta: RecordingMeta) -> None:
+        """Write ``meta`` (a copy) to the index off the tick: a slow or absent store must not
+        keep the recorders from reading their rooms' tags."""
+        async def put() -> None:
+            try:
+                await self.index.put(meta)
+            except Exception as exc:  # the next change tries again
+                logger.warning("recording %s: the index was not updated (%s)", meta.id, exc)
+
+        task = asyncio.get_running_loop().create_task(put())
+        self._putting[meta.id] = task
+        task.add_done_callback(lambda _: self._putting.pop(meta.id, None))
 
     async def _sweeps(self) -> None:
         while True:
