@@ -13,6 +13,7 @@ import msgpack
 import pytest
 import test_live_gateway
 from live_helpers import WsClient, claims, pack, send
+from rest_helpers import signaling_of
 from waiting import wait_for
 
 from loadtest.clients import Viewer, play, publish
@@ -245,13 +246,17 @@ async def test_reports_over_both_doors_reach_health_and_metrics(server: Any) -> 
         _, text = await get(server, "/metrics")
         lines = text.splitlines()
         results = samples(lines, "shopcast_qoe_reports_total")
-        # the flooder's burst of 2 took its first report and one of the six; 5 dropped
-        assert results == {'{result="accepted"}': 6, '{result="malformed"}': 1,
-                           '{result="too_large"}': 1, '{result="rate_limited"}': 5}
+        # the flooder's burst of 2 took its first report and one of the six, the rest are
+        # dropped but what its bucket refilled meanwhile (one per 2 s: on a loaded machine the
+        # flood may take seconds to be handled)
+        accepted, limited = results['{result="accepted"}'], results['{result="rate_limited"}']
+        assert accepted + limited == 11 and limited >= 3, results
+        assert (results['{result="malformed"}'], results['{result="too_large"}']) == (1, 1)
         assert samples(lines, "shopcast_qoe_fps_count") == {
-            '{transport="webrtc"}': 2, '{transport="flv"}': 4}
-        after = (await get(server, f"/api/v1/rooms/{room}", admin))[1]
-        assert after["seq"] == history["seq"]  # nothing published to the room
+            '{transport="webrtc"}': 2, '{transport="flv"}': accepted - 2}
+        # nothing published to the room but the coalesced viewer count of the joins
+        since = await signaling_of(server).bus.history(room, history["seq"], 100)
+        assert {e.type for e in since} <= {"viewers"}, [e.data for e in since]
         for viewer in viewers:  # and the viewers' channels got nothing back for reports
             assert not viewer.events.of_type("error")
     finally:
@@ -276,3 +281,27 @@ async def test_health_is_for_the_rooms_anchor_and_admins(server: Any) -> None:
     assert body["viewers_reporting"] == 0 and body["fps"] == {"p50": None, "p90": None,
                                                               "p99": None}
     assert (await get(server, "/healthz"))[0] == 200  # still serving
+
+
+
+async def test_health_merges_what_every_process_took(store: Store, backend: str, prefix: str
+                                                     ) -> None:
+    """Two processes' gateways on one store (a node's data channels, a signaling process's
+    /ws/events; with Redis, two clients of it): either one's /health counts both's reports."""
+    from signaling.backends import open_backends
+
+    other = open_backends(backend, prefix)[0] if backend else store  # memory: one process
+    if other is not store:
+        await other.start()
+    try:
+        node, front = QoeReports(store), QoeReports(other)
+        await node.take(ROOM, "webrtc-viewer", report())
+        await front.take(ROOM, "flv-viewer", report("flv"))
+        for qoe in (node, front):
+            health = await qoe.health(ROOM)
+            assert health["viewers_reporting"] == 2
+            assert health["transports"] == {"webrtc": 1, "flv": 1}
+        assert node.results["accepted"] == front.results["accepted"] == 1  # counters: own
+    finally:
+        if other is not store:
+            await other.close()
