@@ -201,8 +201,7 @@ SERVER_EVENTS: dict[str, EventSpec] = {s.type: s for s in [
             "from `seq + 1`.",
             Field("seq", "int", "the room's last seq this state reflects"),
             Field("epoch", "str", "the epoch the room's seq counts in: it changes only when "
-                  "the seq starts again from nothing (the store lost it); \"\" before the "
-                  "room's first event"),
+                  "the seq starts again from nothing (the store lost it)"),
             Field("pinned", "map", "the pinned product", nullable=True),
             Field("sale", "map", "the flash sale (as in `sale`)", nullable=True),
             Field("likes", "int", "likes total"), Field("viewers", "int", "viewer count"),
