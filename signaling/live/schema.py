@@ -195,6 +195,12 @@ def _server(type_: str, doc: str, *fields: Field, reply: bool = False) -> EventS
 
 PRODUCT = Field("product", "map", "{sku, title, price (minor units), currency, image_url}")
 LEADERBOARD = Field("leaderboard", "list", "[[identity, total value], ...], highest first")
+# Commerce events a viewer sees on screen carry where the anchor's media was when they happened
+# (signaling/live/media_time.py); pages hold them until their picture gets there.
+MEDIA = Field("media", "map", "the anchor's media time when it happened: {flv_ms: FLV timestamp "
+              "of the room's output, rtp: RTP timestamp (90 kHz) of the anchor's video as "
+              "WebRTC viewers get it}; a page shows the event when the frame on screen reaches "
+              "it (at most 5 s later). Absent: no live clock, show at once", required=False)
 
 SERVER_EVENTS: dict[str, EventSpec] = {s.type: s for s in [
     _server("state", "What a joiner receives first: the room as of `seq`; live events follow "
@@ -232,9 +238,9 @@ SERVER_EVENTS: dict[str, EventSpec] = {s.type: s for s in [
     _server("gift", "Someone sent a gift.", IDENTITY, Field("name", "str", "display name"),
             Field("gift", "str", "gift id"), Field("title", "str", "gift name"),
             Field("count", "int", "how many"), Field("value", "int", "count x unit value"),
-            LEADERBOARD),
+            LEADERBOARD, MEDIA),
     _server("product_pinned", "The pinned product changed (nil: unpinned).",
-            Field("product", "map", PRODUCT.doc, nullable=True)),
+            Field("product", "map", PRODUCT.doc, nullable=True), MEDIA),
     _server("sale", "A flash sale started.",
             Field("id", "str", "sale id"), SKU, Field("stock", "int", "units at start"),
             Field("remaining", "int", "units left"),
@@ -244,10 +250,10 @@ SERVER_EVENTS: dict[str, EventSpec] = {s.type: s for s in [
             Field("title", "str", "the product's title at the start"),
             Field("price", "int", "unit price at the start, minor units"),
             Field("currency", "str", "ISO 4217"),
-            Field("product", "map", PRODUCT.doc, nullable=True)),
+            Field("product", "map", PRODUCT.doc, nullable=True), MEDIA),
     _server("stock", "Units left in the sale (coalesced: at most one per 250 ms).",
-            SKU, Field("remaining", "int", "units left")),
-    _server("sold_out", "The sale's last unit was sold.", SKU),
+            SKU, Field("remaining", "int", "units left"), MEDIA),
+    _server("sold_out", "The sale's last unit was sold.", SKU, MEDIA),
     _server("order", "Reply to `purchase`: the order (the same one for a retried key).",
             Field("order", "map", "{id, sale_id, sku, qty, buyer, unit_price, total, currency, "
                   "created_at_ms}"),
