@@ -14,6 +14,8 @@ from signaling.api.schema import Schema, obj
 from signaling.errors import not_found
 from signaling.live.forbid import MAX_REASON_CHARS
 
+LATEST_UNIX_S = 2**32 - 1  # a static bound for the schema (2106); the handler: within a year
+
 FORBID: Schema = obj(
     ["until", "reason", "by"],
     until={"type": "integer", "description": "unix seconds when the forbid ends by itself"},
@@ -49,7 +51,7 @@ ROUTES = [
     Route("POST", BASE, forbid, "Forbid the room's publishing until a time", "forbidRoom",
           "compliance", status=201, errors=(400,),
           body=obj(["until", "reason"],
-                   until={"type": "integer", "minimum": 0,
+                   until={"type": "integer", "minimum": 0, "maximum": LATEST_UNIX_S,
                           "description": "unix seconds, in the future and within a year"},
                    reason={"type": "string", "minLength": 1, "maxLength": MAX_REASON_CHARS}),
           response=FORBID,
