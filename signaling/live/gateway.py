@@ -15,6 +15,8 @@ The SFU's data-channel bridge and the ``/ws/events/{room}`` WebSocket both call 
 - ``is_banned(room, identity)``: refuse a (re)joining banned identity.
 - ``forbids``: the room's compliance forbid (``signaling/live/forbid.py``), which the media
   doors refuse with; ``state`` carries it, so a page joining a forbidden room shows why.
+- ``qoe``: viewers' ``qoe`` reports (``signaling/live/qoe.py``), which ``handle`` takes without
+  a reply or an event; ``/metrics`` and ``GET /rooms/{room}/health`` read them.
 
 A refused message changes nothing and only its sender hears about it.
 """
