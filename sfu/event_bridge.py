@@ -213,7 +213,11 @@ class EventBridge:
         endpoint.chain(lambda: self._send_snapshot(endpoint))
         endpoint.expire_at(None)
 
-    def close_remote(self, worker: int, room: str) -> None:
+    def close_remote(self, worker: int, endpoint: Endpoint) -> None:
+        """The worker's channel closed: its expiry timer goes too (armed in ``open_remote``,
+        it held the endpoint, its claims and its last task until the token's ``exp``)."""
+        endpoint.disarm()
+        room = endpoint.room
         feed = self.rooms.get(room)
         if feed is None or worker not in feed.remote_counts:
             return

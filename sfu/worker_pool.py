@@ -427,7 +427,7 @@ class WorkerPool:
     def _events_closed(self, worker: WorkerHandle, leg_id: str) -> None:
         endpoint = self._endpoints.pop(leg_id, None)
         if endpoint is not None and self.events is not None:
-            self.events.close_remote(worker.index, endpoint.room)
+            self.events.close_remote(worker.index, endpoint)
 
     def _leg_connected(self, worker: WorkerHandle, leg_id: str) -> None:
         leg = worker.legs.get(leg_id)
