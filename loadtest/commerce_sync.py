@@ -28,7 +28,14 @@ from urllib.parse import urlencode
 import aiohttp
 import numpy as np
 
-from loadtest.media import FRAME_MOD, TIME_MOD, PaintedVideoTrack, decode_bits, now_ms
+from loadtest.media import (
+    FRAME_MOD,
+    TIME_MOD,
+    VIDEO_CLOCK,
+    PaintedVideoTrack,
+    decode_bits,
+    now_ms,
+)
 from loadtest.stats import write_report
 
 CARD_TIMEOUT_S = 8.0
@@ -40,7 +47,9 @@ TTL_S = 3600
 PROBE_JS = """() => {
   if (window.__cards) return;
   window.__cards = [];
+  window.__seeks = 0;  // the player jumped ahead (mpegts.js chasing its live latency)
   const video = document.getElementById("video");
+  video.addEventListener("seeking", () => { window.__seeks += 1; });
   const card = document.getElementById("product-card");
   const title = document.getElementById("product-title");
   const canvas = document.createElement("canvas");
@@ -68,7 +77,9 @@ PROBE_JS = """() => {
   new MutationObserver(() => {
     const shown = card.hidden ? "" : title.textContent;
     if (shown && shown !== last) {
-      window.__cards.push({ title: shown, at: Date.now(), means: window.__readStrip() });
+      const sync = window.shopcastLive && window.shopcastLive.sync;
+      window.__cards.push({ title: shown, at: Date.now(), means: window.__readStrip(),
+                            seeks: window.__seeks, released: sync ? sync.released : null });
     }
     last = shown;
   }).observe(card, { attributes: true, childList: true, characterData: true, subtree: true });
@@ -88,16 +99,24 @@ def signed_ms(a: int, b: int) -> int:
 
 
 class CapturedTrack(PaintedVideoTrack):
-    """The painted anchor track, remembering when it painted each of its last frames: the
-    pinned frame's own time, which a busy machine (frames late, then in a burst) moves away
-    from the nominal frame rate."""
+    """The painted anchor track stamped like a camera: each frame's timestamp is its capture
+    time (PaintedVideoTrack counts frames, a clock a starved machine slows down, while a
+    browser's RTP clock is the wall clock whatever the frame rate); it remembers when it
+    painted each of its last frames, the pinned frame's own time."""
 
     def __init__(self) -> None:
         super().__init__()
         self.captured: dict[int, int] = {}  # frame number -> painted-clock ms
+        self._started: float | None = None
+        self._last_pts = -1
 
     async def recv(self) -> Any:
         frame = await super().recv()
+        now = time.monotonic()
+        if self._started is None:
+            self._started = now
+        self._last_pts = max(self._last_pts + 1, round((now - self._started) * VIDEO_CLOCK))
+        frame.pts = self._last_pts
         self.captured[self.frame_no] = now_ms()
         if len(self.captured) > MAX_KEPT_FRAMES:
             del self.captured[next(iter(self.captured))]
@@ -158,20 +177,23 @@ async def measure(pages: dict[str, Any], pins: Pins, count: int, gap_s: float,
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name in pages}
     for i, title in enumerate(titles):
         seen = {name: len(await page.evaluate("window.__cards")) for name, page in pages.items()}
+        seeks = {name: await page.evaluate("window.__seeks") for name, page in pages.items()}
         behind = {name: await page_behind_ms(page) for name, page in pages.items()}
-        frame = track.frame_no
+        frame = next(reversed(track.captured), None)  # the anchor's newest painted frame
         clicked, request_ms = await pins.pin(i)
-        pinned_at = track.captured.get(frame)
+        pinned_at = None if frame is None else track.captured.get(frame)
         for name, page in pages.items():
             card = await wait_card(page, seen[name], title)
             read = read_strip(card["means"])
             rows[name].append({
                 "pin": i, "pin_frame": frame, "frame": None if read is None else read[1],
                 "behind_ms": behind[name], "request_ms": request_ms,
+                "seeked": card["seeks"] > seeks[name],  # the picture jumped past the pin
+                "released": card["released"],  # the stamp, the clock reading, the wait
                 "card_after_ms": signed_ms(card["at"] % TIME_MOD, clicked),
                 "offset_ms": None if read is None or pinned_at is None
                 else signed_ms(read[0], pinned_at),
-                "frames": None if read is None
+                "frames": None if read is None or frame is None
                 else (read[1] - frame + FRAME_MOD // 2) % FRAME_MOD - FRAME_MOD // 2,
             })
         await asyncio.sleep(gap_s)
@@ -209,17 +231,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 context = await pw.chromium.launch_persistent_context(
                     str(folder / "chromium"), executable_path=args.chromium, headless=True,
                     args=list(CHROMIUM_ARGS))
-                pages = {}
-                for transport in args.transports.split(","):
-                    page = await context.new_page()
+                admin = mint_token(secret, room, "admin", ["admin"], TTL_S)
+                rows = {}
+                for transport in args.transports.split(","):  # one page at a time: a
+                    page = await context.new_page()  # background tab's timers are throttled
                     token = mint_token(secret, room, f"viewer-{transport}", ["subscribe"], TTL_S)
                     await page.goto(viewer_url(server.url, room, token, transport))
                     await page.evaluate(PROBE_JS)
-                    pages[transport] = page
-                await asyncio.sleep(args.warmup_s)
-                admin = mint_token(secret, room, "admin", ["admin"], TTL_S)
-                rows = await measure(pages, Pins(http, server.url, room, admin), args.pins,
-                                     args.gap_s, track)
+                    await asyncio.sleep(args.warmup_s)
+                    rows.update(await measure({transport: page}, Pins(http, server.url, room,
+                                                                      admin),
+                                              args.pins, args.gap_s, track))
+                    await page.close()
                 await context.close()
         finally:
             await anchor.close()
@@ -228,14 +251,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     summary = {}
     for name, items in rows.items():
         offsets = [r["offset_ms"] for r in items if r["offset_ms"] is not None]
+        steady = [r["offset_ms"] for r in items if r["offset_ms"] is not None and not r["seeked"]]
         summary[name] = {
             "offset_ms": percentiles([abs(o) for o in offsets]),
             "offsets_ms": offsets,
+            "offset_ms_without_seeks": percentiles([abs(o) for o in steady]),
+            "seeked": sum(1 for r in items if r["seeked"]),
             "behind_ms": percentiles([r["behind_ms"] for r in items
                                       if r["behind_ms"] is not None], (50,)),
             "card_after_pin_ms": percentiles([r["card_after_ms"] for r in items], (50,)),
         }
         print(f"{name}: offsets {offsets} ms; |offset| {summary[name]['offset_ms']}; "
+              f"pins whose picture jumped ahead: {summary[name]['seeked']}; "
               f"page behind the anchor {summary[name]['behind_ms']}", flush=True)
     return {"pins": args.pins, "gap_s": args.gap_s, "summary": summary, "rows": rows}
 
@@ -246,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gap-s", type=float, default=2.0, help="pause between pins")
     p.add_argument("--warmup-s", type=float, default=6.0, help="before the first pin")
     p.add_argument("--transports", default="flv,webrtc",
-                   help="viewer pages watched at once: flv, webrtc or both")
+                   help="viewer pages measured, one after the other: flv, webrtc or both")
     p.add_argument("--chromium", default="/usr/bin/chromium")
     p.add_argument("--out", default="", help="JSON report (default loadtest/reports/...)")
     args = p.parse_args(argv)

@@ -34,7 +34,7 @@ from signaling.live.media_time import VIDEO_RATE, ClockAnchor
 
 logger = logging.getLogger("shopcast.sfu.media_clock")
 
-TICK_S = 0.5
+TICK_S = 0.25  # the FLV timeline re-anchors on each sender report: follow it soon
 REFRESH_S = 5.0
 MAX_DRIFT_MS = 40  # more than a frame at 30 fps: a sample is off by up to one
 

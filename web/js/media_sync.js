@@ -39,6 +39,7 @@ export class MediaSync {
     this.held = []; // [{ev, at}], oldest first: commerce events keep their order
     this.reading = null;
     this.holds = 0; // events that waited for the picture (for tests and the debug overlay)
+    this.released = null; // the last held event shown: {media, reading, waited_ms}
   }
 
   // The frame on screen: {flvMs} or {rtp}; null when this page has no clock (shows at once).
@@ -72,6 +73,7 @@ export class MediaSync {
       const holding = wait !== null && wait >= FRAME_MS && wait <= this.capMs;
       if (holding && this.now() - at < this.capMs) break;
       this.held.shift();
+      this.released = { media: ev.media, reading: this.reading, waited_ms: this.now() - at };
       this.deliver(ev);
       released += 1;
     }
