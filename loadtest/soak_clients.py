@@ -94,9 +94,9 @@ class RoomClients:
 
 
 async def viewer_seat(rc: RoomClients, seat: int, stay_s: tuple[float, float]) -> None:
-    """A WHEP viewer (packet counting, no decoding); every third one opens the ``events`` data
-    channel and taps like. It must connect, get media (and its channel's ``state``), and its
-    DELETE on leaving must answer 200/204."""
+    """A WHEP viewer (packet counting, no decoding); every third seat (0, 3, ...) opens the
+    ``events`` data channel and taps like. It must connect, get media (and its channel's
+    ``state``), and its DELETE on leaving must answer 200/204."""
     n = 0
     while rc.left() > 2:
         n += 1
