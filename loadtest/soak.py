@@ -328,7 +328,8 @@ def main(args: argparse.Namespace) -> int:
                            for label, proc in soak.samples[-1]["procs"].items()
                            if label != "redis"}
     report = {
-        "schema": SCHEMA, "started": started, "command": sys.argv,
+        "schema": SCHEMA, "started": started,
+        "command": " ".join(["python -m loadtest", *sys.argv[1:]]),  # no machine paths
         "server_commit": commit or f"working tree at {_commit()}",
         "loadtest_commit": _commit(),
         "config": {k: v for k, v in vars(args).items() if k not in ("func",)},
