@@ -217,8 +217,12 @@ async def publish(
     prefer: str = "H264",
     video_bitrate: int | None = 600_000,
     session: aiohttp.ClientSession | None = None,
+    low_video_track: MediaStreamTrack | None = None,
+    low_video_bitrate: int = 150_000,
 ) -> Publisher:
-    """Publish over WHIP: sendonly transceivers, video forced to `prefer` (+rtx), audio Opus."""
+    """Publish over WHIP: sendonly transceivers, video forced to `prefer` (+rtx), audio Opus.
+    ``low_video_track`` is sent as a second video section after the audio: the slot's low
+    layer (sfu/layers.py)."""
     if _is_loopback(base_url):
         loopback_only()
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
@@ -232,6 +236,10 @@ async def publish(
         if audio_track is not None:
             tr = pc.addTransceiver(audio_track, direction="sendonly")
             tr.setCodecPreferences(_codec_preferences("audio", "opus", only=True))
+        if low_video_track is not None:
+            tr = pc.addTransceiver(low_video_track, direction="sendonly")
+            tr.setCodecPreferences(_codec_preferences("video", prefer, only=True))
+            pin_video_bitrate(tr.sender, low_video_bitrate, prefer)
         url = f"{base_url.rstrip('/')}/whip/{room}"
         pub.resource_url = await _negotiate(pc, url, token, session)
     except BaseException:
@@ -397,6 +405,7 @@ async def play(
     session: aiohttp.ClientSession | None = None,
     events: bool = False,
     slot: int = 0,
+    quality: str | None = None,
 ) -> Viewer:
     """Watch over WHEP: recvonly audio+video; decode video (latency) or just count packets.
 
@@ -422,6 +431,8 @@ async def play(
         if events:
             viewer.events = EventsClient(pc)
         url = f"{base_url.rstrip('/')}/whep/{room}"
+        if quality is not None:  # the video layer to be sent (sfu/layers.py)
+            url += f"?quality={quality}"
         viewer.resource_url = await _negotiate(pc, url, token, session)
         viewer.video.h264_payload_types = {
             c.payloadType

@@ -65,6 +65,12 @@ def require_room_name(room: str) -> str:
     return room
 
 
+class BadQuality(MediaError):
+    """A ``?quality=`` other than ``auto``, ``high`` or ``low`` (``sfu/layers.py``)."""
+
+    code = "bad_quality"
+
+
 class NotLive(MediaError):
     """Playback of a room that has no live publisher on this node."""
 

@@ -25,6 +25,7 @@ from sfu.errors import (
 )
 from sfu.event_bridge import EventBridge, open_channel
 from sfu.ice import rtc_configuration, use_host_addresses
+from sfu.layers import Quality
 from sfu.network_quality import Window
 from sfu.offer import Offer
 from sfu.peer import PeerLeg, negotiate
@@ -209,22 +210,24 @@ class SfuNode:
 
     async def play(
         self, room_name: str, identity: str, offer: Offer, claims: Claims | None = None,
-        *, address: str | None = None,
+        *, address: str | None = None, quality: Quality = "auto",
     ) -> tuple[ViewerSession, str]:
         """Start a WHEP session on a live room (in a worker process when there are workers);
-        ``NotLive`` otherwise. ``address`` as for ``publish``."""
+        ``NotLive`` otherwise. ``address`` as for ``publish``; ``quality`` picks the video
+        layer (``sfu/layers.py``; a worker's viewers get the slot's high layer)."""
         room = self.rooms.get(room_name)
         if room is None or not room.live:
             raise NotLive(f"room {room_name!r} is not live")
         ticket = self.admission.admit(room_name, identity, address, "whep")
         try:
-            return await self._play(room_name, identity, offer, claims, ticket)
+            return await self._play(room_name, identity, offer, claims, ticket, quality)
         except BaseException:
             self.admission.release(ticket)
             raise
 
     async def _play(
-        self, room_name: str, identity: str, offer: Offer, claims: Claims | None, ticket: Ticket
+        self, room_name: str, identity: str, offer: Offer, claims: Claims | None, ticket: Ticket,
+        quality: Quality = "auto",
     ) -> tuple[ViewerSession, str]:
         room = self.rooms.get(room_name)
         if room is None or not room.live:  # the anchor left while the offer waited
@@ -246,6 +249,7 @@ class SfuNode:
             on_closed=self._session_closed,
             claims=claims,
             on_events_channel=self._events_opened,
+            quality=quality,
         )
         layout, producers = room.layout(), room.producers()
         self.admission.bind(ticket, viewer)

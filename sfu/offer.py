@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from aiortc import sdp
 
 from sfu.errors import BadOffer, OfferTooLarge, TooManySections
+from sfu.layers import MAX_VIDEO_LAYERS
 from signaling.negotiation import MAX_SDP_BYTES
 
 
@@ -36,10 +37,12 @@ class Offer:
         return [m.kind for m in self.media if m.kind in ("audio", "video")]
 
 
-def max_sections(max_publishers: int) -> int:
+def max_sections(max_publishers: int, want: str = "recv") -> int:
     """The media sections a room's offer may carry: audio and video per publisher slot (what a
-    viewer negotiates), plus the ``events`` data channel."""
-    return 2 * max_publishers + 1
+    viewer negotiates), plus the ``events`` data channel. A publisher's offer (``want`` is
+    ``"send"``) may instead carry audio, its video layers (``sfu/layers.py``) and the channel."""
+    viewer = 2 * max_publishers + 1
+    return max(viewer, 2 + MAX_VIDEO_LAYERS) if want == "send" else viewer
 
 
 def parse_offer(text: str, *, want: str, section_limit: int | None = None) -> Offer:

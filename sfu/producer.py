@@ -80,8 +80,11 @@ class Producer:
         slot: TrackSlot | None = None,
         slot_index: int = 0,
         identity: str = "",
+        layer: str = "high",
     ) -> None:
         self.kind = kind
+        self.layer = layer  # "high", or "low" for a slot's second video (sfu/layers.py)
+        self.low: Producer | None = None  # this slot's low video layer, when it has one
         self.identity = identity  # the publisher's: nobody receives their own tracks back
         self.codec = codec
         self.publisher_id = publisher_id
@@ -249,6 +252,8 @@ class Producer:
             self.muted = False
             self.request_keyframe()
         self.muted = muted
+        if self.low is not None:
+            self.low.set_muted(muted)
 
     def _new_source(self, packet: RtpPacket) -> None:
         """First packet, or the publisher changed SSRC: continue the slot's sequence numbers and

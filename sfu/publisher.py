@@ -11,6 +11,7 @@ from sfu.aiortc_private import negotiated_codecs, receive_statistics, remb_estim
 from sfu.codecs import answer_as_offered, describe, publisher_preferences, restrict_to
 from sfu.errors import CodecMismatch, UnsupportedCodec
 from sfu.flv.tag_feed import FlvFeed
+from sfu.layers import HIGH_LAYER, LOW_LAYER, MAX_VIDEO_LAYERS
 from sfu.network_quality import ReceiveCounters, offered_video_target_bps
 from sfu.offer import Offer
 from sfu.peer import PeerLeg
@@ -40,6 +41,7 @@ class Publisher(PeerLeg):
         SSRCs per kind; the throttle and fast start go to each of its producers."""
         super().__init__(*args, **kwargs)
         self.producers: list[Producer] = []
+        self.low_layers: list[Producer] = []  # a second video's producer (sfu/layers.py)
         self._transceivers: list[RTCRtpTransceiver] = []
         self._received: list[tuple[RTCRtpReceiver, Producer]] = []  # for the quality score
         self._target_bps: int | None = None  # the offer's b=TIAS / b=AS for video
@@ -61,9 +63,15 @@ class Publisher(PeerLeg):
         A co-host must send the codecs the room already has (``required``; for H.264 the same
         profile): viewers negotiated those."""
         self._target_bps = offered_video_target_bps(offer.sdp)
+        videos = 0
         for media in offer.media:
             if media.kind not in ("audio", "video"):
                 continue
+            if media.kind == "video":
+                videos += 1
+                if videos > MAX_VIDEO_LAYERS:  # answered inactive: nothing to forward it to
+                    self.pc.addTransceiver("video", direction="inactive")
+                    continue
             offered = [(c.name, c.parameters) for c in media.offered]
             prefs = publisher_preferences(media.kind, offered)
             if required and media.kind in required:
@@ -85,26 +93,43 @@ class Publisher(PeerLeg):
             self._transceivers.append(transceiver)
 
     async def answer(self, offer_sdp: str) -> str:
+        """The first video track is the slot's video; a second one is its low layer: a
+        producer of its own, sent with the slot's SSRC, hung off the first (``low``)."""
         answer = await super().answer(offer_sdp)
         for transceiver in self._transceivers:
             codecs = negotiated_codecs(transceiver)
             if not codecs or transceiver.currentDirection == "inactive":
                 continue
-            producer = Producer(
-                transceiver.kind,
-                codecs[0],
-                publisher_id=self.id,
-                request_keyframe=keyframe_requester(transceiver.receiver),
-                keyframe_throttle_s=self._keyframe_throttle_s,
-                fast_start_s=self._fast_start_s,
-                slot=self.track_slots.get(transceiver.kind),
-                slot_index=self.slot,
-                identity=self.identity,
-            )
-            tap_receiver(transceiver.receiver, producer)
+            high = next((p for p in self.producers if p.kind == "video"), None)
+            if transceiver.kind == "video" and high is not None:
+                low = self._producer(transceiver, codecs[0], TrackSlot(ssrc=high.ssrc),
+                                     LOW_LAYER)
+                high.low = low
+                self.low_layers.append(low)
+                continue
+            producer = self._producer(transceiver, codecs[0],
+                                      self.track_slots.get(transceiver.kind))
             self._received.append((transceiver.receiver, producer))
             self.producers.append(producer)
         return answer
+
+    def _producer(self, transceiver: RTCRtpTransceiver, codec: RTCRtpCodecParameters,
+                  slot: TrackSlot | None, layer: str = HIGH_LAYER) -> Producer:
+        """A producer fed by ``transceiver``'s receiver (tapped before any decoder)."""
+        producer = Producer(
+            transceiver.kind,
+            codec,
+            publisher_id=self.id,
+            request_keyframe=keyframe_requester(transceiver.receiver),
+            keyframe_throttle_s=self._keyframe_throttle_s,
+            fast_start_s=self._fast_start_s,
+            slot=slot,
+            slot_index=self.slot,
+            identity=self.identity,
+            layer=layer,
+        )
+        tap_receiver(transceiver.receiver, producer)
+        return producer
 
     def receive_counters(self) -> ReceiveCounters:
         """What this leg received so far, for its network-quality score (read on a timer).
@@ -132,6 +157,6 @@ class Publisher(PeerLeg):
         return self.connected_at is not None and not self.closed
 
     def on_closing(self) -> None:
-        for producer in self.producers:
+        for producer in self.producers + self.low_layers:
             for consumer in producer.close():
                 consumer.close()

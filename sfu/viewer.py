@@ -18,6 +18,7 @@ from sfu.aiortc_private import (
 from sfu.codecs import answer_with, describe, viewer_offers, viewer_preferences
 from sfu.consumer import Consumer, release_socket, udp_sender
 from sfu.errors import UnsupportedCodec
+from sfu.layers import Quality, layer_for
 from sfu.offer import Offer
 from sfu.peer import PeerLeg
 from sfu.producer import Producer
@@ -44,8 +45,10 @@ class Viewer(PeerLeg):
     role = "viewer"
     transport = "whep"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, quality: Quality = "auto", **kwargs: Any) -> None:
+        """``quality`` picks the video layer each slot is sent (``sfu/layers.py``)."""
         super().__init__(*args, **kwargs)
+        self.quality: Quality = quality
         self.consumers: list[Consumer] = []
         self._slots: dict[tuple[int, str], RTCRtpTransceiver] = {}
         self._waiting: dict[tuple[int, str], Producer] = {}
@@ -116,13 +119,16 @@ class Viewer(PeerLeg):
         codecs = negotiated_codecs(transceiver)
         if producer.closed or self.closed or not codecs or codecs[0].payloadType is None:
             return
-        consumer = Consumer.for_sender(producer, transceiver.sender, codecs[0].payloadType, self.id)
+        layer = layer_for(producer, self.quality)
+        consumer = Consumer.for_sender(layer, transceiver.sender, codecs[0].payloadType, self.id)
         self.consumers.append(consumer)
-        producer.attach_viewer(consumer)
+        layer.attach_viewer(consumer)
 
     def on_producer_closed(self, producer: Producer) -> None:
-        """A publisher left: drop its consumers; with nothing left to watch the session ends."""
-        self.consumers = [c for c in self.consumers if c.producer is not producer]
+        """A publisher left: drop its consumers (of either layer); with nothing left to watch
+        the session ends."""
+        self.consumers = [c for c in self.consumers
+                          if c.producer is not producer and c.producer is not producer.low]
         self._waiting = {k: p for k, p in self._waiting.items() if p is not producer}
         self._own.discard(producer)
         if not self.consumers and not self._waiting and not self._own:

@@ -24,6 +24,7 @@ from aiohttp import web
 
 from sfu.errors import BadOffer, require_room_name
 from sfu.http_errors import media_errors
+from sfu.layers import parse_quality
 from sfu.node import NODE_KEY
 from sfu.offer import max_sections, parse_offer
 from sfu.session import Session
@@ -135,8 +136,9 @@ def _post(kind: str) -> Handler:
         if target is not None:
             return redirect(target, request)
         node = request.app[NODE_KEY]
+        quality = parse_quality(request.query.get("quality") if kind == "whep" else None)
         offer = parse_offer(await _read_offer(request), want=want,
-                            section_limit=max_sections(node.settings.max_publishers))
+                            section_limit=max_sections(node.settings.max_publishers, want))
         session: Session
         address = client_address(request, node.settings.trusted_proxies)
         if kind == "whip":
@@ -144,7 +146,7 @@ def _post(kind: str) -> Handler:
                                                  address=address)
         else:
             session, answer = await node.play(room, claims.identity, offer, claims,
-                                              address=address)
+                                              address=address, quality=quality)
         location = f"/{kind}/{room}/{session.id}"
         return web.Response(
             status=201,

@@ -46,7 +46,7 @@ class NodeNegotiator:
 
     def _offer(self, offer_sdp: str, want: str) -> Offer:
         return parse_offer(offer_sdp, want=want,
-                           section_limit=max_sections(self.node.settings.max_publishers))
+                           section_limit=max_sections(self.node.settings.max_publishers, want))
 
     async def _publish(self, room: str, claims: Claims, offer_sdp: str,
                        address: str | None) -> tuple[str, str]:

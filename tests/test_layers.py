@@ -1,0 +1,195 @@
+"""Video layers (sfu/layers.py): an anchor's second video track is its slot's low layer, and a
+viewer's ``?quality=`` picks the layer it is sent. Real aiortc peers on loopback, decoding."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import av
+import pytest
+from waiting import wait_for
+
+from loadtest.clients import SignalingError, Viewer, play, publish
+from loadtest.media import PaintedVideoTrack, ToneAudioTrack, dominant_colour
+from sfu.errors import BadQuality
+from sfu.layers import layer_for, parse_quality
+from sfu.node import NODE_KEY
+from sfu.offer import max_sections
+from sfu.producer import Producer
+from sfu.viewer import Viewer as ViewerLeg
+
+
+class SmallPaintedTrack(PaintedVideoTrack):
+    """The painted track scaled to 320x180: what an anchor page sends as its low layer."""
+
+    async def recv(self) -> av.VideoFrame:
+        frame = await super().recv()
+        small = frame.reformat(width=320, height=180)
+        small.pts, small.time_base = frame.pts, frame.time_base
+        return small
+
+
+class Pictures:
+    """A viewer's decoded frames: size and dominant colour of each."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int, tuple[int, int, int]]] = []
+
+    def __call__(self, frame: av.VideoFrame) -> None:
+        self.seen.append((frame.width, frame.height, dominant_colour(frame)))
+
+
+def reddish(rgb: tuple[int, int, int]) -> bool:
+    return rgb[0] > 150 and rgb[1] < 100 and rgb[2] < 100
+
+
+def bluish(rgb: tuple[int, int, int]) -> bool:
+    return rgb[2] > 150 and rgb[0] < 100 and rgb[1] < 100
+
+
+# --- the pure parts ---------------------------------------------------------------------------
+
+
+def test_quality_parses_the_three_values_and_defaults_to_auto() -> None:
+    assert parse_quality(None) == "auto"
+    assert parse_quality("") == "auto"
+    assert [parse_quality(q) for q in ("auto", "high", "low")] == ["auto", "high", "low"]
+    for bad in ("LOW", "medium", "low ", "1"):
+        with pytest.raises(BadQuality):
+            parse_quality(bad)
+
+
+def test_a_publishers_offer_may_carry_its_low_layer_a_viewers_no_more_than_before() -> None:
+    assert max_sections(1, "send") == 4  # audio, two video layers, the events channel
+    assert max_sections(1) == 3
+    assert max_sections(4, "send") == max_sections(4) == 9
+
+
+class _Codec:
+    payloadType = 102
+    name = "H264"
+    clockRate = 90000
+
+
+def _producer(layer: str = "high") -> Producer:
+    return Producer("video", _Codec(), publisher_id="p",  # type: ignore[arg-type]
+                    request_keyframe=lambda ssrc: None, layer=layer)
+
+
+def test_layer_for_picks_low_only_when_pinned_and_the_slot_has_an_open_one() -> None:
+    high = _producer()
+    assert layer_for(high, "low") is high  # a one-layer slot: its only layer
+    high.low = low = _producer("low")
+    assert layer_for(high, "low") is low
+    assert layer_for(high, "high") is high
+    assert layer_for(high, "auto") is high
+    low.close()
+    assert layer_for(high, "low") is high
+
+
+def test_muting_a_slot_mutes_its_low_layer_too() -> None:
+    high = _producer()
+    high.low = low = _producer("low")
+    high.set_muted(True)
+    assert low.muted
+    high.set_muted(False)
+    assert not low.muted
+
+
+# --- through the node -------------------------------------------------------------------------
+
+
+async def _two_layer_anchor(server: Any, room: str) -> Any:
+    anchor = await publish(
+        server.url, room, server.token(room, "anchor", "publish"),
+        PaintedVideoTrack(colour="red"), ToneAudioTrack(),
+        low_video_track=SmallPaintedTrack(colour="blue"),
+    )
+    node = server.app[NODE_KEY]
+    await wait_for(lambda: room in node.rooms and node.rooms[room].live, 10, "anchor live")
+    return anchor
+
+
+async def _watch(server: Any, room: str, who: str, quality: str | None
+                 ) -> tuple[Viewer, Pictures]:
+    pictures = Pictures()
+    viewer = await play(server.url, room, server.token(room, who, "subscribe"),
+                        on_frame=pictures, quality=quality)
+    return viewer, pictures
+
+
+@pytest.mark.slow
+async def test_viewers_pinned_to_low_and_high_decode_their_layer(server: Any) -> None:
+    anchor = await _two_layer_anchor(server, "layers")
+    node = server.app[NODE_KEY]
+    room = node.rooms["layers"]
+    video = [p for p in room.producers() if p.kind == "video"]
+    assert len(video) == 1, "the low layer is not a producer of its own slot"
+    assert video[0].low is not None and video[0].low.layer == "low"
+    assert video[0].low.ssrc == video[0].ssrc, "both layers go out with the slot's SSRC"
+    watching = [await _watch(server, "layers", who, quality)
+                for who, quality in (("lo", "low"), ("hi", "high"), ("au", None))]
+    try:
+        await wait_for(lambda: all(len(p.seen) >= 30 for _, p in watching), 15,
+                       "30 frames at every viewer")
+        (_, low), (_, high), (_, auto) = watching
+        for width, height, rgb in low.seen[-20:]:
+            assert (width, height) == (320, 180) and bluish(rgb), (width, height, rgb)
+        for pictures in (high, auto):
+            for width, height, rgb in pictures.seen[-20:]:
+                assert (width, height) == (640, 360) and reddish(rgb), (width, height, rgb)
+        legs = [s for s in room.viewers.values() if isinstance(s, ViewerLeg)]
+        pinned = {leg.identity: {c.producer.layer for c in leg.consumers
+                                 if c.producer.kind == "video"} for leg in legs}
+        assert pinned == {"lo": {"low"}, "hi": {"high"}, "au": {"high"}}
+    finally:
+        for viewer, _ in watching:
+            await viewer.close()
+        await anchor.close()
+    await wait_for(lambda: "layers" not in node.rooms or not node.rooms["layers"].viewers, 10,
+                   "viewer legs closed with the anchor")
+    assert video[0].low.closed and not video[0].low.sinks
+
+
+@pytest.mark.slow
+async def test_low_on_a_one_layer_room_gets_its_only_layer(server: Any) -> None:
+    anchor = await publish(server.url, "single", server.token("single", "anchor", "publish"),
+                           PaintedVideoTrack(colour="red"), ToneAudioTrack())
+    node = server.app[NODE_KEY]
+    await wait_for(lambda: "single" in node.rooms and node.rooms["single"].live, 10, "live")
+    viewer, pictures = await _watch(server, "single", "lo", "low")
+    try:
+        await wait_for(lambda: len(pictures.seen) >= 20, 15, "20 frames")
+        width, height, rgb = pictures.seen[-1]
+        assert (width, height) == (640, 360) and reddish(rgb)
+    finally:
+        await viewer.close()
+        await anchor.close()
+
+
+@pytest.mark.slow
+async def test_a_bad_quality_is_400_json_and_leaves_no_session(server: Any) -> None:
+    anchor = await _two_layer_anchor(server, "badq")
+    node = server.app[NODE_KEY]
+    try:
+        for bad in ("best", "x" * 300):
+            with pytest.raises(SignalingError) as refused:
+                await play(server.url, "badq", server.token("badq", "v", "subscribe"),
+                           quality=bad)
+            assert (refused.value.status, refused.value.code) == (400, "bad_quality")
+        assert not node.rooms["badq"].viewers
+        async with aiohttp.ClientSession() as http, http.post(
+                f"{server.url}/whep/badq?quality=medium", data="v=0\r\n",
+                headers={"Authorization": "Bearer " + server.token("badq", "v", "subscribe"),
+                         "Content-Type": "application/sdp"}) as resp:
+            assert resp.status == 400
+            assert (await resp.json())["error"]["code"] == "bad_quality"
+        viewer, pictures = await _watch(server, "badq", "ok", "low")  # still serving
+        try:
+            await wait_for(lambda: len(pictures.seen) >= 10, 15, "10 frames after refusals")
+            assert bluish(pictures.seen[-1][2])
+        finally:
+            await viewer.close()
+    finally:
+        await anchor.close()
