@@ -98,7 +98,8 @@ async def test_webrtc_viewer_shows_the_pin_after_its_frame(
     server: Server, chromium: BrowserContext
 ) -> None:
     """A WebRTC page holds the card until the frame with the pin's RTP timestamp is shown:
-    never long before it, and not long after."""
+    within 200 ms of the pin's frame (the capture-to-node delay and a frame's length early at
+    most), never the event's arrival long before it."""
     anchor, track = await start(server, "msync2")
     try:
         page = await open_viewer(server, chromium, "msync2", "webrtc")
@@ -109,7 +110,7 @@ async def test_webrtc_viewer_shows_the_pin_after_its_frame(
         print("WebRTC pins:", rows)
         for row in rows:
             assert row["offset_ms"] is not None, row
-            assert -MAX_OFFSET_MS / 2 <= row["offset_ms"] <= MAX_OFFSET_MS, row
+            assert abs(row["offset_ms"]) <= MAX_OFFSET_MS, row  # with the pin's frame
         assert await page.evaluate("window.shopcast.transport") == "webrtc"
     finally:
         await anchor.close()
