@@ -193,3 +193,37 @@ async def test_a_bad_quality_is_400_json_and_leaves_no_session(server: Any) -> N
             await viewer.close()
     finally:
         await anchor.close()
+
+
+# --- the pages ----------------------------------------------------------------------------------
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+async def test_the_anchor_page_sends_a_low_layer_that_a_low_viewer_page_plays(
+    server: Any, chromium: Any
+) -> None:
+    """anchor.html?layers=2 publishes a 320x180 copy of its camera as the second video; a
+    viewer page with ?quality=low plays it, one with ?quality=high plays the camera."""
+    from test_browser import collect_errors, page_url, wait_frames, wait_state
+
+    errors: list[str] = []
+    anchor = await chromium.new_page()
+    collect_errors(anchor, "anchor", errors)
+    await anchor.goto(page_url(server, "anchor", "pages", server.token("pages", "a", "publish"),
+                               autostart="1", layers="2"))
+    await wait_state(anchor, "connected")
+    video = next(p for p in server.app[NODE_KEY].rooms["pages"].producers() if p.kind == "video")
+    assert video.low is not None
+    await wait_for(lambda: video.low is not None and video.low.keyframes > 0, 10,
+                   "the low layer's first keyframe")
+    sizes = {}
+    for quality in ("low", "high"):
+        page = await chromium.new_page()
+        collect_errors(page, quality, errors)
+        await page.goto(page_url(server, "viewer", "pages",
+                                 server.token("pages", quality, "subscribe"), quality=quality))
+        stats = await wait_frames(page, 30)
+        sizes[quality] = (stats["frameWidth"], stats["frameHeight"])
+    assert sizes["low"][1] <= 180 < sizes["high"][1], sizes
+    assert not errors, errors

@@ -16,7 +16,23 @@ export async function openCamera(query) {
   const stream = await navigator.mediaDevices.getUserMedia({ video, audio: true });
   const [vt] = stream.getVideoTracks();
   if (vt) vt.contentHint = "detail"; // products up close: keep resolution, drop frames if needed
-  return { stream, maxBitrate: num("kbps", 800) * 1000 };
+  const low = vt && query.get("layers") === "2" ? await lowLayer(vt) : null;
+  return { stream, maxBitrate: num("kbps", 800) * 1000, low };
+}
+
+// ?layers=2: a 320x180 copy of the camera, sent as a second video track after the first. The
+// server takes a publisher's second video section as its low layer, for viewers on weak links.
+const LOW_LAYER = { width: 320, height: 180, maxBitrate: 150_000 };
+
+async function lowLayer(camera) {
+  const low = camera.clone();
+  try {
+    await low.applyConstraints({ width: { ideal: LOW_LAYER.width },
+      height: { ideal: LOW_LAYER.height } });
+  } catch (e) {
+    console.warn("the low layer keeps the camera's size; its encoding scales it down", e);
+  }
+  return low;
 }
 
 // H.264 first (Constrained Baseline 42e01f, packetization-mode=1 best), then everything else.
@@ -63,7 +79,7 @@ async function tuneVideoSender(sender, maxBitrate) {
   }
 }
 
-// Publish `camera` ({stream, maxBitrate}) on `pc` to /whip/{room}. Returns the WHIP resource.
+// Publish `camera` ({stream, maxBitrate, low}) on `pc` to /whip/{room}. Returns the WHIP resource.
 // onEnded fires once when the server ends the session (kick, room closed: DTLS close_notify).
 export async function publish(pc, room, token, camera, onEnded) {
   let video = null;
@@ -75,10 +91,19 @@ export async function publish(pc, room, token, camera, onEnded) {
     preferCodecs(t, track.kind);
     if (track.kind === "video") video = t;
   }
+  let low = null; // after the camera's video: the second video section is the low layer
+  if (camera.low) {
+    const height = camera.low.getSettings().height || LOW_LAYER.height;
+    low = pc.addTransceiver(camera.low, { direction: "sendonly", sendEncodings: [{
+      maxBitrate: LOW_LAYER.maxBitrate,
+      scaleResolutionDownBy: Math.max(1, height / LOW_LAYER.height) }] });
+    preferCodecs(low, "video");
+  }
   // the offer names the encoder's target (b=TIAS), which the server scores the uplink against
   const res = await negotiate("/whip/" + encodeURIComponent(room), token, pc,
     (sdp) => withVideoTarget(sdp, maxBitrate));
   if (video) await tuneVideoSender(video.sender, maxBitrate);
+  if (low) await tuneVideoSender(low.sender, LOW_LAYER.maxBitrate);
   const dtls = pc.getSenders()[0] && pc.getSenders()[0].transport;
   if (dtls && onEnded) {
     dtls.addEventListener("statechange", () => { if (dtls.state === "closed") onEnded(); });

@@ -195,6 +195,15 @@ async function playbackPlan() {
   }
 }
 
+// The page's ?quality=auto|high|low goes on the WHEP URL: the video layer the server sends.
+function withQuality(url) {
+  const quality = params.query.get("quality");
+  if (!quality) return url;
+  const target = new URL(url, location.href);
+  target.searchParams.set("quality", quality);
+  return target.href;
+}
+
 async function connect() {
   retryTimer = null;
   const plan = fallback ? await playbackPlan() : null;
@@ -203,7 +212,7 @@ async function connect() {
     useFlv("the playback plan says flv (WebRTC viewers are at capacity)");
     return;
   }
-  const whepUrl = (plan && plan.whep_url) || "/whep/" + encodeURIComponent(params.room);
+  const whepUrl = withQuality((plan && plan.whep_url) || "/whep/" + encodeURIComponent(params.room));
   setTransport("webrtc");
   const mine = new RTCPeerConnection({ iceServers: params.iceServers });
   pc = mine;
