@@ -22,17 +22,14 @@ publisher, a source switch).
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Awaitable, Callable
 
 from common.tasks import stop_task
 from sfu.flv.manager import FlvManager
 from sfu.flv.output import RoomFlvOutput
-from signaling.errors import StoreUnavailable
 from signaling.live.media_time import VIDEO_RATE, ClockAnchor
-
-logger = logging.getLogger("shopcast.sfu.media_clock")
+from signaling.store.outage import every
 
 TICK_S = 0.25  # the FLV timeline re-anchors on each sender report: follow it soon
 REFRESH_S = 5.0
@@ -76,20 +73,12 @@ class RoomMediaClocks:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
+        # a Redis outage skips rounds quietly (logged once); the next round publishes
+        self._task = asyncio.create_task(
+            every(TICK_S, lambda: self.tick(time.time()), "media clock round"))
 
     async def close(self) -> None:
         await stop_task(self._task)
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.tick(time.time())
-            except StoreUnavailable:  # Redis away (logged once): the next round publishes
-                pass
-            except Exception:  # one bad round must not end the clocks
-                logger.exception("media clock round failed")
-            await asyncio.sleep(TICK_S)
 
     async def tick(self, now: float) -> int:
         """Sample every live room; publish the anchors that are due. Returns how many."""
