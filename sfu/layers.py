@@ -41,3 +41,44 @@ def layer_for(producer: Producer, quality: Quality) -> Producer:
     if quality == "low" and low is not None and not low.closed:
         return low
     return producer
+
+
+class LayerPolicy:
+    """Which layer an ``auto`` viewer should get, from its own feedback, with hysteresis.
+
+    Down after ``down_after_s`` of trouble (loss above ``loss_down``, or a REMB under
+    ``remb_margin`` times the high layer's bitrate), up after ``up_after_s`` clean (loss at most
+    ``loss_clean`` and no such REMB). Pure: fed once per tick, never per packet."""
+
+    __slots__ = ("_since", "down_after_s", "layer", "loss_clean", "loss_down", "remb_margin",
+                 "up_after_s")
+
+    def __init__(self, *, down_after_s: float = 2.0, up_after_s: float = 8.0,
+                 loss_down: float = 0.10, loss_clean: float = 0.02,
+                 remb_margin: float = 1.3) -> None:
+        self.down_after_s = down_after_s
+        self.up_after_s = up_after_s
+        self.loss_down = loss_down
+        self.loss_clean = loss_clean
+        self.remb_margin = remb_margin
+        self.layer = HIGH_LAYER
+        self._since: float | None = None  # when the condition for leaving this layer began
+
+    def update(self, now: float, loss: float | None, remb_bps: int | None,
+               high_bps: float) -> str:
+        """The layer to send from ``now`` on. ``loss`` is the viewer's latest fraction lost
+        (0..1, None before its first report), ``remb_bps`` its latest REMB (None if none)."""
+        starved = remb_bps is not None and high_bps > 0 and remb_bps < self.remb_margin * high_bps
+        if self.layer == HIGH_LAYER:
+            leave = starved or (loss is not None and loss > self.loss_down)
+            wait, other = self.down_after_s, LOW_LAYER
+        else:
+            leave = not starved and (loss is None or loss <= self.loss_clean)
+            wait, other = self.up_after_s, HIGH_LAYER
+        if not leave:
+            self._since = None
+        elif self._since is None:
+            self._since = now
+        if self._since is not None and now - self._since >= wait:
+            self.layer, self._since = other, None
+        return self.layer

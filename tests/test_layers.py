@@ -13,7 +13,7 @@ from waiting import wait_for
 from loadtest.clients import SignalingError, Viewer, play, publish
 from loadtest.media import PaintedVideoTrack, ToneAudioTrack, dominant_colour
 from sfu.errors import BadQuality
-from sfu.layers import layer_for, parse_quality
+from sfu.layers import LayerPolicy, layer_for, parse_quality
 from sfu.node import NODE_KEY
 from sfu.offer import max_sections
 from sfu.producer import Producer
@@ -227,3 +227,31 @@ async def test_the_anchor_page_sends_a_low_layer_that_a_low_viewer_page_plays(
         sizes[quality] = (stats["frameWidth"], stats["frameHeight"])
     assert sizes["low"][1] <= 180 < sizes["high"][1], sizes
     assert not errors, errors
+
+
+def test_policy_goes_down_after_two_seconds_of_loss_and_up_after_eight_clean() -> None:
+    policy = LayerPolicy()
+    high = 600_000
+    assert policy.update(0.0, 0.2, None, high) == "high"
+    assert policy.update(1.0, 0.2, None, high) == "high"
+    assert policy.update(1.5, 0.0, None, high) == "high"  # a clean report restarts the count
+    assert policy.update(2.0, 0.2, None, high) == "high"
+    assert policy.update(3.9, 0.2, None, high) == "high"
+    assert policy.update(4.0, 0.2, None, high) == "low"
+    assert policy.update(5.0, 0.0, None, high) == "low"
+    assert policy.update(12.9, 0.0, None, high) == "low"
+    assert policy.update(13.0, 0.0, None, high) == "high"
+
+
+def test_policy_reads_a_low_remb_as_trouble_and_a_lossy_clean_as_not_clean() -> None:
+    policy = LayerPolicy()
+    high = 600_000
+    policy.update(0.0, 0.0, 700_000, high)  # under 1.3 x the high layer's bitrate
+    assert policy.update(2.0, 0.0, 700_000, high) == "low"
+    policy.update(3.0, 0.0, 2_000_000, high)
+    assert policy.update(10.0, 0.05, 2_000_000, high) == "low"  # 5 % is not clean
+    policy.update(11.0, 0.0, 2_000_000, high)
+    assert policy.update(18.9, 0.0, 2_000_000, high) == "low"
+    assert policy.update(19.0, 0.0, 2_000_000, high) == "high"
+    policy.update(20.0, None, None, high)  # nothing known: no reason to leave
+    assert policy.update(30.0, None, None, high) == "high"
