@@ -29,6 +29,7 @@ import aiohttp
 import numpy as np
 
 from loadtest.media import (
+    FPS,
     FRAME_MOD,
     TIME_MOD,
     VIDEO_CLOCK,
@@ -172,7 +173,8 @@ async def measure(pages: dict[str, Any], pins: Pins, count: int, gap_s: float,
                   track: CapturedTrack) -> dict[str, list[dict[str, Any]]]:
     """Pins ``count`` products ``gap_s`` apart; per page, one row per pin: the offset of the
     frame on screen when its card appeared from the pin's frame (the frame the anchor's track
-    was at when the pin was clicked), in ms of their painted times and in frames."""
+    was at when the pin was clicked), in ms of their painted times, in frames, and in frames at
+    the nominal frame rate (painted times spread when a busy machine stalls the anchor)."""
     titles = await pins.add(count)
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name in pages}
     for i, title in enumerate(titles):
@@ -185,6 +187,8 @@ async def measure(pages: dict[str, Any], pins: Pins, count: int, gap_s: float,
         for name, page in pages.items():
             card = await wait_card(page, seen[name], title)
             read = read_strip(card["means"])
+            frames = None if read is None or frame is None else (
+                (read[1] - frame + FRAME_MOD // 2) % FRAME_MOD - FRAME_MOD // 2)
             rows[name].append({
                 "pin": i, "pin_frame": frame, "frame": None if read is None else read[1],
                 "behind_ms": behind[name], "request_ms": request_ms,
@@ -193,8 +197,8 @@ async def measure(pages: dict[str, Any], pins: Pins, count: int, gap_s: float,
                 "card_after_ms": signed_ms(card["at"] % TIME_MOD, clicked),
                 "offset_ms": None if read is None or pinned_at is None
                 else signed_ms(read[0], pinned_at),
-                "frames": None if read is None or frame is None
-                else (read[1] - frame + FRAME_MOD // 2) % FRAME_MOD - FRAME_MOD // 2,
+                "frames": frames,
+                "frame_offset_ms": None if frames is None else round(frames * 1000 / FPS, 1),
             })
         await asyncio.sleep(gap_s)
     return rows

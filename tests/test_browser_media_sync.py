@@ -78,12 +78,16 @@ async def test_flv_viewer_shows_the_pin_with_the_anchors_frame(
         page = await open_viewer(server, chromium, "msync1", "flv")
         await page.wait_for_timeout(3000)  # the player settles on its live latency
         async with aiohttp.ClientSession() as http:
-            rows = (await measure({"flv": page}, pins(server, http, "msync1"), 3, 1.5,
+            rows = (await measure({"flv": page}, pins(server, http, "msync1"), 4, 1.5,
                                   track))["flv"]
         print("FLV pins:", rows)
-        for row in rows:
-            assert row["offset_ms"] is not None, row  # the strip read back
-            assert abs(row["offset_ms"]) <= MAX_OFFSET_MS, row
+        # A pin whose picture the player jumped past (mpegts.js chasing its latency back under
+        # 1.5 s) was never on screen: its card comes with the first frame after the jump.
+        shown = [row for row in rows if not row["seeked"]]
+        assert len(shown) >= 3, rows
+        for row in shown:  # painted frame number on screen against the pin's, in ms
+            assert row["frame_offset_ms"] is not None, row  # the strip read back
+            assert abs(row["frame_offset_ms"]) <= MAX_OFFSET_MS, row
         # the page was behind, so each card was held for the picture: it came about one
         # latency after the pin, where the event itself arrived within milliseconds
         behind = sorted(row["behind_ms"] for row in rows)
@@ -109,8 +113,8 @@ async def test_webrtc_viewer_shows_the_pin_after_its_frame(
                                   track))["webrtc"]
         print("WebRTC pins:", rows)
         for row in rows:
-            assert row["offset_ms"] is not None, row
-            assert abs(row["offset_ms"]) <= MAX_OFFSET_MS, row  # with the pin's frame
+            assert row["frame_offset_ms"] is not None, row
+            assert abs(row["frame_offset_ms"]) <= MAX_OFFSET_MS, row  # with the pin's frame
         assert await page.evaluate("window.shopcast.transport") == "webrtc"
     finally:
         await anchor.close()
