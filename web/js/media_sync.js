@@ -38,7 +38,7 @@ export class MediaSync {
     this.now = now;
     this.held = []; // [{ev, at}], oldest first: commerce events keep their order
     this.reading = null;
-    this.holds = 0; // events that waited for the picture (for tests and the debug overlay)
+    this.holds = 0; // events that waited for the picture (for tests and measurements)
     this.released = null; // the last held event shown: {media, reading, waited_ms}
   }
 
