@@ -1,7 +1,8 @@
 """A Consumer is one Producer's track going out to one viewer leg.
 
-The per-packet path is ``forward``: keyframe gate, payload-type byte if it differs, SRTP
-protect, one UDP send. No packet objects, no tasks, no awaits.
+The per-packet path is ``forward``: keyframe gate, header rewrite only if this viewer needs one
+(its own payload-type number; after a layer switch, its sequence-number and timestamp offsets),
+SRTP protect, one UDP send. No packet objects, no tasks, no awaits.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 from aioice.ice import StunProtocol
 from aiortc import RTCDtlsTransport, RTCRtpSender
 from aiortc.rtp import (
+    RTCP_PSFB_APP,
     RTCP_PSFB_FIR,
     RTCP_PSFB_PLI,
     RTCP_RTPFB_NACK,
@@ -24,6 +26,7 @@ from aiortc.rtp import (
     RtcpRrPacket,
     RtcpRtpfbPacket,
     RtcpSrPacket,
+    unpack_remb_fci,
 )
 
 from sfu.aiortc_private import (
@@ -41,6 +44,10 @@ logger = logging.getLogger("shopcast.sfu.consumer")
 
 SendFn = Callable[[bytes], object]
 _TIMESTAMP = struct.Struct("!I")
+_SEQ_TS = struct.Struct("!HI")
+SWITCH_FRAME_S = 1 / 30  # the timestamp step from the old layer's last frame to the new keyframe
+# after a layer switch, the sequence numbers before it were another layer's: never resent
+_UNRESENDABLE = 2048
 
 # one connected duplicate of each viewer's ICE socket, closed with the peer connection
 _connected: dict[int, socket.socket] = {}
@@ -58,15 +65,22 @@ class Consumer:
 
     __slots__ = (
         "_aiortc_rtcp",
+        "_last",
         "_protect",
         "_pt",
         "_restamped",
+        "_rewrite",
         "_send",
+        "_seq_delta",
+        "_switch",
+        "_ts_delta",
+        "loss",
         "nacks",
         "octets",
         "packets",
         "plis",
         "producer",
+        "remb_bps",
         "retransmits",
         "sender",
         "started",
@@ -84,6 +98,13 @@ class Consumer:
         self.producer = producer
         self.viewer_id = viewer_id
         self._pt = payload_type if payload_type != producer.payload_type else -1
+        self._seq_delta = 0  # added to the producer's sequence numbers and timestamps after a
+        self._ts_delta = 0  # switch of layer, so that the viewer sees one continuous track
+        self._rewrite = self._pt >= 0
+        self._last = b""  # the last packet sent: where a switch continues from
+        self._switch: LayerSwitch | None = None
+        self.loss: float | None = None  # the viewer's latest fraction lost for this track
+        self.remb_bps: int | None = None  # its latest REMB
         self._protect = protect
         self._send = send
         self.started = producer.kind != "video"
@@ -113,15 +134,20 @@ class Consumer:
             if not keyframe:
                 return
             self.started = True
-        if self._pt >= 0:
+        if self._rewrite:
             header = bytearray(packet)
-            header[1] = (header[1] & 0x80) | self._pt
+            if self._pt >= 0:
+                header[1] = (header[1] & 0x80) | self._pt
+            seq, ts = _SEQ_TS.unpack_from(header, 2)
+            _SEQ_TS.pack_into(header, 2, (seq + self._seq_delta) & 0xFFFF,
+                              (ts + self._ts_delta) & 0xFFFFFFFF)
             packet = bytes(header)
         try:
             self._send(self._protect(packet))
         except Exception as exc:  # a closing transport must never break the fan-out loop
             logger.debug("send failed viewer=%s: %s", self.viewer_id, exc)
             return
+        self._last = packet
         self.packets += 1
         self.octets += len(packet) - 12
 
@@ -153,7 +179,8 @@ class Consumer:
             self.forward(bytes(header), True)
 
     async def handle_rtcp(self, packet: AnyRtcpPacket) -> None:
-        """Viewer feedback: NACK from the shared history, PLI/FIR upstream through the throttle."""
+        """Viewer feedback: NACK from the shared history, PLI/FIR upstream through the throttle;
+        loss and REMB kept for the layer choice (``sfu/layers.py``)."""
         if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
             self.nacks += 1
             for seq in packet.lost:
@@ -161,23 +188,92 @@ class Consumer:
         elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
             self.plis += 1
             self.producer.request_keyframe()
-        elif isinstance(packet, (RtcpRrPacket, RtcpSrPacket)) and self._aiortc_rtcp is not None:
-            await self._aiortc_rtcp(packet)  # aiortc keeps RTT and remote-inbound stats
+        elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            try:
+                self.remb_bps = unpack_remb_fci(packet.fci)[0]
+            except ValueError:
+                pass  # an APP feedback that is not REMB
+        elif isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+            for report in packet.reports:
+                if report.ssrc == self.producer.ssrc:
+                    self.loss = report.fraction_lost / 256
+            if self._aiortc_rtcp is not None:
+                await self._aiortc_rtcp(packet)  # aiortc keeps RTT and remote-inbound stats
 
     def retransmit(self, sequence_number: int) -> None:
-        data = self.producer.history.get(sequence_number)
-        if data is None or not self.started:
-            return
         first, count = self._restamped
         if (sequence_number - first) & 0xFFFF < count:
             return  # this viewer had it with another timestamp: a resend would not match
+        data = self.producer.history.get((sequence_number - self._seq_delta) & 0xFFFF)
+        if data is None or not self.started:
+            return
         self.retransmits += 1
         self.producer.retransmits += 1
         self.forward(data, True)
 
+    def sender_report(self) -> tuple[int, int]:
+        """The producer's (NTP, RTP) pair on this viewer's timestamps."""
+        ntp, rtp = self.producer.sender_report()
+        return ntp, (rtp + self._ts_delta) & 0xFFFFFFFF
+
+    def switch_to(self, target: Producer) -> None:
+        """Send ``target`` (another layer of the same slot) from its next keyframe on, which is
+        asked for; until then the current layer goes on. No renegotiation: sequence numbers
+        and timestamps continue where this viewer's last packet left them. Once per switch."""
+        if self._switch is not None:
+            if self._switch.target is target:
+                return
+            self._switch.close()
+        if target is self.producer or target.closed:
+            return
+        self._switch = LayerSwitch(self, target)
+        target.sinks.append(self._switch)
+        target.request_keyframe()
+
+    def _take(self, switch: LayerSwitch, packet: bytes) -> None:
+        """The target layer's keyframe arrived (inside its fan-out loop): this consumer takes the
+        switch's place among its sinks, leaves the old layer, and continues its numbering."""
+        target = switch.target
+        self._switch = None
+        target.sinks[target.sinks.index(switch)] = self
+        self.producer.detach(self)
+        self.producer = target
+        if self._last:
+            seq, ts = _SEQ_TS.unpack_from(self._last, 2)
+            step = int(SWITCH_FRAME_S * target.codec.clockRate)
+            in_seq, in_ts = _SEQ_TS.unpack_from(packet, 2)
+            self._seq_delta = (seq + 1 - in_seq) & 0xFFFF
+            self._ts_delta = (ts + step - in_ts) & 0xFFFFFFFF
+            self._restamped = ((seq + 1 - _UNRESENDABLE) & 0xFFFF, _UNRESENDABLE)
+        self._rewrite = True
+        self.started = True
+        self.forward(packet, True)
+
     def close(self) -> None:
+        if self._switch is not None:
+            self._switch.close()
+            self._switch = None
         self.producer.detach(self)
         self._send = _closed_send
+
+
+class LayerSwitch:
+    """Stands among the target layer's sinks until its next keyframe start, then hands over to
+    the consumer (``Consumer._take``). Drops everything before it."""
+
+    __slots__ = ("consumer", "target")
+
+    def __init__(self, consumer: Consumer, target: Producer) -> None:
+        self.consumer = consumer
+        self.target = target
+
+    def forward(self, packet: bytes, keyframe: bool) -> None:
+        # the first packet of a keyframe picture, not a later slice of one
+        if keyframe and (packet[2] << 8) | packet[3] == self.target.keyframe_seq:
+            self.consumer._take(self, packet)
+
+    def close(self) -> None:
+        self.target.detach(self)
 
 
 def _closed_send(data: bytes) -> None:

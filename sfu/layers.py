@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Literal
 from sfu.errors import BadQuality
 
 if TYPE_CHECKING:
+    from sfu.consumer import Consumer
     from sfu.producer import Producer
 
 Quality = Literal["auto", "high", "low"]
@@ -46,9 +47,12 @@ def layer_for(producer: Producer, quality: Quality) -> Producer:
 class LayerPolicy:
     """Which layer an ``auto`` viewer should get, from its own feedback, with hysteresis.
 
-    Down after ``down_after_s`` of trouble (loss above ``loss_down``, or a REMB under
-    ``remb_margin`` times the high layer's bitrate), up after ``up_after_s`` clean (loss at most
-    ``loss_clean`` and no such REMB). Pure: fed once per tick, never per packet."""
+    Down after ``down_after_s`` of trouble: loss above ``loss_down``, or a REMB under the high
+    layer's bitrate divided by ``remb_margin`` (a REMB estimator that sees no congestion keeps
+    its estimate a little above what arrives, so only one well under it says the link cannot
+    carry the layer). Up after ``up_after_s`` with loss at most ``loss_clean``: on the low
+    layer REMB cannot say more (estimators cap it near 1.5x what arrives), so going up is the
+    probe. Pure: fed once per tick, never per packet."""
 
     __slots__ = ("_since", "down_after_s", "layer", "loss_clean", "loss_down", "remb_margin",
                  "up_after_s")
@@ -68,12 +72,12 @@ class LayerPolicy:
                high_bps: float) -> str:
         """The layer to send from ``now`` on. ``loss`` is the viewer's latest fraction lost
         (0..1, None before its first report), ``remb_bps`` its latest REMB (None if none)."""
-        starved = remb_bps is not None and high_bps > 0 and remb_bps < self.remb_margin * high_bps
         if self.layer == HIGH_LAYER:
+            starved = remb_bps is not None and remb_bps * self.remb_margin < high_bps
             leave = starved or (loss is not None and loss > self.loss_down)
             wait, other = self.down_after_s, LOW_LAYER
         else:
-            leave = not starved and (loss is None or loss <= self.loss_clean)
+            leave = loss is None or loss <= self.loss_clean
             wait, other = self.up_after_s, HIGH_LAYER
         if not leave:
             self._since = None
@@ -82,3 +86,29 @@ class LayerPolicy:
         if self._since is not None and now - self._since >= wait:
             self.layer, self._since = other, None
         return self.layer
+
+
+class AutoLayer:
+    """One ``auto`` viewer's video of a two-layer slot: its policy, fed on the node's tick with
+    the viewer's loss and REMB and the high layer's bitrate, moves its consumer between layers
+    (``Consumer.switch_to``: at the target's keyframe, no renegotiation)."""
+
+    __slots__ = ("_at", "_octets", "consumer", "high", "policy")
+
+    def __init__(self, consumer: Consumer, high: Producer) -> None:
+        self.consumer = consumer
+        self.high = high
+        self.policy = LayerPolicy()
+        self._octets = high.octets
+        self._at: float | None = None
+
+    def tick(self, now: float) -> None:
+        high, low = self.high, self.high.low
+        if low is None or low.closed or high.closed:
+            return
+        bps = 0.0
+        if self._at is not None and now > self._at:
+            bps = (high.octets - self._octets) * 8 / (now - self._at)
+        self._octets, self._at = high.octets, now
+        layer = self.policy.update(now, self.consumer.loss, self.consumer.remb_bps, bps)
+        self.consumer.switch_to(low if layer == LOW_LAYER else high)

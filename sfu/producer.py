@@ -212,6 +212,11 @@ class Producer:
             packets.append(packet)
         return packets
 
+    @property
+    def keyframe_seq(self) -> int | None:
+        """The sequence number of the newest keyframe picture's first packet."""
+        return self._gop_seq
+
     def _gop_within(self, seconds: float) -> bool:
         """The newest cached keyframe began at most ``seconds`` ago."""
         return time.monotonic() - self._gop_at <= seconds

@@ -35,7 +35,7 @@ def compound_report(consumers: Iterable[Consumer], cname: bytes) -> bytes:
     for consumer in consumers:
         if not consumer.packets:
             continue
-        ntp, rtp = consumer.producer.sender_report()
+        ntp, rtp = consumer.sender_report()
         ssrc = consumer.producer.ssrc
         reports.append(bytes(RtcpSrPacket(ssrc=ssrc, sender_info=RtcpSenderInfo(
             ntp_timestamp=ntp, rtp_timestamp=rtp,

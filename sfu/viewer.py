@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from aiortc import MediaStreamTrack, RTCRtpTransceiver
@@ -18,7 +19,7 @@ from sfu.aiortc_private import (
 from sfu.codecs import answer_with, describe, viewer_offers, viewer_preferences
 from sfu.consumer import Consumer, release_socket, udp_sender
 from sfu.errors import UnsupportedCodec
-from sfu.layers import Quality, layer_for
+from sfu.layers import AutoLayer, Quality, layer_for
 from sfu.offer import Offer
 from sfu.peer import PeerLeg
 from sfu.producer import Producer
@@ -50,6 +51,7 @@ class Viewer(PeerLeg):
         super().__init__(*args, **kwargs)
         self.quality: Quality = quality
         self.consumers: list[Consumer] = []
+        self._auto: list[AutoLayer] = []  # an auto viewer's two-layer slots
         self._slots: dict[tuple[int, str], RTCRtpTransceiver] = {}
         self._waiting: dict[tuple[int, str], Producer] = {}
         self._own: set[Producer] = set()  # an anchor's own tracks: not sent back, still live
@@ -123,12 +125,15 @@ class Viewer(PeerLeg):
         consumer = Consumer.for_sender(layer, transceiver.sender, codecs[0].payloadType, self.id)
         self.consumers.append(consumer)
         layer.attach_viewer(consumer)
+        if self.quality == "auto" and producer.low is not None:
+            self._auto.append(AutoLayer(consumer, producer))
 
     def on_producer_closed(self, producer: Producer) -> None:
         """A publisher left: drop its consumers (of either layer); with nothing left to watch
         the session ends."""
         self.consumers = [c for c in self.consumers
                           if c.producer is not producer and c.producer is not producer.low]
+        self._auto = [a for a in self._auto if a.high is not producer]
         self._waiting = {k: p for k, p in self._waiting.items() if p is not producer}
         self._own.discard(producer)
         if not self.consumers and not self._waiting and not self._own:
@@ -148,7 +153,10 @@ class Viewer(PeerLeg):
         self._loud = [t for t in transceivers if not silence_sender_rtcp(t.sender)]
 
     def send_sender_reports(self) -> None:
-        """Once a second (the node's tick): this viewer's SRs, in one packet."""
+        """Once a second (the node's tick): this viewer's SRs, in one packet; an auto viewer's
+        layers are chosen on the same tick."""
+        for auto in self._auto:
+            auto.tick(time.monotonic())
         if self._reports is None or self.closed:
             return
         if self._loud:  # aiortc starts a sender's RTCP loop just after connecting: end it

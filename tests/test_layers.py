@@ -8,10 +8,12 @@ from typing import Any
 import aiohttp
 import av
 import pytest
+from aiortc.rtp import RTCP_PSFB_APP, RTCP_RTPFB_NACK, RtcpPsfbPacket, RtcpRrPacket, RtcpRtpfbPacket
 from waiting import wait_for
 
 from loadtest.clients import SignalingError, Viewer, play, publish
 from loadtest.media import PaintedVideoTrack, ToneAudioTrack, dominant_colour
+from sfu.consumer import Consumer
 from sfu.errors import BadQuality
 from sfu.layers import LayerPolicy, layer_for, parse_quality
 from sfu.node import NODE_KEY
@@ -243,15 +245,111 @@ def test_policy_goes_down_after_two_seconds_of_loss_and_up_after_eight_clean() -
     assert policy.update(13.0, 0.0, None, high) == "high"
 
 
-def test_policy_reads_a_low_remb_as_trouble_and_a_lossy_clean_as_not_clean() -> None:
+def test_policy_reads_a_remb_well_under_the_high_layer_as_trouble_and_5_percent_as_unclean(
+) -> None:
     policy = LayerPolicy()
     high = 600_000
-    policy.update(0.0, 0.0, 700_000, high)  # under 1.3 x the high layer's bitrate
-    assert policy.update(2.0, 0.0, 700_000, high) == "low"
-    policy.update(3.0, 0.0, 2_000_000, high)
-    assert policy.update(10.0, 0.05, 2_000_000, high) == "low"  # 5 % is not clean
-    policy.update(11.0, 0.0, 2_000_000, high)
-    assert policy.update(18.9, 0.0, 2_000_000, high) == "low"
-    assert policy.update(19.0, 0.0, 2_000_000, high) == "high"
-    policy.update(20.0, None, None, high)  # nothing known: no reason to leave
-    assert policy.update(30.0, None, None, high) == "high"
+    policy.update(0.0, 0.0, 650_000, high)  # a little above what arrives: fine
+    assert policy.update(5.0, 0.0, 650_000, high) == "high"
+    policy.update(6.0, 0.0, 400_000, high)  # under 600k / 1.3
+    assert policy.update(8.0, 0.0, 400_000, high) == "low"
+    policy.update(9.0, 0.0, 200_000, high)  # on low, REMB says nothing about going up
+    assert policy.update(16.0, 0.05, 200_000, high) == "low"  # 5 % is not clean
+    policy.update(17.0, 0.0, 200_000, high)
+    assert policy.update(24.9, 0.0, 200_000, high) == "low"
+    assert policy.update(25.0, 0.0, 200_000, high) == "high"
+    policy.update(26.0, None, None, high)  # nothing known: no reason to leave
+    assert policy.update(40.0, None, None, high) == "high"
+
+
+def _keep_only_nack_and_pli(viewer: Viewer) -> None:
+    """The aiortc viewer stops sending receiver reports and REMB, so the loss a test sets on
+    its consumer stands as its reports would say it."""
+    for transceiver in viewer.pc.getTransceivers():
+        receiver = transceiver.receiver
+        send = receiver._send_rtcp
+
+        async def filtered(packet: Any, send: Any = send) -> None:
+            if isinstance(packet, RtcpRrPacket) or (
+                    isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP):
+                return
+            await send(packet)
+
+        receiver._send_rtcp = filtered
+
+
+@pytest.mark.slow
+async def test_an_auto_viewer_switches_down_and_up_without_renegotiating(server: Any) -> None:
+    """The viewer's reported loss (set here on its consumer, as its receiver reports would) moves
+    it to the low layer within 5 s; it decodes on at >= 20 fps, one continuous track; clean
+    again, it is back on high within 15 s. A viewer pinned to high in the room stays there."""
+    anchor = await _two_layer_anchor(server, "auto")
+    node = server.app[NODE_KEY]
+    room = node.rooms["auto"]
+    (auto, seen), (pinned, pinned_seen) = [await _watch(server, "auto", who, q)
+                                           for who, q in (("au", None), ("hi", "high"))]
+    try:
+        await wait_for(lambda: len(seen.seen) >= 20 and len(pinned_seen.seen) >= 20, 15,
+                       "20 frames")
+        _keep_only_nack_and_pli(auto)
+        leg = next(s for s in room.viewers.values()
+                   if isinstance(s, ViewerLeg) and s.identity == "au")
+        consumer = next(c for c in leg.consumers if c.producer.kind == "video")
+        assert consumer.producer.layer == "high"
+        consumer.loss = 0.2
+        before = len(seen.seen)
+        await wait_for(lambda: consumer.producer.layer == "low", 5, "on low within 5 s")
+        on_low = len(seen.seen)
+        await wait_for(lambda: len(seen.seen) >= on_low + 40, 3, "40 frames on low in 2 s")
+        small = [rgb for w, h, rgb in seen.seen[on_low + 10:] if (w, h) == (320, 180)]
+        assert len(small) >= 25 and all(bluish(rgb) for rgb in small)
+        assert auto.video is not None
+        consumer.loss = 0.0
+        await wait_for(lambda: consumer.producer.layer == "high", 15, "back on high in 15 s")
+        back = len(seen.seen)
+        await wait_for(lambda: len(seen.seen) >= back + 20, 3, "20 frames on high")
+        width, height, rgb = seen.seen[-1]
+        assert (width, height) == (640, 360) and reddish(rgb)
+        assert len(seen.seen) > before
+        assert all((w, h) == (640, 360) for w, h, _ in pinned_seen.seen)
+        pinned_leg = next(s for s in room.viewers.values()
+                          if isinstance(s, ViewerLeg) and s.identity == "hi")
+        assert {c.producer.layer for c in pinned_leg.consumers
+                if c.producer.kind == "video"} == {"high"}
+    finally:
+        for viewer in (auto, pinned):
+            await viewer.close()
+        await anchor.close()
+
+
+async def test_a_switch_waits_for_the_targets_keyframe_and_continues_the_numbering() -> None:
+    """No network: the consumer goes on with the old layer until the new one's keyframe, then
+    its sequence numbers follow on by one and its timestamp by one frame; a NACK for a number
+    sent before the switch is not answered with the other layer's packet, one after is."""
+    from test_forwarding_unit import H264, SLICE, SPS, Wire, header, rtp
+
+    high = Producer("video", H264, publisher_id="p", request_keyframe=lambda ssrc: None)
+    low = Producer("video", H264, publisher_id="p", request_keyframe=lambda ssrc: None,
+                   layer="low")
+    high.low = low
+    wire = Wire()
+    consumer = Consumer(high, 102, "v", wire.protect, wire.send)
+    high.attach(consumer)
+    high.ingest(rtp(100, SPS, ts=1000, ssrc=1))
+    high.ingest(rtp(101, SLICE, ts=4000, ssrc=1))
+    consumer.switch_to(low)
+    low.ingest(rtp(7000, SLICE, ts=555_000, ssrc=2))  # not a keyframe: nothing from low yet
+    high.ingest(rtp(102, SLICE, ts=7000, ssrc=1))  # the old layer goes on meanwhile
+    low.ingest(rtp(7001, SPS, ts=558_000, ssrc=2))
+    low.ingest(rtp(7002, SLICE, ts=558_000, ssrc=2))
+    high.ingest(rtp(103, SLICE, ts=10000, ssrc=1))  # after the switch: not sent
+    sent = [header(p)[2:4] for p in wire.sent]
+    assert sent == [(100, 1000), (101, 4000), (102, 7000), (103, 10000), (104, 10000)]
+    assert consumer.producer is low and consumer not in high.sinks and low.sinks == [consumer]
+    wire.sent.clear()
+    nack = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=low.ssrc)
+    nack.lost = [101, 104]
+    await consumer.handle_rtcp(nack)
+    assert [header(p)[2:4] for p in wire.sent] == [(104, 10000)]
+    _ntp, rtp_ts = consumer.sender_report()
+    assert rtp_ts == (low.sender_report()[1] + 10000 - 558_000) & 0xFFFFFFFF
