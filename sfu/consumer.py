@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import struct
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -48,6 +49,8 @@ _SEQ_TS = struct.Struct("!HI")
 SWITCH_FRAME_S = 1 / 30  # the timestamp step from the old layer's last frame to the new keyframe
 # after a layer switch, the sequence numbers before it were another layer's: never resent
 _UNRESENDABLE = 2048
+RESEND_INTERVAL_S = 0.1  # a packet is resent at most this often, however often it is NACKed
+_RESENT_KEPT = 1024
 
 # one connected duplicate of each viewer's ICE socket, closed with the peer connection
 _connected: dict[int, socket.socket] = {}
@@ -68,6 +71,7 @@ class Consumer:
         "_last",
         "_protect",
         "_pt",
+        "_resent",
         "_restamped",
         "_rewrite",
         "_send",
@@ -103,6 +107,7 @@ class Consumer:
         self._rewrite = self._pt >= 0
         self._last = b""  # the last packet sent: where a switch continues from
         self._switch: LayerSwitch | None = None
+        self._resent: dict[int, float] = {}  # sequence number -> when it was last resent
         self.loss: float | None = None  # the viewer's latest fraction lost for this track
         self.remb_bps: int | None = None  # its latest REMB
         self._protect = protect
@@ -135,13 +140,19 @@ class Consumer:
                 return
             self.started = True
         if self._rewrite:
-            header = bytearray(packet)
-            if self._pt >= 0:
-                header[1] = (header[1] & 0x80) | self._pt
-            seq, ts = _SEQ_TS.unpack_from(header, 2)
-            _SEQ_TS.pack_into(header, 2, (seq + self._seq_delta) & 0xFFFF,
-                              (ts + self._ts_delta) & 0xFFFFFFFF)
-            packet = bytes(header)
+            packet = self._rewritten(packet, self._seq_delta, self._ts_delta)
+        self._emit(packet)
+
+    def _rewritten(self, packet: bytes, seq_delta: int, ts_delta: int) -> bytes:
+        """This viewer's header: its payload-type number, its layer offsets."""
+        header = bytearray(packet)
+        if self._pt >= 0:
+            header[1] = (header[1] & 0x80) | self._pt
+        seq, ts = _SEQ_TS.unpack_from(header, 2)
+        _SEQ_TS.pack_into(header, 2, (seq + seq_delta) & 0xFFFF, (ts + ts_delta) & 0xFFFFFFFF)
+        return bytes(header)
+
+    def _emit(self, packet: bytes) -> None:
         try:
             self._send(self._protect(packet))
         except Exception as exc:  # a closing transport must never break the fan-out loop
@@ -201,12 +212,25 @@ class Consumer:
                 await self._aiortc_rtcp(packet)  # aiortc keeps RTT and remote-inbound stats
 
     def retransmit(self, sequence_number: int) -> None:
+        """Resend one packet, at most once per ``RESEND_INTERVAL_S`` (a receiver may list a
+        missing packet in every NACK until it arrives: answering each would multiply the load
+        on the link that lost it). Numbers a fast start re-stamped, and those sent before a
+        layer switch (the viewer's link was failing: resending the old layer would load it
+        more), are not resent."""
+        if not self.started:
+            return
+        now = time.monotonic()
+        if now - self._resent.get(sequence_number, -1.0) < RESEND_INTERVAL_S:
+            return
         first, count = self._restamped
         if (sequence_number - first) & 0xFFFF < count:
-            return  # this viewer had it with another timestamp: a resend would not match
+            return  # this viewer had it with another timestamp or layer
         data = self.producer.history.get((sequence_number - self._seq_delta) & 0xFFFF)
-        if data is None or not self.started:
+        if data is None:
             return
+        if len(self._resent) >= _RESENT_KEPT:
+            self._resent.clear()
+        self._resent[sequence_number] = now
         self.retransmits += 1
         self.producer.retransmits += 1
         self.forward(data, True)

@@ -69,9 +69,12 @@ class LayerPolicy:
         self._since: float | None = None  # when the condition for leaving this layer began
 
     def update(self, now: float, loss: float | None, remb_bps: int | None,
-               high_bps: float) -> str:
+               high_bps: float, resent: float = 0.0) -> str:
         """The layer to send from ``now`` on. ``loss`` is the viewer's latest fraction lost
-        (0..1, None before its first report), ``remb_bps`` its latest REMB (None if none)."""
+        (0..1, None before its first report), ``remb_bps`` its latest REMB (None if none),
+        ``resent`` the share of its packets resent on its NACKs since the last update (a
+        browser that recovers its losses by NACK reports little loss: the NACKs say it)."""
+        loss = max(loss or 0.0, resent) if loss is not None or resent else None
         if self.layer == HIGH_LAYER:
             starved = remb_bps is not None and remb_bps * self.remb_margin < high_bps
             leave = starved or (loss is not None and loss > self.loss_down)
@@ -93,13 +96,14 @@ class AutoLayer:
     the viewer's loss and REMB and the high layer's bitrate, moves its consumer between layers
     (``Consumer.switch_to``: at the target's keyframe, no renegotiation)."""
 
-    __slots__ = ("_at", "_octets", "consumer", "high", "policy")
+    __slots__ = ("_at", "_octets", "_resent", "_sent", "consumer", "high", "policy")
 
     def __init__(self, consumer: Consumer, high: Producer) -> None:
         self.consumer = consumer
         self.high = high
         self.policy = LayerPolicy()
         self._octets = high.octets
+        self._sent, self._resent = consumer.packets, consumer.retransmits
         self._at: float | None = None
 
     def tick(self, now: float) -> None:
@@ -110,5 +114,9 @@ class AutoLayer:
         if self._at is not None and now > self._at:
             bps = (high.octets - self._octets) * 8 / (now - self._at)
         self._octets, self._at = high.octets, now
-        layer = self.policy.update(now, self.consumer.loss, self.consumer.remb_bps, bps)
+        consumer = self.consumer
+        sent = consumer.packets - self._sent
+        resent = (consumer.retransmits - self._resent) / sent if sent > 0 else 0.0
+        self._sent, self._resent = consumer.packets, consumer.retransmits
+        layer = self.policy.update(now, consumer.loss, consumer.remb_bps, bps, resent)
         self.consumer.switch_to(low if layer == LOW_LAYER else high)

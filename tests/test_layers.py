@@ -245,6 +245,17 @@ def test_policy_goes_down_after_two_seconds_of_loss_and_up_after_eight_clean() -
     assert policy.update(13.0, 0.0, None, high) == "high"
 
 
+def test_policy_counts_packets_resent_on_nacks_as_loss() -> None:
+    policy = LayerPolicy()
+    high = 600_000
+    policy.update(0.0, 0.0, None, high, resent=0.3)  # the browser reports 0 %: NACKs hid it
+    assert policy.update(2.0, 0.0, None, high, resent=0.2) == "low"
+    policy.update(3.0, 0.0, None, high, resent=0.05)  # still resending 5 %: not clean
+    assert policy.update(11.0, 0.0, None, high, resent=0.05) == "low"
+    policy.update(12.0, 0.0, None, high)
+    assert policy.update(20.0, 0.0, None, high) == "high"
+
+
 def test_policy_reads_a_remb_well_under_the_high_layer_as_trouble_and_5_percent_as_unclean(
 ) -> None:
     policy = LayerPolicy()
@@ -325,7 +336,8 @@ async def test_an_auto_viewer_switches_down_and_up_without_renegotiating(server:
 async def test_a_switch_waits_for_the_targets_keyframe_and_continues_the_numbering() -> None:
     """No network: the consumer goes on with the old layer until the new one's keyframe, then
     its sequence numbers follow on by one and its timestamp by one frame; a NACK for a number
-    sent before the switch is not answered with the other layer's packet, one after is."""
+    sent before the switch is not answered, one after is, from the new layer, and not twice
+    within the resend interval."""
     from test_forwarding_unit import H264, SLICE, SPS, Wire, header, rtp
 
     high = Producer("video", H264, publisher_id="p", request_keyframe=lambda ssrc: None)
@@ -350,6 +362,9 @@ async def test_a_switch_waits_for_the_targets_keyframe_and_continues_the_numberi
     nack = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=low.ssrc)
     nack.lost = [101, 104]
     await consumer.handle_rtcp(nack)
+    # 101 was the old layer's: not resent (that link was failing); 104 from the new layer
     assert [header(p)[2:4] for p in wire.sent] == [(104, 10000)]
+    await consumer.handle_rtcp(nack)  # asked again at once: not sent twice within 100 ms
+    assert len(wire.sent) == 1
     _ntp, rtp_ts = consumer.sender_report()
     assert rtp_ts == (low.sender_report()[1] + 10000 - 558_000) & 0xFFFFFFFF
