@@ -7,7 +7,9 @@ floor is the same protect + send per viewer with nothing around it. Datagrams go
 sockets that this process drains between bursts (the drain is counted in both, equally).
 
 What it tells: whether ``Producer.relay`` -> ``Consumer.forward`` adds anything per packet per
-viewer over the floor. The end-to-end figure (``python -m loadtest webrtc``) also pays what is
+viewer over the floor, and what a viewer that switched video layers (sfu/layers.py) costs: its
+consumer rewrites every header with its sequence-number and timestamp offsets ("switched").
+The end-to-end figure (``python -m loadtest webrtc``) also pays what is
 not per packet: the hop to the worker processes, aiortc's per-viewer RTCP and ICE-consent
 timers, event-loop wake-ups, and a machine shared with the load generator.
 """
@@ -121,6 +123,7 @@ async def run(viewers: int, packets: int, size: int) -> dict[str, Any]:
         consumer.started = True
         producer.sinks.append(consumer)
     floor_sessions = [(_session().protect, _quiet_send(s.send)) for s in sockets.senders]
+    switched = _switched_viewers(codec, sockets, payload)
 
     def floor(seq: int) -> None:
         data = _packet(seq, payload)
@@ -130,18 +133,46 @@ async def run(viewers: int, packets: int, size: int) -> dict[str, Any]:
     def path(seq: int) -> None:
         producer.relay(_packet(seq, payload), False)
 
+    def layered(seq: int) -> None:
+        switched.relay(_packet(seq, payload), False)
+
     try:
-        results: dict[str, list[float]] = {"floor": [], "path": []}
-        for run_no in range(3):  # interleaved, so drift on a shared machine hits both alike
-            first = run_no * packets
+        results: dict[str, list[float]] = {"floor": [], "path": [], "switched": []}
+        for run_no in range(3):  # interleaved, so drift on a shared machine hits all alike
+            first = 8 + run_no * packets
             results["floor"].append(_measure(floor, first, packets, viewers, sockets.drain))
             results["path"].append(_measure(path, first, packets, viewers, sockets.drain))
+            results["switched"].append(_measure(layered, first, packets, viewers, sockets.drain))
     finally:
         sockets.close()
     floor_us, path_us = min(results["floor"]), min(results["path"])
+    switched_us = min(results["switched"])
     return {"scenario": "path", "viewers": viewers, "packets": packets, "size": size,
             "floor_us": round(floor_us, 3), "path_us": round(path_us, 3),
-            "ratio": round(path_us / floor_us, 3), "runs": results}
+            "switched_us": round(switched_us, 3),
+            "ratio": round(path_us / floor_us, 3),
+            "switched_ratio": round(switched_us / path_us, 3), "runs": results}
+
+
+def _switched_viewers(codec: RTCRtpCodecParameters, sockets: _Sockets, payload: bytes
+                      ) -> Producer:
+    """A second layer whose viewers all came over from another one (``Consumer.switch_to``,
+    taken at its keyframe): from then on each of their packets gets the layer offsets."""
+    high = Producer("video", codec, publisher_id="bench", request_keyframe=lambda _: None)
+    low = Producer("video", codec, publisher_id="bench", request_keyframe=lambda _: None,
+                   layer="low")
+    for i, sock in enumerate(sockets.senders):
+        consumer = Consumer(high, PAYLOAD_TYPE, f"s{i}", _session().protect,
+                            _quiet_send(sock.send))
+        consumer.started = True
+        high.sinks.append(consumer)
+    high.relay(_packet(40_000, payload), False)
+    for consumer in list(high.sinks):
+        assert isinstance(consumer, Consumer)
+        consumer.switch_to(low)
+    low.relay(_packet(0, payload), True)  # the keyframe they switch at
+    assert len(low.sinks) == len(sockets.senders) and not high.sinks
+    return low
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     report = asyncio.run(run(args.viewers, args.packets, args.size))
     print(f"per packet per viewer, {args.viewers} viewers, {args.size} B, best of 3: "
           f"floor {report['floor_us']:.2f} us, Producer.relay -> Consumer.forward "
-          f"{report['path_us']:.2f} us = {report['ratio']:.2f}x the floor")
+          f"{report['path_us']:.2f} us = {report['ratio']:.2f}x the floor; viewers that switched "
+          f"layers {report['switched_us']:.2f} us = {report['switched_ratio']:.2f}x the path")
     print(f"report: {write_report(report, args.report, 'path')}")
     return 0
 
