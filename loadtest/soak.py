@@ -303,6 +303,8 @@ def main(args: argparse.Namespace) -> int:
     except BaseException:
         if redis:
             redis.stop()
+        if commit:
+            shutil.rmtree(tree, ignore_errors=True)
         raise
     soak = Soak(args, server.url, server.rtmp_url, secret, server, redis)
     print(f"soak {soak.run_id}: server {server.url} pid {server.proc.pid}, backend "
