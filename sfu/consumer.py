@@ -141,7 +141,14 @@ class Consumer:
             self.started = True
         if self._rewrite:
             packet = self._rewritten(packet, self._seq_delta, self._ts_delta)
-        self._emit(packet)
+        try:  # inline, not a helper: this runs per packet per viewer
+            self._send(self._protect(packet))
+        except Exception as exc:  # a closing transport must never break the fan-out loop
+            logger.debug("send failed viewer=%s: %s", self.viewer_id, exc)
+            return
+        self._last = packet
+        self.packets += 1
+        self.octets += len(packet) - 12
 
     def _rewritten(self, packet: bytes, seq_delta: int, ts_delta: int) -> bytes:
         """This viewer's header: its payload-type number, its layer offsets."""
@@ -151,16 +158,6 @@ class Consumer:
         seq, ts = _SEQ_TS.unpack_from(header, 2)
         _SEQ_TS.pack_into(header, 2, (seq + seq_delta) & 0xFFFF, (ts + ts_delta) & 0xFFFFFFFF)
         return bytes(header)
-
-    def _emit(self, packet: bytes) -> None:
-        try:
-            self._send(self._protect(packet))
-        except Exception as exc:  # a closing transport must never break the fan-out loop
-            logger.debug("send failed viewer=%s: %s", self.viewer_id, exc)
-            return
-        self._last = packet
-        self.packets += 1
-        self.octets += len(packet) - 12
 
     def fast_start(self, packets: list[bytes], ticks_per_ms: int) -> None:
         """Start a joining viewer at once from a cached keyframe and the packets after it.
