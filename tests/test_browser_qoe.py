@@ -1,7 +1,8 @@
-"""Twenty viewers' QoE reports in /health, /metrics and the anchor console's audience line, on
-both backends: 18 aiortc viewers report their receivers' counters over the `events` data
-channel, a Chromium viewer page on WebRTC and one on FLV send their own reports (web/js/qoe.js,
-getStats and the <video> element) over /ws/events."""
+"""Twenty viewers' QoE reports in /health, /metrics and the anchor console's audience line,
+on Redis (the memory backend's aggregation is covered server-side in test_qoe): 18 aiortc
+viewers report their receivers' counters over the `events` data channel, a Chromium viewer
+page on WebRTC and one on FLV send their own reports (web/js/qoe.js, getStats and the <video>
+element) over /ws/events."""
 
 from __future__ import annotations
 
@@ -57,6 +58,7 @@ async def wait_report(page: Page, transport: str) -> dict[str, Any]:
                 f"{await last_report(page)}, page {state}")
 
 
+@pytest.mark.parametrize("backend", ["redis"], indirect=True)
 async def test_twenty_viewers_reports(server: Any, chromium: BrowserContext) -> None:
     errors: list[str] = []
     anchor = await start_anchor(server, ROOM)
