@@ -118,12 +118,9 @@ class RoomFlvOutput:
         self._task = asyncio.get_running_loop().create_task(self._tick())
 
     def _clock(self, producer: Producer) -> TrackClock:
-        clock = self.timeline.track(
-            producer.codec.clockRate,
-            producer.sender_report,
-            lambda: producer.has_sender_report,
-            lambda: producer.packets > 0,
-        )
+        clock = self.timeline.track(producer.codec.clockRate, producer.sender_report,
+                                    lambda: producer.has_sender_report,
+                                    lambda: producer.packets > 0)
         self._clocks.append(clock)
         return clock
 
